@@ -1,0 +1,79 @@
+"""kdhub: a knowledge-distillation workbench where every method, policy and metric is a plugin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdhub.base import EpochOrFraction, Options, Plugin, resolve_epoch
+from kdhub.dataset import Augmentation, DataBundle, Dataset, TensorSplit
+from kdhub.errors import ConfigError, IncompatibleError, KdhubError, PluginLoadError, PluginNotFoundError
+from kdhub.hookspecs import hookimpl
+from kdhub.method import LossValue, Method, SetupContext, StepOutputs
+from kdhub.metric import EvalBatch, Metric, MetricContext, MetricResult
+from kdhub.model import FEATURE_ROLES, Model
+from kdhub.plugins import plugin_classes
+from kdhub.policy import EpochAction, EpochReport, Policy, PolicyContext, StepPlan
+from kdhub.runlog import MemoryLog, RunLog, Table
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "list_plugins",
+    "get_plugin",
+    "create",
+    "plugin_classes",
+    "Options",
+    "Plugin",
+    "EpochOrFraction",
+    "resolve_epoch",
+    "Method",
+    "StepOutputs",
+    "SetupContext",
+    "LossValue",
+    "Policy",
+    "PolicyContext",
+    "StepPlan",
+    "EpochReport",
+    "EpochAction",
+    "Metric",
+    "MetricContext",
+    "MetricResult",
+    "EvalBatch",
+    "Model",
+    "FEATURE_ROLES",
+    "Dataset",
+    "DataBundle",
+    "TensorSplit",
+    "Augmentation",
+    "RunLog",
+    "MemoryLog",
+    "Table",
+    "KdhubError",
+    "ConfigError",
+    "PluginNotFoundError",
+    "PluginLoadError",
+    "IncompatibleError",
+]
+
+
+def list_plugins(kind: str, pattern: str = "*") -> list[str]:
+    """Names of the plugins of ``kind`` matching a glob ``pattern``: ``list_plugins("method", "*kd*")``."""
+    from kdhub.plugins import get_registry
+
+    return get_registry().names(kind, pattern)
+
+
+def get_plugin(kind: str, name: str) -> type:
+    """The plugin class (with its ``Options`` and docstring); unknown names list close matches."""
+    from kdhub.plugins import get_registry
+
+    return get_registry().get(kind, name)
+
+
+def create(kind: str, name: str, **options: Any) -> Any:
+    """A plugin instance with validated options: ``create("method", "kd", temperature=2.0)``."""
+    from kdhub.plugins import get_registry
+
+    return get_registry().create(kind, name, **options)

@@ -1,0 +1,61 @@
+"""What every plugin shares: a name, a pydantic ``Options`` model and a docstring."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, ClassVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+
+__all__ = ["Options", "Plugin", "EpochOrFraction", "resolve_epoch"]
+
+
+class Options(BaseModel):
+    """Base of every plugin's options: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+EpochOrFraction = Annotated[
+    Union[NonNegativeInt, Annotated[float, Field(gt=0, lt=1)]],
+    Field(description="an epoch count (int >= 0) or a fraction of the run (0 < float < 1)"),
+]
+"""An epoch count or a fraction of the run, resolved once at run start by :func:`resolve_epoch`."""
+
+
+def resolve_epoch(value: int | float, total: int, minimum: int = 0) -> int:
+    """Turn an :data:`EpochOrFraction` into an epoch count: fractions are rounded to the nearest epoch."""
+    if isinstance(value, float) and not value.is_integer():
+        count = int(math.floor(value * total + 0.5))
+    else:
+        count = int(value)
+    return max(minimum, count)
+
+
+class Plugin:
+    """Base of every plugin class.
+
+    Subclasses set ``name`` (the registry key) and may replace ``Options`` with their own
+    pydantic model; the class docstring is what ``kdhub show`` prints.
+    """
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, options: Options | None = None, **kwargs: Any) -> None:
+        if options is None:
+            options = self.Options(**kwargs)
+        elif kwargs:
+            raise TypeError("pass either an Options instance or keyword options, not both")
+        self.options = options
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the docstring."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
+        return f"{type(self).__name__}({opts})"

@@ -1,0 +1,36 @@
+"""The model contract: build a network and name the modules whose outputs are features."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import nn
+
+from kdhub.base import Plugin
+
+__all__ = ["Model", "FEATURE_ROLES"]
+
+FEATURE_ROLES = {
+    "stages": "output of each stage (after its last activation), in network order",
+    "preact_stages": "the same stages before their last ReLU (OFD, pre-activation distillation)",
+    "pooled": "the penultimate feature vector [B, D] fed to the classifier",
+    "stem": "output of the stem (first conv block) before the stages",
+    "classifier": "the final linear layer (its input is 'pooled', its output the logits)",
+}
+"""Standard roles; a model plugin may name any of them and more of its own."""
+
+
+class Model(Plugin):
+    """Base of every model plugin.
+
+    ``taps(net)`` maps a role to module names of ``net``; a name taps the module's output, and
+    ``"<name>:input"`` taps its input (e.g. the input of a final ReLU is the pre-activation).
+    """
+
+    kind: ClassVar[str] = "model"
+
+    def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        raise NotImplementedError
+
+    def taps(self, net: nn.Module) -> dict[str, list[str]]:
+        return {}

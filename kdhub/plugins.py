@@ -1,0 +1,210 @@
+"""The plugin manager: loads the ``kdhub`` entry points one by one into the registry.
+
+- A plugin that fails to import or to register is recorded (``load_failures()``) and skipped;
+  ``KDHUB_STRICT_PLUGINS=1`` makes it fatal.
+- ``KDHUB_LOAD_PLUGINS=a,b`` loads only those distributions besides the built-ins;
+  ``KDHUB_LOAD_PLUGINS=""`` loads the built-ins only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pkgutil
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any, Iterator
+
+import pluggy
+
+from kdhub import hookspecs
+from kdhub.errors import PluginLoadError
+from kdhub.registry import Registry
+
+__all__ = [
+    "LoadFailure",
+    "PluginInfo",
+    "get_registry",
+    "get_manager",
+    "load_failures",
+    "loaded_plugins",
+    "reset",
+    "register_module",
+    "notify",
+    "plugin_classes",
+]
+
+GROUP = "kdhub"
+BUILTIN_DISTRIBUTION = "kdhub"
+
+
+@dataclass
+class LoadFailure:
+    distribution: str
+    entry_point: str
+    error: str
+    detail: str = ""
+
+
+@dataclass
+class PluginInfo:
+    """One loaded entry point (or module registered by hand) and what it registered."""
+
+    name: str
+    distribution: str
+    version: str
+    module: str
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class _State:
+    manager: pluggy.PluginManager
+    registry: Registry
+    infos: list[PluginInfo]
+    failures: list[LoadFailure]
+
+
+_state: _State | None = None
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _strict() -> bool:
+    return os.environ.get("KDHUB_STRICT_PLUGINS", "") not in ("", "0", "false", "False")
+
+
+def _selected() -> set[str] | None:
+    raw = os.environ.get("KDHUB_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {_normalise(n) for n in raw.split(",") if n.strip()} | {BUILTIN_DISTRIBUTION}
+
+
+def _fail(state: _State, failure: LoadFailure) -> None:
+    if _strict():
+        raise PluginLoadError(f"plugin {failure.entry_point!r} from {failure.distribution}: {failure.error}")
+    state.failures.append(failure)
+
+
+def _new_state() -> _State:
+    manager = pluggy.PluginManager(GROUP)
+    manager.add_hookspecs(hookspecs)
+    return _State(manager, Registry(), [], [])
+
+
+def _load() -> _State:
+    state = _new_state()
+    selected = _selected()
+    seen: set[tuple[str, str]] = set()
+    entry_points = sorted(
+        metadata.entry_points(group=GROUP),
+        key=lambda ep: (ep.dist is None or _normalise(ep.dist.name) != BUILTIN_DISTRIBUTION, ep.name),
+    )
+    for ep in entry_points:
+        dist = ep.dist.name if ep.dist is not None else "?"
+        version = ep.dist.version if ep.dist is not None else ""
+        if (dist, ep.name) in seen or (selected is not None and _normalise(dist) not in selected):
+            continue
+        seen.add((dist, ep.name))
+        try:
+            module = ep.load()
+        except Exception as err:  # noqa: BLE001 - a broken plugin must not take kdhub down
+            _fail(state, LoadFailure(dist, ep.name, f"import failed: {type(err).__name__}: {err}", traceback.format_exc()))
+            continue
+        _register(state, module, ep.name, dist, version)
+    return state
+
+
+def _register(state: _State, module: Any, name: str, dist: str, version: str) -> None:
+    try:
+        state.manager.register(module, name=f"{dist}:{name}")
+    except Exception as err:  # noqa: BLE001
+        _fail(state, LoadFailure(dist, name, f"registration failed: {type(err).__name__}: {err}", traceback.format_exc()))
+        return
+    info = PluginInfo(name, dist, version, getattr(module, "__name__", repr(module)))
+    for kind, hook_name in hookspecs.REGISTER_HOOKS.items():
+        impls = [i for i in getattr(state.manager.hook, hook_name).get_hookimpls() if i.plugin is module]
+        if not impls:
+            continue
+        added: list[str] = []
+
+        def register(cls: type, kind: str = kind, added: list[str] = added) -> None:
+            state.registry.add(kind, cls, dist, version)
+            added.append(cls.name)
+
+        try:
+            impls[0].function(register=register)
+        except Exception as err:  # noqa: BLE001
+            _fail(state, LoadFailure(dist, name, f"{hook_name} failed: {type(err).__name__}: {err}", traceback.format_exc()))
+        if added:
+            info.registered[kind] = added
+    state.infos.append(info)
+
+
+def _get() -> _State:
+    global _state
+    if _state is None:
+        _state = _load()
+    return _state
+
+
+def get_registry() -> Registry:
+    """The registry of every loaded plugin (loaded on first use)."""
+    return _get().registry
+
+
+def get_manager() -> pluggy.PluginManager:
+    return _get().manager
+
+
+def load_failures() -> list[LoadFailure]:
+    return list(_get().failures)
+
+
+def loaded_plugins() -> list[PluginInfo]:
+    return list(_get().infos)
+
+
+def reset() -> None:
+    """Forget everything loaded; the next lookup loads the entry points again."""
+    global _state
+    _state = None
+
+
+def register_module(module: Any, name: str | None = None, distribution: str = "local") -> None:
+    """Register a module or object with hook implementations by hand (notebooks, tests)."""
+    _register(_get(), module, name or getattr(module, "__name__", repr(module)), distribution, "")
+
+
+def unregister(name: str, distribution: str = "local") -> None:
+    """Remove a hand-registered plugin's lifecycle hooks (its registry entries stay)."""
+    state = _get()
+    state.manager.unregister(name=f"{distribution}:{name}")
+
+
+def notify(hook: str, **kwargs: Any) -> None:
+    """Call a lifecycle hook (``run_started``, ``epoch_ended``, ``run_finished``) on every plugin."""
+    getattr(_get().manager.hook, f"kdhub_{hook}")(**kwargs)
+
+
+def plugin_classes(package: str | ModuleType, base: type) -> Iterator[type]:
+    """Every named subclass of ``base`` defined in the submodules of ``package``, by module name.
+
+    Built-in plugin packages use it in their register hooks so that a new module is picked up
+    without editing a list; importing happens only when the hook runs.
+    """
+    pkg = importlib.import_module(package) if isinstance(package, str) else package
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, base) and obj.__module__ == module.__name__ and getattr(obj, "name", ""):
+                yield obj
+

@@ -1,0 +1,103 @@
+"""The policy contract: when, how much and which classes are taught."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from kdhub.base import Plugin
+from kdhub.method import StepOutputs
+from kdhub.runlog import RunLog
+
+__all__ = ["Policy", "StepPlan", "EpochReport", "EpochAction", "PolicyContext"]
+
+
+@dataclass
+class StepPlan:
+    """A policy's decision for one step.
+
+    ``kd_weight`` multiplies every method's weight; ``class_mask`` (bool ``[C]`` on the training
+    device, None = all) selects the taught classes; ``teacher_scale`` multiplies the teacher's
+    logits before the methods see them.
+    """
+
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    class_mask: Tensor | None = None
+    teacher_scale: float | None = None
+
+
+@dataclass
+class EpochAction:
+    """What a policy may ask of the engine at an epoch boundary."""
+
+    restore_best: bool = False
+    reset_optimizer: bool = False
+
+
+@dataclass
+class PolicyContext:
+    epochs: int
+    steps_per_epoch: int
+    num_classes: int
+    ce_weight: float
+    device: torch.device
+    has_validation: bool
+    class_names: list[str] = field(default_factory=list)
+    validation_class_counts: Tensor | None = None
+    method_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EpochReport:
+    """What the engine tells a policy after each epoch (epochs count from 1).
+
+    ``class_losses`` is the per-class mean distillation loss on the validation split (``[C]``,
+    NaN for a class with no sample there), computed only for policies with ``wants_class_losses``.
+    """
+
+    epoch: int
+    log: RunLog
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    class_losses: Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Policy(Plugin):
+    """Base of every policy. ``plan`` is called every step and must not synchronise with the device."""
+
+    kind: ClassVar[str] = "policy"
+    wants_class_losses: ClassVar[bool] = False
+    needs_validation: ClassVar[bool] = False
+
+    def setup(self, ctx: PolicyContext) -> None:
+        self.ctx = ctx
+
+    def plan(self, epoch: int, step: int) -> StepPlan:
+        """Loss weights and taught classes for ``step`` (global, from 0) of ``epoch`` (from 1)."""
+        raise NotImplementedError
+
+    def replacement_loss(self, out: StepOutputs) -> Tensor | None:
+        """Per-sample loss ``[B]`` that replaces output-based methods for untaught samples (None = drop)."""
+        return None
+
+    def sample_losses(self, out: StepOutputs, method_losses: Tensor | None) -> Tensor | None:
+        """Per-sample distillation loss used for ``class_losses`` on the validation split.
+
+        ``method_losses`` is the weighted sum of the run's per-sample method losses (None when the
+        run has only batch-relational methods).
+        """
+        return method_losses
+
+    def epoch_ended(self, report: EpochReport) -> EpochAction:
+        return EpochAction()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (resume gives the same decisions)."""
