@@ -1,0 +1,122 @@
+"""Small datasets live on the device as uint8 tensors and are augmented there."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdhub.dataset import Augmentation, DataBundle, TensorSplit
+
+__all__ = ["DeviceData", "class_balanced_split", "augment"]
+
+
+def class_balanced_split(labels: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(kept, held-out) indices: class m gives round(fraction * N_m) samples to the held-out split."""
+    if fraction <= 0:
+        return torch.arange(len(labels)), torch.empty(0, dtype=torch.long)
+    held = []
+    for cls in labels.unique().tolist():
+        members = (labels == cls).nonzero().squeeze(1)
+        take = int(math.floor(fraction * len(members) + 0.5))
+        held.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    held_out = torch.cat(held).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held_out] = False
+    return keep.nonzero().squeeze(1), held_out
+
+
+def augment(images: Tensor, aug: Augmentation, generator: torch.Generator) -> Tensor:
+    """Random crop (zero padding) and horizontal flip of a uint8 batch, all on its device."""
+    b, _, h, w = images.shape
+    if aug.crop_padding > 0:
+        p = aug.crop_padding
+        padded = F.pad(images, (p, p, p, p))
+        oy = torch.randint(0, 2 * p + 1, (b,), device=images.device, generator=generator)
+        ox = torch.randint(0, 2 * p + 1, (b,), device=images.device, generator=generator)
+        rows = (oy[:, None] + torch.arange(h, device=images.device))[:, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=images.device))[:, None, :]
+        batch = torch.arange(b, device=images.device)[:, None, None]
+        images = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    if aug.horizontal_flip:
+        flip = torch.rand(b, device=images.device, generator=generator) < 0.5
+        images = torch.where(flip[:, None, None, None], images.flip(3), images)
+    return images
+
+
+class DeviceData:
+    """Train / validation / test splits on the device, batched and normalised there.
+
+    ``indices`` handed out with training batches index the training split (after the validation
+    split is removed), so methods with per-sample memory (CRD) can use them.
+    """
+
+    def __init__(
+        self,
+        bundle: DataBundle,
+        device: torch.device,
+        val_fraction: float,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.bundle = bundle
+        self.device = device
+        split_gen = torch.Generator().manual_seed(seed)
+        kept, held = class_balanced_split(bundle.train.labels, val_fraction, split_gen)
+        self.splits: dict[str, TensorSplit] = {
+            "train": _to(bundle.train.subset(kept), device),
+            "test": _to(bundle.test, device),
+        }
+        if len(held):
+            self.splits["val"] = _to(bundle.train.subset(held), device)
+        self.mean = torch.tensor(bundle.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(bundle.std, device=device).view(1, -1, 1, 1)
+        self.generator = torch.Generator(device=device).manual_seed(seed + 1)
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def num_train(self) -> int:
+        return len(self.splits["train"])
+
+    def has(self, split: str) -> bool:
+        return split in self.splits
+
+    def normalise(self, images: Tensor) -> Tensor:
+        return (images.float().div_(255) - self.mean) / self.std
+
+    def steps_per_epoch(self, batch_size: int, drop_last: bool) -> int:
+        n = self.num_train
+        return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+    def train_batches(self, batch_size: int, drop_last: bool) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Shuffled, augmented, normalised batches (x, y, index); under DDP each rank gets its shard."""
+        split = self.splits["train"]
+        order = torch.randperm(len(split), device=self.device, generator=self.generator)
+        for step in range(self.steps_per_epoch(batch_size, drop_last)):
+            index = order[step * batch_size : (step + 1) * batch_size]
+            if self.world_size > 1:
+                index = index[self.rank :: self.world_size]
+            images = augment(split.images[index], self.bundle.augmentation, self.generator)
+            yield self.normalise(images), split.labels[index], index
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Un-augmented batches of a split in order; under DDP each rank takes every world_size-th batch."""
+        data = self.splits[split]
+        starts = range(self.rank * batch_size, len(data), batch_size * self.world_size)
+        for start in starts:
+            index = torch.arange(start, min(start + batch_size, len(data)), device=self.device)
+            yield self.normalise(data.images[index]), data.labels[index], index
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def _to(split: TensorSplit, device: torch.device) -> TensorSplit:
+    return TensorSplit(split.images.to(device), split.labels.to(device))

@@ -1,0 +1,48 @@
+"""torchrun / DistributedDataParallel support: rank bookkeeping and sums across processes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["DistEnv", "init_distributed"]
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_(self, tensors: list[Tensor]) -> None:
+        """Sum tensors across processes in place (no-op on one process)."""
+        if not self.enabled:
+            return
+        for tensor in tensors:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def init_distributed(device: torch.device) -> DistEnv:
+    """Join the process group that torchrun describes in the environment (one process: nothing)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistEnv()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistEnv(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))

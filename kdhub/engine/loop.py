@@ -1,0 +1,618 @@
+"""The generic distillation loop. It knows plugins only through the registry and their contracts."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdhub import plugins
+from kdhub.config import RunConfig, dump_config, parse_config, resolve_plugins
+from kdhub.engine import checkpoint
+from kdhub.engine.data import DeviceData
+from kdhub.engine.distributed import DistEnv, init_distributed
+from kdhub.engine.features import FeatureTaps, check_roles, dry_run_shapes
+from kdhub.engine.losses import method_loss
+from kdhub.engine.schedule import make_optimizer, make_scheduler
+from kdhub.errors import ConfigError, IncompatibleError
+from kdhub.method import Method, SetupContext, StepOutputs
+from kdhub.metric import EvalBatch, Metric, MetricContext, MetricResult
+from kdhub.policy import EpochReport, Policy, PolicyContext
+from kdhub.runlog import MemoryLog, RunLog
+
+__all__ = ["run", "RunResult", "Trainer", "pick_device"]
+
+
+@dataclass
+class RunResult:
+    run_id: str | None
+    status: str
+    best_acc: float
+    last_acc: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    student: nn.Module | None = None
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec != "auto":
+        return torch.device(spec)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class _Teaching:
+    method: Method
+    weight: float
+    key: str
+
+
+class Trainer:
+    """One run: builds everything from the config, then trains, evaluates, logs and checkpoints."""
+
+    def __init__(self, config: RunConfig, tracker: Any | None = None, resume_run_id: str | None = None) -> None:
+        self.config = config
+        self.registry = plugins.get_registry()
+        self.options = resolve_plugins(config, self.registry)
+        self.device = pick_device(config.train.device)
+        self.dist: DistEnv = init_distributed(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.tracker = tracker
+        self.log: RunLog = tracker if tracker is not None else MemoryLog()
+        self.resume_run_id = resume_run_id
+        self.run_id: str | None = None
+        self.epoch = 0
+        self.workdir = Path(tempfile.mkdtemp(prefix="kdhub-run-"))
+        seed_everything(config.seed)
+        if config.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self._build()
+
+    # construction -----------------------------------------------------------------------------
+    def _plugin(self, kind: str, path: str, name: str) -> Any:
+        return self.registry.get(kind, name)(self.options[path])
+
+    def _build(self) -> None:
+        cfg = self.config
+        bundle = self._plugin("dataset", "data", cfg.data.name).load()
+        self.data = DeviceData(bundle, self.device, cfg.data.val_fraction, cfg.seed, self.dist.rank, self.dist.world_size)
+        self.num_classes = bundle.num_classes
+        self.class_names = bundle.class_names
+        per_rank_batch = max(1, cfg.data.batch_size // self.dist.world_size)
+        self.batch_size, self.rank_batch = cfg.data.batch_size, per_rank_batch
+        self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size, cfg.data.drop_last)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"data.batch_size: {self.batch_size} is larger than the {self.data.num_train} training images")
+
+        model_plugin = self._plugin("model", "student", cfg.student.name)
+        self.student = model_plugin.build(self.num_classes, bundle.in_channels, bundle.image_size).to(self.device)
+        self.student_taps = model_plugin.taps(self.student)
+        self.teacher: nn.Module | None = None
+        self.teacher_taps: dict[str, list[str]] = {}
+        if cfg.teacher is not None:
+            t_plugin = self._plugin("model", "teacher", cfg.teacher.name)
+            self.teacher = t_plugin.build(self.num_classes, bundle.in_channels, bundle.image_size).to(self.device)
+            self.teacher_taps = t_plugin.taps(self.teacher)
+            if cfg.teacher.weights:
+                from kdhub.tracking import resolve_artifact
+
+                uri = self.tracker.uri if self.tracker is not None else cfg.tracking.uri
+                path = resolve_artifact(cfg.teacher.weights, uri)
+                checkpoint.load_weights(self.teacher, path, f"teacher.weights ({cfg.teacher.weights})")
+            self.teacher.eval().requires_grad_(False)
+
+        self.teaching = [
+            _Teaching(
+                self._plugin("method", f"methods.{i}", ref.name),
+                ref.weight if ref.weight is not None else self.registry.get("method", ref.name).default_weight,
+                ref.name,
+            )
+            for i, ref in enumerate(cfg.methods)
+        ]
+        method_roles = {r for t in self.teaching for r in t.method.feature_roles}
+        for t in self.teaching:
+            who = f"methods: method {t.key!r}"
+            check_roles(who, cfg.student.name, self.student_taps, t.method.feature_roles, "student")
+            if self.teacher is not None:
+                check_roles(who, cfg.teacher.name, self.teacher_taps, t.method.feature_roles, "teacher")
+        example = self.data.normalise(self.data.splits["train"].images[:2])
+        s_shapes, _ = dry_run_shapes(self.student, self.student_taps, example)
+        t_shapes = dry_run_shapes(self.teacher, self.teacher_taps, example)[0] if self.teacher is not None else {}
+        self.setup_ctx = SetupContext(
+            num_classes=self.num_classes,
+            num_train=self.data.num_train,
+            epochs=cfg.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            student=self.student,
+            teacher=self.teacher,
+            student_taps=self.student_taps,
+            teacher_taps=self.teacher_taps,
+            student_shapes=s_shapes,
+            teacher_shapes=t_shapes,
+            train_labels=self.data.splits["train"].labels,
+            device=self.device,
+        )
+        for t in self.teaching:
+            try:
+                t.method.setup(self.setup_ctx)
+            except IncompatibleError as err:
+                raise IncompatibleError(f"methods: method {t.key!r}: {err}") from None
+            t.method.to(self.device)
+        self.s_taps = FeatureTaps(self.student, self.student_taps, method_roles)
+        self.t_taps = FeatureTaps(self.teacher, self.teacher_taps, method_roles) if self.teacher is not None else None
+
+        self.policy: Policy = self._plugin("policy", "policy", cfg.policy.name)
+        if self.policy.needs_validation and not self.data.has("val"):
+            raise ConfigError(f"data.val_fraction: policy {cfg.policy.name!r} needs a validation split (set it > 0, e.g. 0.05)")
+        val_counts = None
+        if self.data.has("val"):
+            val_counts = torch.bincount(self.data.splits["val"].labels, minlength=self.num_classes).cpu()
+        self.policy.setup(
+            PolicyContext(
+                epochs=cfg.epochs,
+                steps_per_epoch=self.steps_per_epoch,
+                num_classes=self.num_classes,
+                ce_weight=cfg.ce_weight,
+                device=self.device,
+                has_validation=self.data.has("val"),
+                class_names=self.class_names,
+                validation_class_counts=val_counts,
+                method_names=[t.key for t in self.teaching],
+            )
+        )
+
+        self.metrics: list[tuple[Any, Metric]] = []
+        for i, ref in enumerate(cfg.metrics):
+            metric = self._plugin("metric", f"metrics.{i}", ref.name)
+            if metric.needs_teacher and self.teacher is None:
+                raise ConfigError(f"metrics.{i}: metric {ref.name!r} needs a teacher")
+            if ref.split == "val" and not self.data.has("val"):
+                raise ConfigError(f"metrics.{i}.split: 'val' needs data.val_fraction > 0")
+            check_roles(f"metrics.{i}: metric {ref.name!r}", cfg.student.name, self.student_taps, metric.feature_roles(), "student")
+            if self.teacher is not None:
+                check_roles(f"metrics.{i}: metric {ref.name!r}", cfg.teacher.name, self.teacher_taps, metric.feature_roles(), "teacher")
+            self.metrics.append((ref, metric))
+
+        if cfg.train.channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
+        self.train_model: nn.Module = self.student
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
+        if cfg.train.compile:
+            self.train_model = torch.compile(self.train_model)
+        self._new_optimizer(start_step=0)
+        self.best = {"selection": -math.inf, "test_acc": -math.inf, "epoch": 0, "test_at_selection": math.nan}
+        self.last_acc = math.nan
+        self._teacher_cache: dict[str, Tensor] = {}
+        self.history: list[dict[str, float]] = []
+
+    def _trainable(self) -> list[nn.Parameter]:
+        params = list(self.student.parameters())
+        for t in self.teaching:
+            params += [p for p in t.method.parameters() if p.requires_grad]
+        return params
+
+    def _new_optimizer(self, start_step: int) -> None:
+        cfg = self.config
+        self.optimizer = make_optimizer(self._trainable(), cfg.optim)
+        remaining = cfg.epochs - start_step // self.steps_per_epoch
+        self.scheduler = make_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, max(1, remaining), cfg.optim.lr)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.train.amp == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # training ---------------------------------------------------------------------------------
+    def _forward(self, images: Tensor, with_teacher: bool) -> tuple[Tensor, dict, Tensor | None, dict]:
+        if self.config.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            s_logits = self.train_model(images)
+            s_feats = self.s_taps.collect()
+            t_logits, t_feats = None, {}
+            if with_teacher and self.teacher is not None:
+                with torch.no_grad():
+                    t_logits = self.teacher(images)
+                    t_feats = self.t_taps.collect()
+        return s_logits.float(), s_feats, (t_logits.float() if t_logits is not None else None), t_feats
+
+    def _init_stage(self) -> None:
+        """Initialisation stages of methods that declare them (AB, FT, FSP), before epoch 1."""
+        for t in self.teaching:
+            if t.method.init_epochs <= 0:
+                continue
+            optimizer = make_optimizer(self._trainable(), self.config.optim)
+            for init_epoch in range(1, t.method.init_epochs + 1):
+                total = torch.zeros((), device=self.device)
+                for step, (x, y, idx) in enumerate(self.data.train_batches(self.rank_batch, self.config.data.drop_last)):
+                    s_logits, s_feats, t_logits, t_feats = self._forward(x, True)
+                    out = StepOutputs(s_logits, t_logits, y, idx, 0, step, None, s_feats, t_feats)
+                    loss = t.method.init_loss(out)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.detach()
+                self.log.metrics({f"init/{t.key}": (total / self.steps_per_epoch).item()}, step=init_epoch)
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.config
+        self.student.train()
+        for t in self.teaching:
+            t.method.train()
+        sums: dict[str, Tensor] = {}
+        zero = torch.zeros((), device=self.device)
+        correct, seen = zero.clone(), zero.clone()
+        start = time.perf_counter()
+        step0 = (epoch - 1) * self.steps_per_epoch
+        plan = None
+        batches = self.data.train_batches(self.rank_batch, cfg.data.drop_last)
+        for step, (x, y, idx) in enumerate(self._progress(batches, epoch), start=step0):
+            plan = self.policy.plan(epoch, step)
+            teach = plan.kd_weight > 0 and bool(self.teaching)
+            s_logits, s_feats, t_logits, t_feats = self._forward(x, teach)
+            if plan.teacher_scale is not None and t_logits is not None:
+                t_logits = t_logits * plan.teacher_scale
+            loss = zero
+            if plan.ce_weight > 0:
+                ce = plan.ce_weight * F.cross_entropy(s_logits, y)
+                loss = loss + ce
+                sums["ce"] = sums.get("ce", zero) + ce.detach()
+            if teach:
+                out = StepOutputs(s_logits, t_logits, y, idx, epoch, step, plan.class_mask, s_feats, t_feats)
+                replacement = self.policy.replacement_loss(out) if plan.class_mask is not None else None
+                for t in self.teaching:
+                    for term, value in method_loss(t.method, out, replacement).items():
+                        weighted = (plan.kd_weight * t.weight) * value
+                        loss = loss + weighted
+                        key = f"{t.key}.{term}" if term else t.key
+                        sums[key] = sums.get(key, zero) + weighted.detach()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            sums["total"] = sums.get("total", zero) + loss.detach()
+            correct += (s_logits.argmax(1) == y).sum()
+            seen += y.numel()
+        totals = list(sums.values()) + [correct, seen]
+        self.dist.all_reduce_(totals)
+        elapsed = time.perf_counter() - start
+        steps = self.steps_per_epoch * self.dist.world_size
+        values = {f"loss/{k}": v.item() / steps for k, v in sums.items()}
+        values["train/acc"] = 100 * correct.item() / max(1.0, seen.item())
+        values["lr"] = self.optimizer.param_groups[0]["lr"]
+        values["images_per_s"] = seen.item() / max(elapsed, 1e-9)
+        if plan is not None:
+            values["weight/ce"], values["weight/kd"] = plan.ce_weight, plan.kd_weight
+        return values
+
+    def _progress(self, batches: Any, epoch: int) -> Any:
+        if not (self.config.train.progress and self.dist.is_main and self.steps_per_epoch >= 50):
+            return batches
+        from tqdm.auto import tqdm
+
+        return tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="batch")
+
+    # evaluation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(
+        self, split: str, metrics: list[Metric], epoch: int, class_losses: bool = False
+    ) -> tuple[float, dict[int, MetricResult], Tensor | None]:
+        """Accuracy on ``split``, the results of ``metrics`` and (optionally) per-class distillation losses."""
+        self.student.eval()
+        for t in self.teaching:
+            t.method.eval()
+        roles = {r for m in metrics for r in m.feature_roles()}
+        if class_losses:
+            roles |= {r for t in self.teaching for r in t.method.feature_roles}
+        ctx_args = dict(
+            num_classes=self.num_classes,
+            split=split,
+            epoch=epoch,
+            device=self.device,
+            class_names=self.class_names,
+            student=self.student,
+            teacher=self.teacher,
+            num_samples=len(self.data.splits[split]),
+            seed=self.config.seed,
+        )
+        for metric in metrics:
+            metric.reset(MetricContext(**ctx_args))
+        correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = torch.zeros((), device=self.device, dtype=torch.float64)
+        loss_sum = torch.zeros(self.num_classes, device=self.device, dtype=torch.float64)
+        loss_count = torch.zeros(self.num_classes, device=self.device, dtype=torch.float64)
+        cache = self._teacher_cache.get(split)
+        need_teacher = self.teacher is not None and (bool(roles) or cache is None)
+        new_cache: list[Tensor] = []
+        with FeatureTaps(self.student, self.student_taps, roles) as s_rec, contextlib.ExitStack() as stack:
+            t_rec = stack.enter_context(FeatureTaps(self.teacher, self.teacher_taps, roles)) if self.teacher is not None else None
+            offset = 0
+            for x, y, idx in self.data.eval_batches(split, self.config.data.eval_batch_size):
+                with self._autocast():
+                    s_logits = self.student(x).float()
+                    t_logits = self.teacher(x).float() if need_teacher else None
+                if self.teacher is not None and t_logits is None:
+                    t_logits = cache[offset : offset + len(y)]
+                elif t_logits is not None:
+                    new_cache.append(t_logits)
+                offset += len(y)
+                batch = EvalBatch(s_logits, t_logits, y, idx, s_rec.collect(), t_rec.collect() if t_rec else {})
+                correct += (s_logits.argmax(1) == y).sum()
+                count += y.numel()
+                for metric in metrics:
+                    metric.update(batch)
+                if class_losses:
+                    out = StepOutputs(s_logits, t_logits, y, idx, epoch, 0, None, batch.student_features, batch.teacher_features)
+                    per_sample = [t.weight * t.method.loss(out) for t in self.teaching if t.method.per_sample]
+                    method_losses = _sum_terms(per_sample)
+                    losses = self.policy.sample_losses(out, method_losses)
+                    if losses is not None:
+                        loss_sum += torch.bincount(y, weights=losses.double(), minlength=self.num_classes)
+                        loss_count += torch.bincount(y, minlength=self.num_classes)
+        if self.teacher is not None and cache is None and new_cache and not roles:
+            self._teacher_cache[split] = torch.cat(new_cache)
+        self.dist.all_reduce_([correct, count, loss_sum, loss_count])
+        results = {}
+        for i, metric in enumerate(metrics):
+            self.dist.all_reduce_(list(metric.accumulators().values()))
+            results[i] = metric.compute()
+        self.student.train()
+        acc = 100 * correct.item() / max(1.0, count.item())
+        per_class = (loss_sum / loss_count).cpu() if class_losses else None  # 0/0 -> NaN for an empty class
+        return acc, results, per_class
+
+    def _log_results(self, split: str, name: str, result: MetricResult, epoch: int, final: bool) -> dict[str, float]:
+        scalars = {f"{split}/{name}/{k}": v for k, v in result.scalars.items()}
+        self.log.metrics(scalars, step=epoch)
+        suffix = "" if final else f"_epoch_{epoch:03d}"
+        for table_name, table in result.tables.items():
+            self.log.table(f"{split}/{table_name}{suffix}", table)
+        for fig_name, fig in result.figures.items():
+            self.log.figure(f"{split}/{fig_name}{suffix}", fig)
+        return scalars
+
+    def _scheduled_metrics(self, epoch: int, final: bool) -> dict[str, float]:
+        by_split: dict[str, list[tuple[str, Metric]]] = {}
+        for ref, metric in self.metrics:
+            due = final or (ref.every and epoch % ref.every == 0) or epoch in ref.at
+            if due:
+                by_split.setdefault(ref.split, []).append((ref.name, metric))
+        logged: dict[str, float] = {}
+        for split, items in by_split.items():
+            _, results, _ = self.evaluate(split, [m for _, m in items], epoch)
+            for i, (name, _) in enumerate(items):
+                logged.update(self._log_results(split, name, results[i], epoch, final))
+        return logged
+
+    # state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        cfg = self.config
+        return {
+            "format": "kdhub-checkpoint-1",
+            "epoch": self.epoch,
+            "model": self.student.state_dict(),
+            "model_spec": {"name": cfg.student.name, "options": cfg.student.options, "num_classes": self.num_classes},
+            "methods": [t.method.state_dict() for t in self.teaching],
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "policy": self.policy.state_dict(),
+            "metrics": [m.state_dict() for _, m in self.metrics],
+            "data": self.data.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "best": dict(self.best),
+            "last_acc": self.last_acc,
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["model"])
+        for t, s in zip(self.teaching, state["methods"]):
+            t.method.load_state_dict(s)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.policy.load_state_dict(state["policy"])
+        for (_, m), s in zip(self.metrics, state["metrics"]):
+            m.load_state_dict(s)
+        self.data.load_state_dict(state["data"])
+        checkpoint.set_rng_state(state["rng"])
+        self.best, self.last_acc, self.history = dict(state["best"]), state["last_acc"], list(state["history"])
+        self.epoch = state["epoch"]
+
+    def _save(self, name: str, state: dict[str, Any], folder: str = "checkpoints") -> Path:
+        path = checkpoint.save(state, self.workdir / folder / name)
+        if self.tracker is not None and self.config.tracking.log_checkpoints:
+            self.tracker.artifact(path, folder)
+        return path
+
+    def _restore_best(self) -> None:
+        path = self.workdir / "checkpoints" / "best.pt"
+        if not path.exists():
+            return
+        state = checkpoint.load(path)
+        self.student.load_state_dict(state["model"])
+        for t, s in zip(self.teaching, state["methods"]):
+            t.method.load_state_dict(s)
+
+    # the run ----------------------------------------------------------------------------------
+    def fit(self) -> RunResult:
+        cfg = self.config
+        start_epoch = self.epoch + 1
+        if self.epoch == 0:
+            for _, metric in self.metrics:
+                metric.start(MetricContext(self.num_classes, "train", 0, self.device, self.class_names, self.student, self.teacher, seed=cfg.seed))
+            self._init_stage()
+        plugins.notify("run_started", run=self)
+        epochs = range(start_epoch, cfg.epochs + 1)
+        bar = None
+        if cfg.train.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.epochs, initial=start_epoch - 1, desc=cfg.tracking.run_name or "train", unit="epoch")
+        for epoch in epochs:
+            self.epoch = epoch
+            if self.tracker is not None:
+                self.tracker.at_step(epoch)
+            values = self._train_epoch(epoch)
+            if epoch % cfg.train.eval_every == 0 or epoch == cfg.epochs:
+                values["test/acc"], _, _ = self.evaluate("test", [], epoch)
+                self.last_acc = values["test/acc"]
+            class_losses, val_acc = None, None
+            if self.data.has("val"):
+                val_acc, _, class_losses = self.evaluate("val", [], epoch, class_losses=self.policy.wants_class_losses)
+                values["val/acc"] = val_acc
+            self._track_best(epoch, val_acc, values.get("test/acc"))
+            values.update({"test/acc_best": self.best["test_acc"]})
+            report = EpochReport(epoch, self.log, val_acc, values.get("test/acc"), class_losses)
+            action = self.policy.epoch_ended(report)
+            if epoch < cfg.epochs:
+                values.update(self._scheduled_metrics(epoch, final=False))
+            self.log.metrics(values, step=epoch)
+            self.history.append({"epoch": epoch, **{k: v for k, v in values.items() if not k.startswith("loss/")}})
+            if action.restore_best:
+                self._restore_best()
+                self.log.metrics({"policy/restored_best_epoch": self.best["epoch"]}, step=epoch)
+            if action.reset_optimizer:
+                self._new_optimizer(start_step=epoch * self.steps_per_epoch)
+            if self.dist.is_main:
+                if epoch % cfg.checkpoint.resume_every == 0 or epoch == cfg.epochs:
+                    self._save("last.pt", self.state_dict())
+                if cfg.checkpoint.every and epoch % cfg.checkpoint.every == 0:
+                    self._save(f"epoch_{epoch:03d}.pt", {"model": self.student.state_dict(), "epoch": epoch, "model_spec": self.state_dict()["model_spec"]})
+            plugins.notify("epoch_ended", run=self, epoch=epoch, metrics=values)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss/total']:.3f}", acc=f"{self.last_acc:.1f}")
+        if bar is not None:
+            bar.close()
+        final = self._scheduled_metrics(cfg.epochs, final=True)
+        summary = {"test/acc_last": self.last_acc, "test/acc_best": self.best["test_acc"], "best_epoch": self.best["epoch"]}
+        if self.data.has("val"):
+            summary["test/acc_at_best_val"] = self.best["test_at_selection"]
+        self.log.metrics(summary, step=cfg.epochs)
+        if self.dist.is_main:
+            self._save("final.pt", {"model": self.student.state_dict(), "epoch": cfg.epochs, "model_spec": self.state_dict()["model_spec"]})
+        return RunResult(self.run_id, "FINISHED", self.best["test_acc"], self.last_acc, {**final, **summary}, self.student)
+
+    def _track_best(self, epoch: int, val_acc: float | None, test_acc: float | None) -> None:
+        if test_acc is not None and test_acc > self.best["test_acc"]:
+            self.best["test_acc"] = test_acc
+        selection = val_acc if val_acc is not None else test_acc
+        if selection is not None and selection > self.best["selection"]:
+            self.best.update(selection=selection, epoch=epoch, test_at_selection=test_acc if test_acc is not None else math.nan)
+            state = {"model": self.student.state_dict(), "methods": [t.method.state_dict() for t in self.teaching]}
+            checkpoint.save(state, self.workdir / "checkpoints" / "best.pt")
+
+
+def _sum_terms(values: list[Any]) -> Tensor | None:
+    total = None
+    for value in values:
+        for term in value.values() if isinstance(value, dict) else [value]:
+            total = term if total is None else total + term
+    return total
+
+
+def run_params(config: RunConfig, options: dict[str, Any]) -> dict[str, str]:
+    """Flattened params: ``method.kd.temperature``, ``policy.tllm.eta``, ``optim.lr``, ... with defaults."""
+    from kdhub.tracking import flatten
+
+    params: dict[str, str] = {"seed": str(config.seed), "epochs": str(config.epochs), "ce_weight": str(config.ce_weight)}
+    for section in ("optim", "schedule", "train", "checkpoint"):
+        params.update(flatten(getattr(config, section).model_dump(mode="json"), section))
+    data = config.data.model_dump(mode="json", exclude={"options"})
+    params.update(flatten(data, "data"))
+    params.update(flatten(options["data"].model_dump(mode="json"), "data.options"))
+    params.update(flatten({"name": config.student.name, **options["student"].model_dump(mode="json")}, "student"))
+    if config.teacher is not None:
+        t = {"name": config.teacher.name, "weights": config.teacher.weights, **options["teacher"].model_dump(mode="json")}
+        params.update(flatten(t, "teacher"))
+    for i, ref in enumerate(config.methods):
+        weight = ref.weight if ref.weight is not None else None
+        values = {"weight": weight, **options[f"methods.{i}"].model_dump(mode="json")}
+        params.update(flatten(values, f"method.{ref.name}"))
+    params.update(flatten({"name": config.policy.name, **options["policy"].model_dump(mode="json")}, "policy"))
+    for i, ref in enumerate(config.metrics):
+        values = {"split": ref.split, "every": ref.every, **options[f"metrics.{i}"].model_dump(mode="json")}
+        params.update(flatten(values, f"metric.{ref.name}"))
+    return params
+
+
+def run_tags(config: RunConfig) -> dict[str, str]:
+    import kdhub
+
+    tags = {
+        "kdhub.version": kdhub.__version__,
+        "student": config.student.name,
+        "teacher": config.teacher.name if config.teacher else "none",
+        "method": ",".join(m.name for m in config.methods) or "none",
+        "policy": config.policy.name,
+        "dataset": config.data.name,
+        "seed": str(config.seed),
+    }
+    for info in plugins.loaded_plugins():
+        tags[f"kdhub.plugin.{info.distribution}"] = info.version or "local"
+    tags.update(config.tracking.tags)
+    return tags
+
+
+def default_run_name(config: RunConfig) -> str:
+    if config.teacher is None:
+        return f"{config.student.name}-{config.data.name}-s{config.seed}"
+    methods = "+".join(m.name for m in config.methods) or "none"
+    return f"{config.teacher.name}-{methods}-{config.student.name}-{config.data.name}-s{config.seed}"
+
+
+def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, track: bool = True) -> RunResult:
+    """Train one run from a config (a RunConfig or a dict), logging it to MLflow unless ``track`` is False.
+
+    With ``resume_run_id``, the run's ``checkpoints/last.pt`` is loaded and training continues into
+    the same MLflow run.
+    """
+    if isinstance(config, dict):
+        config = parse_config(config)
+    from kdhub.tracking import Tracker, resolve_artifact
+
+    env_rank = int(__import__("os").environ.get("RANK", "0"))
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment) if track and env_rank == 0 else None
+    trainer = Trainer(config, tracker, resume_run_id)
+    if resume_run_id is not None:
+        uri = tracker.uri if tracker is not None else config.tracking.uri
+        trainer.load_state_dict(checkpoint.load(resolve_artifact(f"runs:/{resume_run_id}/checkpoints/last.pt", uri)))
+    if tracker is not None:
+        trainer.run_id = tracker.start(config.tracking.run_name or default_run_name(config), run_tags(config), resume_run_id)
+        if resume_run_id is None:
+            tracker.params(run_params(config, trainer.options))
+            tracker.text("config.yaml", dump_config(config))
+    try:
+        result = trainer.fit()
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        if tracker is not None:
+            tracker.finish(status, f"{type(err).__name__}: {err} (resume with: kdhub run --resume {trainer.run_id})")
+        plugins.notify("run_finished", run=trainer, status=status, error=err)
+        raise
+    if tracker is not None:
+        tracker.finish("FINISHED")
+    plugins.notify("run_finished", run=trainer, status="FINISHED", error=None)
+    return result

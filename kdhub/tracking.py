@@ -1,0 +1,196 @@
+"""MLflow tracking: the only module that imports mlflow."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kdhub.errors import KdhubError
+from kdhub.runlog import Table
+
+__all__ = [
+    "DEFAULT_URI",
+    "tracking_uri",
+    "Tracker",
+    "resolve_artifact",
+    "load_table",
+    "load_run_config",
+    "run_info",
+    "flatten",
+]
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+_KEY = re.compile(r"[^0-9A-Za-z_\-. /]")
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """The config's URI, else $MLFLOW_TRACKING_URI, else a local SQLite store ``mlflow.db``."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def _client(uri: str) -> Any:
+    import logging
+
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts and lists as ``a.b.0.c`` keys with string values (MLflow params)."""
+    out: dict[str, str] = {}
+    if isinstance(data, dict) and data:
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(data, list) and data and any(isinstance(v, (dict, list)) for v in data):
+        for i, value in enumerate(data):
+            out.update(flatten(value, f"{prefix}.{i}"))
+    else:
+        out[prefix] = json.dumps(data) if isinstance(data, (list, dict)) else str(data)
+    return out
+
+
+def _safe_key(key: str) -> str:
+    return _KEY.sub("_", key)
+
+
+class Tracker:
+    """Logs one run to MLflow (implements :class:`kdhub.RunLog` for plugins)."""
+
+    def __init__(self, uri: str | None = None, experiment: str = "kdhub") -> None:
+        self.uri = tracking_uri(uri)
+        self.client = _client(self.uri)
+        self.experiment = experiment
+        self.run_id: str | None = None
+        self._step: int | None = None
+
+    def start(self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None) -> str:
+        if resume_run_id:
+            run = self.client.get_run(resume_run_id)
+            self.run_id = run.info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "kdhub.resumed", "true")
+            return self.run_id
+        found = self.client.get_experiment_by_name(self.experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def at_step(self, step: int | None) -> None:
+        """The default step (epoch) for values logged by plugins without one."""
+        self._step = step
+
+    # RunLog -----------------------------------------------------------------------------------
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        import time
+
+        now = int(time.time() * 1000)
+        step = self._step if step is None else step
+        items = [
+            Metric(_safe_key(k), float(v), now, step or 0)
+            for k, v in values.items()
+            if v is not None and not (isinstance(v, float) and math.isinf(v))
+        ]
+        for i in range(0, len(items), 900):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 900])
+
+    def params(self, values: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(_safe_key(k), str(v)[:6000]) for k, v in values.items() if _safe_key(k) not in existing]
+        for i in range(0, len(items), 90):
+            self.client.log_batch(self.run_id, params=items[i : i + 90])
+
+    def tags(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def table(self, name: str, data: Table) -> None:
+        columns = list(data)
+        rows = [list(r) for r in zip(*(data[c] for c in columns))]
+        payload = {"columns": columns, "data": [[_jsonable(v) for v in row] for row in rows]}
+        self.client.log_dict(self.run_id, payload, f"tables/{name}.json")
+
+    def figure(self, name: str, figure: Any) -> None:
+        import matplotlib.pyplot as plt
+
+        self.client.log_figure(self.run_id, figure, f"figures/{name}.png")
+        plt.close(figure)
+
+    def text(self, name: str, text: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    # files ------------------------------------------------------------------------------------
+    def artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        if reason:
+            self.client.set_tag(self.run_id, "kdhub.failure", reason[:5000])
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def resolve_artifact(reference: str, uri: str | None = None) -> Path:
+    """A local path for a file path or an MLflow ``runs:/<run_id>/<artifact path>`` reference."""
+    if not reference.startswith("runs:/"):
+        path = Path(reference).expanduser()
+        if not path.exists():
+            raise KdhubError(f"{reference}: no such file")
+        return path
+    parts = reference[len("runs:/") :].split("/", 1)
+    if len(parts) != 2 or not parts[1]:
+        raise KdhubError(f"{reference}: expected runs:/<run_id>/<artifact path>")
+    client = _client(tracking_uri(uri))
+    try:
+        return Path(client.download_artifacts(parts[0], parts[1], tempfile.mkdtemp(prefix="kdhub-")))
+    except Exception as err:  # noqa: BLE001 - mlflow raises many kinds
+        raise KdhubError(f"{reference}: cannot fetch from {tracking_uri(uri)}: {str(err).splitlines()[0]}") from None
+
+
+def load_table(run_id: str, name: str, uri: str | None = None) -> Table:
+    """A table a run logged with ``RunLog.table`` (e.g. ``test/per_class_accuracy``), as columns."""
+    path = resolve_artifact(f"runs:/{run_id}/tables/{name}.json", uri)
+    payload = json.loads(path.read_text())
+    columns = payload["columns"]
+    return {c: [row[i] if row[i] is not None else math.nan for row in payload["data"]] for i, c in enumerate(columns)}
+
+
+def load_run_config(run_id: str, uri: str | None = None) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(resolve_artifact(f"runs:/{run_id}/config.yaml", uri).read_text())
+
+
+def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
+    """Status, name, tags, params and latest metrics of a run."""
+    try:
+        run = _client(tracking_uri(uri)).get_run(run_id)
+    except Exception as err:  # noqa: BLE001
+        raise KdhubError(f"run {run_id!r} not found in {tracking_uri(uri)}: {str(err).splitlines()[0]}") from None
+    return {
+        "run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "status": run.info.status,
+        "experiment_id": run.info.experiment_id,
+        "tags": dict(run.data.tags),
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+    }

@@ -1,0 +1,15 @@
+"""Shared loading of torchvision's image datasets into uint8 tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import kdhub
+
+
+def to_split(data: object, targets: object) -> kdhub.TensorSplit:
+    """torchvision's ``data`` (N,H,W[,C] uint8 array or tensor) and ``targets`` as a TensorSplit."""
+    images = torch.as_tensor(np.asarray(data))
+    images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    return kdhub.TensorSplit(images.contiguous(), torch.as_tensor(np.asarray(targets)).long())
