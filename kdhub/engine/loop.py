@@ -424,7 +424,12 @@ class Trainer:
             "best": dict(self.best),
             "last_acc": self.last_acc,
             "history": list(self.history),
+            "best_state": self._best_state(),
         }
+
+    def _best_state(self) -> dict[str, Any] | None:
+        path = self.workdir / "checkpoints" / "best.pt"
+        return checkpoint.load(path) if path.exists() else None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["model"])
@@ -439,6 +444,8 @@ class Trainer:
         checkpoint.set_rng_state(state["rng"])
         self.best, self.last_acc, self.history = dict(state["best"]), state["last_acc"], list(state["history"])
         self.epoch = state["epoch"]
+        if state.get("best_state") is not None:
+            checkpoint.save(state["best_state"], self.workdir / "checkpoints" / "best.pt")
 
     def _save(self, name: str, state: dict[str, Any], folder: str = "checkpoints") -> Path:
         path = checkpoint.save(state, self.workdir / folder / name)
@@ -537,6 +544,7 @@ def run_params(config: RunConfig, options: dict[str, Any]) -> dict[str, str]:
     """Flattened params: ``method.kd.temperature``, ``policy.tllm.eta``, ``optim.lr``, ... with defaults."""
     from kdhub.tracking import flatten
 
+    registry = plugins.get_registry()
     params: dict[str, str] = {"seed": str(config.seed), "epochs": str(config.epochs), "ce_weight": str(config.ce_weight)}
     for section in ("optim", "schedule", "train", "checkpoint"):
         params.update(flatten(getattr(config, section).model_dump(mode="json"), section))
@@ -548,7 +556,7 @@ def run_params(config: RunConfig, options: dict[str, Any]) -> dict[str, str]:
         t = {"name": config.teacher.name, "weights": config.teacher.weights, **options["teacher"].model_dump(mode="json")}
         params.update(flatten(t, "teacher"))
     for i, ref in enumerate(config.methods):
-        weight = ref.weight if ref.weight is not None else None
+        weight = ref.weight if ref.weight is not None else registry.get("method", ref.name).default_weight
         values = {"weight": weight, **options[f"methods.{i}"].model_dump(mode="json")}
         params.update(flatten(values, f"method.{ref.name}"))
     params.update(flatten({"name": config.policy.name, **options["policy"].model_dump(mode="json")}, "policy"))

@@ -1,0 +1,169 @@
+"""The ``kdhub`` command: run configs, look plugins up, run the demo, compare runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from kdhub.errors import KdhubError
+
+EXIT_USAGE = 2
+
+
+def _registry() -> Any:
+    from kdhub.plugins import get_registry
+
+    return get_registry()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kdhub.config import load_config, parse_config
+    from kdhub.engine.loop import run
+
+    if args.config:
+        config = load_config(args.config, args.set)
+    elif args.resume:
+        from kdhub.config import apply_overrides
+        from kdhub.tracking import load_run_config
+
+        config = parse_config(apply_overrides(load_run_config(args.resume, args.tracking_uri), args.set), "resumed run")
+    else:
+        raise KdhubError("run: give a CONFIG file, or --resume RUN_ID")
+    if args.tracking_uri:
+        config.tracking.uri = args.tracking_uri
+    result = run(config, resume_run_id=args.resume)
+    print(f"run {result.run_id}: test accuracy last {result.last_acc:.2f}%, best {result.best_acc:.2f}%")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from kdhub.plugins import load_failures, loaded_plugins
+
+    infos, failures = loaded_plugins(), load_failures()
+    if args.json:
+        payload = {
+            "plugins": [
+                {"name": i.name, "distribution": i.distribution, "version": i.version, "module": i.module, "registers": i.registered}
+                for i in infos
+            ],
+            "errors": [{"distribution": f.distribution, "entry_point": f.entry_point, "error": f.error} for f in failures],
+        }
+        print(json.dumps(payload, indent=2))
+        return 0
+    for info in infos:
+        print(f"{info.distribution} {info.version}  [{info.name} = {info.module}]")
+        for kind, names in info.registered.items():
+            print(f"  {kind}: {', '.join(names)}")
+    for failure in failures:
+        print(f"FAILED {failure.distribution} [{failure.entry_point}]: {failure.error}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    registry = _registry()
+    for entry in registry.entries(args.kind):
+        if entry.name in registry.names(args.kind, args.pattern):
+            print(f"{entry.name:<22} {entry.cls.summary()}")
+    return 0
+
+
+def option_rows(options_model: type) -> list[tuple[str, str, str, str, str]]:
+    """(name, type, default, bounds, description) for every field of a pydantic options model."""
+    rows = []
+    for name, field in options_model.model_fields.items():
+        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        bounds = []
+        for meta in field.metadata:
+            for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "len >=")):
+                value = getattr(meta, attr, None)
+                if value is not None:
+                    bounds.append(f"{symbol} {value}")
+        rows.append((name, annotation, default, ", ".join(bounds), field.description or ""))
+    return rows
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    entry = _registry().entry(args.kind, args.name)
+    cls = entry.cls
+    print(f"{args.kind} {entry.name}  (from {entry.origin}, {cls.__module__}.{cls.__name__})\n")
+    print((cls.__doc__ or "").strip().replace("\n    ", "\n"))
+    facts = []
+    for attr in ("per_sample", "output_based", "feature_roles", "needs_teacher", "default_weight", "wants_class_losses"):
+        if hasattr(cls, attr):
+            facts.append(f"{attr}={getattr(cls, attr)!r}")
+    if facts:
+        print("\n" + "  ".join(facts))
+    rows = option_rows(cls.Options)
+    print("\noptions:" if rows else "\noptions: none")
+    for name, annotation, default, bounds, description in rows:
+        print(f"  {name:<18} {annotation:<14} default {default:<12} {bounds:<14} {description}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kdhub.demo import demo
+
+    demo(epochs=args.epochs, tracking_uri=args.tracking_uri)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdhub", description="knowledge-distillation workbench")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train one run from a YAML config")
+    p.add_argument("config", nargs="?", help="run config (YAML); optional with --resume")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a config value")
+    p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: config, $MLFLOW_TRACKING_URI, sqlite:///mlflow.db)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plugins", help="list the installed plugins, what they register and load errors")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("list", help="list the plugins of a kind")
+    p.add_argument("kind", help="method, policy, metric, model or dataset")
+    p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. '*kd*'")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="a plugin's documentation and options")
+    p.add_argument("kind")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("demo", help="teacher, vanilla student and KD student on the embedded digits data")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's own)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from kdhub.compare import add_compare_parser
+    except ImportError:
+        pass
+    else:
+        add_compare_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KdhubError as err:
+        message = str(err)
+        print(f"kdhub: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("kdhub: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,27 @@
+import json
+
+from kdhub.cli import main
+
+
+def test_plugins_json_lists_builtins_and_the_template(capsys):
+    assert main(["plugins", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    by_dist = {}
+    for plugin in payload["plugins"]:
+        for kind, names in plugin["registers"].items():
+            by_dist.setdefault(plugin["distribution"], {}).setdefault(kind, []).extend(names)
+    assert "kd" in by_dist["kdhub"]["method"] and "constant" in by_dist["kdhub"]["policy"]
+    assert by_dist["kdhub-cosine"] == {"method": ["cosine"]}
+    assert payload["errors"] == []
+
+
+def test_show_prints_doc_and_options_table(capsys):
+    assert main(["show", "method", "kd"]) == 0
+    out = capsys.readouterr().out
+    assert "Hinton" in out and "temperature" in out and "default 4.0" in out and "> 0" in out
+
+
+def test_list_with_pattern(capsys):
+    assert main(["list", "method", "*kd*"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert "kd" in names and "dkd" in names and "fitnet" not in names
