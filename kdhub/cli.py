@@ -46,10 +46,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         payload = {
             "plugins": [
-                {"name": i.name, "distribution": i.distribution, "version": i.version, "module": i.module, "registers": i.registered}
+                {
+                    "name": i.name,
+                    "distribution": i.distribution,
+                    "version": i.version,
+                    "module": i.module,
+                    "registers": i.registered,
+                }
                 for i in infos
             ],
-            "errors": [{"distribution": f.distribution, "entry_point": f.entry_point, "error": f.error} for f in failures],
+            "errors": [
+                {"distribution": f.distribution, "entry_point": f.entry_point, "error": f.error} for f in failures
+            ],
         }
         print(json.dumps(payload, indent=2))
         return 0
@@ -92,7 +100,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"{args.kind} {entry.name}  (from {entry.origin}, {cls.__module__}.{cls.__name__})\n")
     print((cls.__doc__ or "").strip().replace("\n    ", "\n"))
     facts = []
-    for attr in ("per_sample", "output_based", "feature_roles", "needs_teacher", "default_weight", "wants_class_losses"):
+    for attr in (
+        "per_sample",
+        "output_based",
+        "feature_roles",
+        "needs_teacher",
+        "default_weight",
+        "wants_class_losses",
+    ):
         if hasattr(cls, attr):
             facts.append(f"{attr}={getattr(cls, attr)!r}")
     if facts:
@@ -119,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="run config (YAML); optional with --resume")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a config value")
     p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: config, $MLFLOW_TRACKING_URI, sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: config, $MLFLOW_TRACKING_URI, sqlite:///mlflow.db)"
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("plugins", help="list the installed plugins, what they register and load errors")

@@ -53,7 +53,9 @@ class MethodRef(PluginRef):
 
 
 class MetricRef(PluginRef):
-    split: Literal["train", "val", "test"] = Field("test", description="evaluated on this split (train: no augmentation)")
+    split: Literal["train", "val", "test"] = Field(
+        "test", description="evaluated on this split (train: no augmentation)"
+    )
     every: int = Field(0, ge=0, description="also evaluate every N epochs (0 = only at the end)")
     at: list[int] = Field(default_factory=list, description="also evaluate after these epochs")
 
@@ -114,7 +116,9 @@ class TrainConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    uri: str | None = Field(None, description="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+    )
     experiment: str = Field("kdhub", min_length=1, description="MLflow experiment name")
     run_name: str | None = Field(None, description="MLflow run name (default: generated from the config)")
     tags: dict[str, str] = Field(default_factory=dict, description="extra MLflow tags")
@@ -146,10 +150,6 @@ class RunConfig(_Strict):
     @classmethod
     def _allow_single(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, dict)) else value
-
-    @model_validator(mode="after")
-    def _teacher_and_methods(self) -> RunConfig:
-        return self
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -195,16 +195,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _child(node: Any, part: str, key: str, create: Any) -> Any:
+    """The container at ``part`` (created if missing); a plugin shorthand "kd" becomes {name: kd}."""
     if isinstance(node, list):
         index = _index(part, node, key)
-        if isinstance(node[index], str):  # "kd" shorthand -> {name: kd}
+        if isinstance(node[index], str):
             node[index] = {"name": node[index]}
         return node[index]
     if not isinstance(node, dict):
         raise ConfigError(f"--set {key}: {part!r} is inside a value that is not a mapping")
-    if isinstance(node.get(part), str) and not isinstance(create, list):
-        node[part] = {"name": node[part]}
-    return node.setdefault(part, create) if node.get(part) is not None else node.__setitem__(part, create) or create
+    value = node.get(part)
+    if isinstance(value, str):
+        value = node[part] = {"name": value}
+    elif value is None:
+        value = node[part] = create
+    return value
 
 
 def _assign(node: Any, part: str, value: Any, key: str) -> None:

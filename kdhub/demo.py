@@ -56,6 +56,9 @@ def report(tables: dict[str, dict[str, list[Any]]], results: dict[str, RunResult
             hurt.append(str(cls))
         lines.append(f"{cls!s:<8}{t:>9.1f}{v:>9.1f}{k:>9.1f}{delta:>+9.1f}")
     overall = [results[n].last_acc for n in ("teacher", "vanilla", "kd")]
-    lines.append(f"{'overall':<8}{overall[0]:>9.1f}{overall[1]:>9.1f}{overall[2]:>9.1f}{overall[2] - overall[1]:>+9.1f}")
-    lines.append(f"\nKD hurt {len(hurt)} class(es): {', '.join(hurt) if hurt else 'none'} (test accuracy below the vanilla student)")
+    lines.append(
+        f"{'overall':<8}{overall[0]:>9.1f}{overall[1]:>9.1f}{overall[2]:>9.1f}{overall[2] - overall[1]:>+9.1f}"
+    )
+    hurt_list = ", ".join(hurt) if hurt else "none"
+    lines.append(f"\nKD hurt {len(hurt)} class(es): {hurt_list} (test accuracy below the vanilla student)")
     return "\n".join(lines)

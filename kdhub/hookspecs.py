@@ -11,7 +11,8 @@ Lifecycle hooks observe runs; they may raise to abort a run.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -13,10 +13,11 @@ import inspect
 import os
 import pkgutil
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import pluggy
 
@@ -115,7 +116,9 @@ def _load() -> _State:
         try:
             module = ep.load()
         except Exception as err:  # noqa: BLE001 - a broken plugin must not take kdhub down
-            _fail(state, LoadFailure(dist, ep.name, f"import failed: {type(err).__name__}: {err}", traceback.format_exc()))
+            _fail(
+                state, LoadFailure(dist, ep.name, f"import failed: {type(err).__name__}: {err}", traceback.format_exc())
+            )
             continue
         _register(state, module, ep.name, dist, version)
     return state
@@ -125,7 +128,9 @@ def _register(state: _State, module: Any, name: str, dist: str, version: str) ->
     try:
         state.manager.register(module, name=f"{dist}:{name}")
     except Exception as err:  # noqa: BLE001
-        _fail(state, LoadFailure(dist, name, f"registration failed: {type(err).__name__}: {err}", traceback.format_exc()))
+        _fail(
+            state, LoadFailure(dist, name, f"registration failed: {type(err).__name__}: {err}", traceback.format_exc())
+        )
         return
     info = PluginInfo(name, dist, version, getattr(module, "__name__", repr(module)))
     for kind, hook_name in hookspecs.REGISTER_HOOKS.items():
@@ -141,7 +146,10 @@ def _register(state: _State, module: Any, name: str, dist: str, version: str) ->
         try:
             impls[0].function(register=register)
         except Exception as err:  # noqa: BLE001
-            _fail(state, LoadFailure(dist, name, f"{hook_name} failed: {type(err).__name__}: {err}", traceback.format_exc()))
+            _fail(
+                state,
+                LoadFailure(dist, name, f"{hook_name} failed: {type(err).__name__}: {err}", traceback.format_exc()),
+            )
         if added:
             info.registered[kind] = added
     state.infos.append(info)
@@ -207,4 +215,3 @@ def plugin_classes(package: str | ModuleType, base: type) -> Iterator[type]:
         for _, obj in inspect.getmembers(module, inspect.isclass):
             if issubclass(obj, base) and obj.__module__ == module.__name__ and getattr(obj, "name", ""):
                 yield obj
-

@@ -54,7 +54,9 @@ def suggest(name: str, candidates: list[str]) -> str:
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
-def format_validation_error(error: ValidationError, model: type | None = None, prefix: str = "", plugin: str = "") -> str:
+def format_validation_error(
+    error: ValidationError, model: type | None = None, prefix: str = "", plugin: str = ""
+) -> str:
     """One line per problem: ``path.to.key: message (plugin)``; unknown keys get suggestions."""
     lines = []
     for item in error.errors():
@@ -102,7 +104,9 @@ class Registry:
     def add(self, kind: str, cls: type, source: str = "", version: str = "") -> Entry:
         base = KINDS[self._check_kind(kind)]
         if not (isinstance(cls, type) and issubclass(cls, base)):
-            raise KdhubError(f"{source or 'a plugin'} registered {cls!r} as a {kind}, but it is not a kdhub.{base.__name__}")
+            raise KdhubError(
+                f"{source or 'a plugin'} registered {cls!r} as a {kind}, but it is not a kdhub.{base.__name__}"
+            )
         name = getattr(cls, "name", "")
         if not name or not isinstance(name, str):
             raise KdhubError(f"{source or 'a plugin'} registered {cls.__name__} without a name")
@@ -158,5 +162,7 @@ class Registry:
     @staticmethod
     def _check_kind(kind: str) -> str:
         if kind not in KINDS:
-            raise PluginNotFoundError(f"unknown plugin kind {kind!r}{suggest(kind, list(KINDS))} (kinds: {', '.join(KINDS)})")
+            raise PluginNotFoundError(
+                f"unknown plugin kind {kind!r}{suggest(kind, list(KINDS))} (kinds: {', '.join(KINDS)})"
+            )
         return kind

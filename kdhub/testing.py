@@ -1,7 +1,7 @@
 """Test helpers for kdhub and for plugin authors: a tiny tapped network and a method check.
 
-    from kdhub.testing import check_method
-    check_method(MyMethod())          # shapes, finiteness, gradients, class-mask semantics
+from kdhub.testing import check_method
+check_method(MyMethod())          # shapes, finiteness, gradients, class-mask semantics
 """
 
 from __future__ import annotations
@@ -170,7 +170,9 @@ def check_method(
     raw = split_terms(method.loss(out))
     for key, value in raw.items():
         expected = (batch_size,) if method.per_sample else ()
-        assert tuple(value.shape) == expected, f"{method.name} term {key!r}: shape {tuple(value.shape)}, want {expected}"
+        assert tuple(value.shape) == expected, (
+            f"{method.name} term {key!r}: shape {tuple(value.shape)}, want {expected}"
+        )
         assert torch.isfinite(value).all(), f"{method.name} term {key!r} is not finite"
     terms = method_loss(method, out)
     loss = torch.stack(list(terms.values())).sum()
@@ -203,7 +205,7 @@ def _check_class_mask(method: Method, out: StepOutputs, num_classes: int) -> Non
     inputs = [leaves_logits] + [t for v in leaves_feats.values() for t in v]
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)
     dropped = out.labels == 0
-    for tensor, grad in zip(inputs, grads):
+    for tensor, grad in zip(inputs, grads, strict=True):
         if grad is None or tensor.dim() == 0:
             continue
         assert grad[dropped].abs().max() == 0, f"{method.name}: masked class 0 still has gradient"

@@ -91,9 +91,9 @@ class Tracker:
 
     # RunLog -----------------------------------------------------------------------------------
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         step = self._step if step is None else step
@@ -119,7 +119,7 @@ class Tracker:
 
     def table(self, name: str, data: Table) -> None:
         columns = list(data)
-        rows = [list(r) for r in zip(*(data[c] for c in columns))]
+        rows = [list(r) for r in zip(*(data[c] for c in columns), strict=True)]
         payload = {"columns": columns, "data": [[_jsonable(v) for v in row] for row in rows]}
         self.client.log_dict(self.run_id, payload, f"tables/{name}.json")
 

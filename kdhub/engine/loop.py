@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import tempfile
@@ -31,6 +32,8 @@ from kdhub.policy import EpochReport, Policy, PolicyContext
 from kdhub.runlog import MemoryLog, RunLog
 
 __all__ = ["run", "RunResult", "Trainer", "pick_device"]
+
+log = logging.getLogger("kdhub")
 
 
 @dataclass
@@ -95,14 +98,18 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.config
         bundle = self._plugin("dataset", "data", cfg.data.name).load()
-        self.data = DeviceData(bundle, self.device, cfg.data.val_fraction, cfg.seed, self.dist.rank, self.dist.world_size)
+        self.data = DeviceData(
+            bundle, self.device, cfg.data.val_fraction, cfg.seed, self.dist.rank, self.dist.world_size
+        )
         self.num_classes = bundle.num_classes
         self.class_names = bundle.class_names
         per_rank_batch = max(1, cfg.data.batch_size // self.dist.world_size)
         self.batch_size, self.rank_batch = cfg.data.batch_size, per_rank_batch
         self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size, cfg.data.drop_last)
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"data.batch_size: {self.batch_size} is larger than the {self.data.num_train} training images")
+            raise ConfigError(
+                f"data.batch_size: {self.batch_size} is larger than the {self.data.num_train} training images"
+            )
 
         model_plugin = self._plugin("model", "student", cfg.student.name)
         self.student = model_plugin.build(self.num_classes, bundle.in_channels, bundle.image_size).to(self.device)
@@ -119,6 +126,8 @@ class Trainer:
                 uri = self.tracker.uri if self.tracker is not None else cfg.tracking.uri
                 path = resolve_artifact(cfg.teacher.weights, uri)
                 checkpoint.load_weights(self.teacher, path, f"teacher.weights ({cfg.teacher.weights})")
+            else:
+                log.warning("teacher has no weights: distilling from a randomly initialised %s", cfg.teacher.name)
             self.teacher.eval().requires_grad_(False)
 
         self.teaching = [
@@ -163,7 +172,9 @@ class Trainer:
 
         self.policy: Policy = self._plugin("policy", "policy", cfg.policy.name)
         if self.policy.needs_validation and not self.data.has("val"):
-            raise ConfigError(f"data.val_fraction: policy {cfg.policy.name!r} needs a validation split (set it > 0, e.g. 0.05)")
+            raise ConfigError(
+                f"data.val_fraction: policy {cfg.policy.name!r} needs a validation split (set it > 0, e.g. 0.05)"
+            )
         val_counts = None
         if self.data.has("val"):
             val_counts = torch.bincount(self.data.splits["val"].labels, minlength=self.num_classes).cpu()
@@ -188,9 +199,21 @@ class Trainer:
                 raise ConfigError(f"metrics.{i}: metric {ref.name!r} needs a teacher")
             if ref.split == "val" and not self.data.has("val"):
                 raise ConfigError(f"metrics.{i}.split: 'val' needs data.val_fraction > 0")
-            check_roles(f"metrics.{i}: metric {ref.name!r}", cfg.student.name, self.student_taps, metric.feature_roles(), "student")
+            check_roles(
+                f"metrics.{i}: metric {ref.name!r}",
+                cfg.student.name,
+                self.student_taps,
+                metric.feature_roles(),
+                "student",
+            )
             if self.teacher is not None:
-                check_roles(f"metrics.{i}: metric {ref.name!r}", cfg.teacher.name, self.teacher_taps, metric.feature_roles(), "teacher")
+                check_roles(
+                    f"metrics.{i}: metric {ref.name!r}",
+                    cfg.teacher.name,
+                    self.teacher_taps,
+                    metric.feature_roles(),
+                    "teacher",
+                )
             self.metrics.append((ref, metric))
 
         if cfg.train.channels_last:
@@ -217,7 +240,9 @@ class Trainer:
         cfg = self.config
         self.optimizer = make_optimizer(self._trainable(), cfg.optim)
         remaining = cfg.epochs - start_step // self.steps_per_epoch
-        self.scheduler = make_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, max(1, remaining), cfg.optim.lr)
+        self.scheduler = make_scheduler(
+            self.optimizer, cfg.schedule, self.steps_per_epoch, max(1, remaining), cfg.optim.lr
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.config.train.amp == "bf16":
@@ -246,7 +271,9 @@ class Trainer:
             optimizer = make_optimizer(self._trainable(), self.config.optim)
             for init_epoch in range(1, t.method.init_epochs + 1):
                 total = torch.zeros((), device=self.device)
-                for step, (x, y, idx) in enumerate(self.data.train_batches(self.rank_batch, self.config.data.drop_last)):
+                for step, (x, y, idx) in enumerate(
+                    self.data.train_batches(self.rank_batch, self.config.data.drop_last)
+                ):
                     s_logits, s_feats, t_logits, t_feats = self._forward(x, True)
                     out = StepOutputs(s_logits, t_logits, y, idx, 0, step, None, s_feats, t_feats)
                     loss = t.method.init_loss(out)
@@ -347,7 +374,11 @@ class Trainer:
         need_teacher = self.teacher is not None and (bool(roles) or cache is None)
         new_cache: list[Tensor] = []
         with FeatureTaps(self.student, self.student_taps, roles) as s_rec, contextlib.ExitStack() as stack:
-            t_rec = stack.enter_context(FeatureTaps(self.teacher, self.teacher_taps, roles)) if self.teacher is not None else None
+            t_rec = (
+                stack.enter_context(FeatureTaps(self.teacher, self.teacher_taps, roles))
+                if self.teacher is not None
+                else None
+            )
             offset = 0
             for x, y, idx in self.data.eval_batches(split, self.config.data.eval_batch_size):
                 with self._autocast():
@@ -364,7 +395,9 @@ class Trainer:
                 for metric in metrics:
                     metric.update(batch)
                 if class_losses:
-                    out = StepOutputs(s_logits, t_logits, y, idx, epoch, 0, None, batch.student_features, batch.teacher_features)
+                    out = StepOutputs(
+                        s_logits, t_logits, y, idx, epoch, 0, None, batch.student_features, batch.teacher_features
+                    )
                     per_sample = [t.weight * t.method.loss(out) for t in self.teaching if t.method.per_sample]
                     method_losses = _sum_terms(per_sample)
                     losses = self.policy.sample_losses(out, method_losses)
@@ -433,12 +466,12 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["model"])
-        for t, s in zip(self.teaching, state["methods"]):
+        for t, s in zip(self.teaching, state["methods"], strict=True):
             t.method.load_state_dict(s)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.policy.load_state_dict(state["policy"])
-        for (_, m), s in zip(self.metrics, state["metrics"]):
+        for (_, m), s in zip(self.metrics, state["metrics"], strict=True):
             m.load_state_dict(s)
         self.data.load_state_dict(state["data"])
         checkpoint.set_rng_state(state["rng"])
@@ -459,7 +492,7 @@ class Trainer:
             return
         state = checkpoint.load(path)
         self.student.load_state_dict(state["model"])
-        for t, s in zip(self.teaching, state["methods"]):
+        for t, s in zip(self.teaching, state["methods"], strict=True):
             t.method.load_state_dict(s)
 
     # the run ----------------------------------------------------------------------------------
@@ -468,7 +501,18 @@ class Trainer:
         start_epoch = self.epoch + 1
         if self.epoch == 0:
             for _, metric in self.metrics:
-                metric.start(MetricContext(self.num_classes, "train", 0, self.device, self.class_names, self.student, self.teacher, seed=cfg.seed))
+                metric.start(
+                    MetricContext(
+                        self.num_classes,
+                        "train",
+                        0,
+                        self.device,
+                        self.class_names,
+                        self.student,
+                        self.teacher,
+                        seed=cfg.seed,
+                    )
+                )
             self._init_stage()
         plugins.notify("run_started", run=self)
         epochs = range(start_epoch, cfg.epochs + 1)
@@ -506,7 +550,14 @@ class Trainer:
                 if epoch % cfg.checkpoint.resume_every == 0 or epoch == cfg.epochs:
                     self._save("last.pt", self.state_dict())
                 if cfg.checkpoint.every and epoch % cfg.checkpoint.every == 0:
-                    self._save(f"epoch_{epoch:03d}.pt", {"model": self.student.state_dict(), "epoch": epoch, "model_spec": self.state_dict()["model_spec"]})
+                    self._save(
+                        f"epoch_{epoch:03d}.pt",
+                        {
+                            "model": self.student.state_dict(),
+                            "epoch": epoch,
+                            "model_spec": self.state_dict()["model_spec"],
+                        },
+                    )
             plugins.notify("epoch_ended", run=self, epoch=epoch, metrics=values)
             if bar is not None:
                 bar.update(1)
@@ -514,20 +565,35 @@ class Trainer:
         if bar is not None:
             bar.close()
         final = self._scheduled_metrics(cfg.epochs, final=True)
-        summary = {"test/acc_last": self.last_acc, "test/acc_best": self.best["test_acc"], "best_epoch": self.best["epoch"]}
+        summary = {
+            "test/acc_last": self.last_acc,
+            "test/acc_best": self.best["test_acc"],
+            "best_epoch": self.best["epoch"],
+        }
         if self.data.has("val"):
             summary["test/acc_at_best_val"] = self.best["test_at_selection"]
         self.log.metrics(summary, step=cfg.epochs)
         if self.dist.is_main:
-            self._save("final.pt", {"model": self.student.state_dict(), "epoch": cfg.epochs, "model_spec": self.state_dict()["model_spec"]})
-        return RunResult(self.run_id, "FINISHED", self.best["test_acc"], self.last_acc, {**final, **summary}, self.student)
+            self._save(
+                "final.pt",
+                {
+                    "model": self.student.state_dict(),
+                    "epoch": cfg.epochs,
+                    "model_spec": self.state_dict()["model_spec"],
+                },
+            )
+        return RunResult(
+            self.run_id, "FINISHED", self.best["test_acc"], self.last_acc, {**final, **summary}, self.student
+        )
 
     def _track_best(self, epoch: int, val_acc: float | None, test_acc: float | None) -> None:
         if test_acc is not None and test_acc > self.best["test_acc"]:
             self.best["test_acc"] = test_acc
         selection = val_acc if val_acc is not None else test_acc
         if selection is not None and selection > self.best["selection"]:
-            self.best.update(selection=selection, epoch=epoch, test_at_selection=test_acc if test_acc is not None else math.nan)
+            self.best.update(
+                selection=selection, epoch=epoch, test_at_selection=test_acc if test_acc is not None else math.nan
+            )
             state = {"model": self.student.state_dict(), "methods": [t.method.state_dict() for t in self.teaching]}
             checkpoint.save(state, self.workdir / "checkpoints" / "best.pt")
 
@@ -545,7 +611,11 @@ def run_params(config: RunConfig, options: dict[str, Any]) -> dict[str, str]:
     from kdhub.tracking import flatten
 
     registry = plugins.get_registry()
-    params: dict[str, str] = {"seed": str(config.seed), "epochs": str(config.epochs), "ce_weight": str(config.ce_weight)}
+    params: dict[str, str] = {
+        "seed": str(config.seed),
+        "epochs": str(config.epochs),
+        "ce_weight": str(config.ce_weight),
+    }
     for section in ("optim", "schedule", "train", "checkpoint"):
         params.update(flatten(getattr(config, section).model_dump(mode="json"), section))
     data = config.data.model_dump(mode="json", exclude={"options"})
@@ -553,7 +623,11 @@ def run_params(config: RunConfig, options: dict[str, Any]) -> dict[str, str]:
     params.update(flatten(options["data"].model_dump(mode="json"), "data.options"))
     params.update(flatten({"name": config.student.name, **options["student"].model_dump(mode="json")}, "student"))
     if config.teacher is not None:
-        t = {"name": config.teacher.name, "weights": config.teacher.weights, **options["teacher"].model_dump(mode="json")}
+        t = {
+            "name": config.teacher.name,
+            "weights": config.teacher.weights,
+            **options["teacher"].model_dump(mode="json"),
+        }
         params.update(flatten(t, "teacher"))
     for i, ref in enumerate(config.methods):
         weight = ref.weight if ref.weight is not None else registry.get("method", ref.name).default_weight
@@ -608,7 +682,9 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
         uri = tracker.uri if tracker is not None else config.tracking.uri
         trainer.load_state_dict(checkpoint.load(resolve_artifact(f"runs:/{resume_run_id}/checkpoints/last.pt", uri)))
     if tracker is not None:
-        trainer.run_id = tracker.start(config.tracking.run_name or default_run_name(config), run_tags(config), resume_run_id)
+        trainer.run_id = tracker.start(
+            config.tracking.run_name or default_run_name(config), run_tags(config), resume_run_id
+        )
         if resume_run_id is None:
             tracker.params(run_params(config, trainer.options))
             tracker.text("config.yaml", dump_config(config))

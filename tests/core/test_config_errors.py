@@ -1,5 +1,7 @@
 """Bad configs give one readable line naming the YAML path (and the plugin), exit code 2."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -33,14 +35,23 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     "change, expected",
     [
         ({"methods": [{"name": "kdd"}]}, "methods.0.name: unknown method 'kdd'; did you mean 'kd'"),
-        ({"methods": [{"name": "kd", "options": {"temperature": -1}}]}, "methods.0.options.temperature: Input should be greater than 0 (method 'kd')"),
-        ({"methods": [{"name": "kd", "options": {"temprature": 2}}]}, "methods.0.options.temprature: unknown key; did you mean 'temperature'? (method 'kd')"),
+        (
+            {"methods": [{"name": "kd", "options": {"temperature": -1}}]},
+            "methods.0.options.temperature: Input should be greater than 0 (method 'kd')",
+        ),
+        (
+            {"methods": [{"name": "kd", "options": {"temprature": 2}}]},
+            "methods.0.options.temprature: unknown key; did you mean 'temperature'? (method 'kd')",
+        ),
         ({"optim": {"lrr": 0.1}}, "optim.lrr: unknown key; did you mean 'lr'?"),
         ({"epochs": 0}, "epochs: Input should be greater than or equal to 1"),
         ({"student": "resnet8x5"}, "student.name: unknown model 'resnet8x5'; did you mean"),
         ({"policy": {"name": "tlm"}}, "policy.name: unknown policy 'tlm'; did you mean 'tllm'"),
         ({"teacher": None}, "teacher: required by method 'kd'"),
-        ({"metrics": [{"name": "accuracy", "split": "dev"}]}, "metrics.0.split: Input should be 'train', 'val' or 'test'"),
+        (
+            {"metrics": [{"name": "accuracy", "split": "dev"}]},
+            "metrics.0.split: Input should be 'train', 'val' or 'test'",
+        ),
     ],
 )
 def test_bad_config_exits_2_with_one_line(capsys, write, change, expected):
@@ -68,7 +79,9 @@ def test_bad_override(capsys, write):
 
 
 def test_overrides_set_nested_values_and_expand_shorthands(write):
-    data = apply_overrides({"methods": ["kd"], "optim": {"lr": 0.1}}, ["methods.0.options.temperature=2", "optim.lr=0.2", "seed=3"])
+    data = apply_overrides(
+        {"methods": ["kd"], "optim": {"lr": 0.1}}, ["methods.0.options.temperature=2", "optim.lr=0.2", "seed=3"]
+    )
     assert data == {"methods": [{"name": "kd", "options": {"temperature": 2}}], "optim": {"lr": 0.2}, "seed": 3}
     config = load_config(write(BASE), ["data.batch_size=32", "student.options.width=4"])
     assert config.data.batch_size == 32 and config.student.options == {"width": 4}
@@ -79,3 +92,16 @@ def test_unknown_kind_and_name_in_show(capsys):
     assert code == 2 and "did you mean 'dkd'" in err
     code, err = run_cli(capsys, "list", "metrik")
     assert code == 2 and "did you mean 'metric'" in err
+
+
+EXAMPLES = sorted(
+    p for p in Path(__file__).parents[2].joinpath("examples").rglob("*.yaml") if "plugin-template" not in str(p)
+)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_config_validates(path):
+    from kdhub.config import resolve_plugins
+    from kdhub.plugins import get_registry
+
+    resolve_plugins(load_config(path), get_registry())

@@ -39,11 +39,16 @@ def test_teacher_run_logs_params_metrics_tables_and_checkpoints(teacher_run, mlf
     assert data.metrics["test/acc_last"] == pytest.approx(teacher_run.last_acc)
     assert teacher_run.last_acc > 50  # digits is easy: 2 epochs already learn it
     artifacts = {a.path for a in client.list_artifacts(teacher_run.run_id, "checkpoints")}
-    assert {"checkpoints/final.pt", "checkpoints/last.pt", "checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt"} <= artifacts
+    assert {
+        "checkpoints/final.pt",
+        "checkpoints/last.pt",
+        "checkpoints/epoch_001.pt",
+        "checkpoints/epoch_002.pt",
+    } <= artifacts
     assert "config.yaml" in {a.path for a in client.list_artifacts(teacher_run.run_id)}
     table = load_table(teacher_run.run_id, "test/per_class_accuracy", mlflow_uri)
     assert table["class"] == list(range(10)) and sum(table["count"]) == 450
-    overall = sum(a * n for a, n in zip(table["student"], table["count"])) / 450
+    overall = sum(a * n for a, n in zip(table["student"], table["count"], strict=True)) / 450
     assert overall == pytest.approx(teacher_run.last_acc)
 
 
@@ -53,7 +58,11 @@ def kd_config(teacher_run, mlflow_uri, epochs=3):
         "epochs": epochs,
         "data": {"name": "digits", "batch_size": 64},
         "student": {"name": "cnn", "options": {"width": 4}},
-        "teacher": {"name": "cnn", "options": {"width": 16}, "weights": f"runs:/{teacher_run.run_id}/checkpoints/final.pt"},
+        "teacher": {
+            "name": "cnn",
+            "options": {"width": 16},
+            "weights": f"runs:/{teacher_run.run_id}/checkpoints/final.pt",
+        },
         "ce_weight": 0.1,
         "methods": [{"name": "kd", "weight": 0.9, "options": {"temperature": 4}}],
         "metrics": ["accuracy"],
@@ -110,7 +119,7 @@ def test_resume_after_interruption_gives_the_same_weights(teacher_run, mlflow_ur
     resumed = run(config, resume_run_id=interrupted.info.run_id)
     assert resumed.run_id == interrupted.info.run_id
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
-    for (name, a), b in zip(reference.student.state_dict().items(), resumed.student.state_dict().values()):
+    for (name, a), b in zip(reference.student.state_dict().items(), resumed.student.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert resumed.last_acc == reference.last_acc
 

@@ -1,7 +1,6 @@
 """kdhub-cosine: registers the ``cosine`` distillation method with kdhub."""
 
 import kdhub
-
 from kdhub_cosine.cosine import CosineKD
 
 
