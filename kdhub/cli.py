@@ -35,7 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.tracking_uri:
         config.tracking.uri = args.tracking_uri
     result = run(config, resume_run_id=args.resume)
-    print(f"run {result.run_id}: test accuracy last {result.last_acc:.2f}%, best {result.best_acc:.2f}%")
+    if result.run_id is not None:  # only the logging process (rank 0) reports
+        print(f"run {result.run_id}: test accuracy last {result.last_acc:.2f}%, best {result.best_acc:.2f}%")
     return 0
 
 
@@ -119,6 +120,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from kdhub.study import expand, load_study, run_study
+
+    study = load_study(args.study, args.set)
+    if args.dry_run:
+        for name, label, seed, _ in expand(study):
+            print(f"{name}{f'[{label}]' if label else ''}  seed {seed}")
+        return 0
+    result = run_study(study, args.tracking_uri)
+    summary = result["summary"]
+    print(f"study {study.name}: parent run {result['parent_run_id']}")
+    for i, name in enumerate(summary["run"]):
+        grid = f"[{summary['grid'][i]}]" if summary["grid"][i] else ""
+        last, run_id = summary["test_acc_last"][i], summary["run_id"][i]
+        print(f"  {name}{grid} seed {summary['seed'][i]}: last {last:.2f}%  ({run_id})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from kdhub.demo import demo
 
@@ -152,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind")
     p.add_argument("name")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("study", help="run a study: runs, grids and seeds as nested MLflow runs")
+    p.add_argument("study", help="study file (YAML)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="PATH=VALUE", help="override a value of the base config"
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the runs without training")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("demo", help="teacher, vanilla student and KD student on the embedded digits data")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the demo's own)")

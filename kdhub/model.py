@@ -13,6 +13,7 @@ __all__ = ["Model", "FEATURE_ROLES"]
 FEATURE_ROLES = {
     "stages": "output of each stage (after its last activation), in network order",
     "preact_stages": "the same stages before their last ReLU (OFD, pre-activation distillation)",
+    "bn_before_relu": "the BatchNorm modules whose output feeds each stage's last ReLU (OFD's margins)",
     "pooled": "the penultimate feature vector [B, D] fed to the classifier",
     "stem": "output of the stem (first conv block) before the stages",
     "classifier": "the final linear layer (its input is 'pooled', its output the logits)",
