@@ -1,0 +1,119 @@
+"""Any timm model as a kdhub model: ``timm:<model name>``, taps from timm's ``feature_info``."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+from pydantic import Field, field_validator
+from torch import nn
+
+import kdhub
+
+_RESERVED = {"num_classes", "in_chans", "pretrained"}
+
+
+def module_name(net: nn.Module, module: nn.Module) -> str | None:
+    """The qualified name of ``module`` inside ``net`` (None if it is not a submodule)."""
+    for name, candidate in net.named_modules():
+        if candidate is module:
+            return name
+    return None
+
+
+def _family(name: str) -> str:
+    """'layer1' -> 'layer', 'stages.0' -> 'stages', 'stem.conv3' -> 'stem'."""
+    return re.sub(r"\d+$", "", name.split(".")[0])
+
+
+def timm_taps(net: nn.Module) -> dict[str, list[str]]:
+    """Roles of a timm model: ``stages`` from ``feature_info``, ``stem`` when it stands apart, pooled and classifier.
+
+    A first ``feature_info`` entry from another module family than the following ones (ResNet's
+    ``act1`` before ``layer1..4``, ByobNet's ``stem`` before ``stages.*``) is the stem; the rest are
+    the stages. ``pooled`` is the input of ``get_classifier()``, which timm feeds with the pooled,
+    flattened (and, for transformers, normalised) vector.
+    """
+    taps: dict[str, list[str]] = {}
+    info = getattr(net, "feature_info", None)
+    names: list[str] = []
+    if info is not None:
+        entries = info.get_dicts() if hasattr(info, "get_dicts") else info
+        names = list(dict.fromkeys(e["module"] for e in entries if e.get("module")))
+    if len(names) >= 3 and _family(names[0]) != _family(names[1]) == _family(names[2]):
+        taps["stem"], names = [names[0]], names[1:]
+    if names:
+        taps["stages"] = names
+    get_classifier = getattr(net, "get_classifier", None)
+    head = get_classifier() if callable(get_classifier) else None
+    if isinstance(head, (tuple, list)):  # distilled heads (DeiT): the class-token head comes first
+        head = head[0] if head else None
+    name = module_name(net, head) if isinstance(head, nn.Module) and not isinstance(head, nn.Identity) else None
+    if name:
+        taps["pooled"] = [f"{name}:input"]
+        taps["classifier"] = [name]
+    return taps
+
+
+class Timm(kdhub.Model):
+    """Any model of the timm library (``timm:resnet18``, ``timm:convnext_atto`` ...), built for the run's data.
+
+    Library: R. Wightman, "PyTorch Image Models" (https://github.com/huggingface/pytorch-image-models).
+    ``timm.create_model(variant, pretrained, num_classes=..., in_chans=..., **kwargs)``; models that
+    accept ``img_size`` (ViTs and other transformers) get the run's image size unless ``kwargs`` sets it.
+    ``pretrained: true`` downloads weights from the Hugging Face hub, which needs network access
+    (impossible on offline machines); timm adapts the first conv to ``in_chans`` and re-initialises the
+    classifier for the run's number of classes.
+
+    Feature roles: ``stages`` (the modules of timm's ``feature_info``, e.g. ``layer1..4``; transformer
+    blocks give token tensors [B, N, D]), ``stem`` (when ``feature_info`` starts with a stem module, as
+    ResNet's ``act1``), ``pooled`` (the input of ``get_classifier()``) and ``classifier``. No
+    ``preact_stages`` / ``bn_before_relu``: timm's ReLUs run in place, so the pre-activations cannot be
+    tapped (use the zoo's CIFAR models for OFD). Note that ImageNet models downsample 32x32 inputs to
+    1x1 by the last stage::
+
+        student: timm:resnet18
+        teacher: {name: timm:convnext_atto, options: {kwargs: {drop_path_rate: 0.1}}}
+    """
+
+    name = "timm"
+
+    class Options(kdhub.Options):
+        variant: str = Field(min_length=1, description="timm model name, e.g. 'resnet18' (from 'timm:resnet18')")
+        pretrained: bool = Field(False, description="download pretrained weights from the Hugging Face hub (online)")
+        kwargs: dict[str, Any] = Field(
+            default_factory=dict, description="extra keyword arguments of timm.create_model (e.g. drop_rate)"
+        )
+
+        @field_validator("kwargs")
+        @classmethod
+        def _no_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+            clash = sorted(_RESERVED & set(value))
+            if clash:
+                raise ValueError(
+                    f"kwargs may not set {', '.join(clash)} (kdhub sets the classes and channels; use 'pretrained')"
+                )
+            return value
+
+    def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        import timm
+
+        o = self.options
+        base = o.variant.split(".")[0]  # 'resnet18.a1_in1k' names a pretrained tag of 'resnet18'
+        if not o.variant.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not timm.is_model(base):
+            close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.7)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise kdhub.ConfigError(f"timm has no model {o.variant!r}{hint}")
+        kwargs = dict(o.kwargs, num_classes=num_classes, in_chans=in_channels)
+        if "img_size" in kwargs:
+            return timm.create_model(o.variant, pretrained=o.pretrained, **kwargs)
+        try:
+            return timm.create_model(o.variant, pretrained=o.pretrained, img_size=image_size, **kwargs)
+        except TypeError as err:  # the model has no img_size argument: build it at its own (flexible) size
+            if "img_size" not in str(err):
+                raise
+            return timm.create_model(o.variant, pretrained=o.pretrained, **kwargs)
+
+    def taps(self, net: nn.Module) -> dict[str, list[str]]:
+        return timm_taps(net)
