@@ -1,0 +1,89 @@
+"""DKD: golden values on ALGORITHMS.md's test batch, warm-up, stability and the method contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import kdhub
+from kdhub.testing import check_method, test_batch
+
+
+def _numpy_dkd(z_s: np.ndarray, z_t: np.ndarray, y: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """Straight from the definitions: binary [p_y, 1 - p_y] KL and renormalised non-target KL."""
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    p_s, p_t = softmax(z_s / t), softmax(z_t / t)
+    tckd, nckd = [], []
+    for i, label in enumerate(y):
+        b_t = np.array([p_t[i, label], 1 - p_t[i, label]])
+        b_s = np.array([p_s[i, label], 1 - p_s[i, label]])
+        tckd.append(t * t * (b_t * np.log(b_t / b_s)).sum())
+        rest = np.arange(z_s.shape[1]) != label
+        q_t, q_s = p_t[i, rest] / p_t[i, rest].sum(), p_s[i, rest] / p_s[i, rest].sum()
+        nckd.append(t * t * (q_t * np.log(q_t / q_s)).sum())
+    return np.array(tckd), np.array(nckd)
+
+
+def test_golden_on_test_batch() -> None:
+    out = test_batch()
+    out.epoch = 20  # past the warm-up: factor 1
+    terms = kdhub.create("method", "dkd", alpha=1.0, beta=8.0, temperature=4.0).loss(out)
+    tckd, nckd = terms["tckd"], terms["nckd"] / 8
+    assert tckd.shape == nckd.shape == (2,)
+    # ALGORITHMS.md: TCKD 0.602433, NCKD 0.310721, alpha TCKD + beta NCKD 3.088202 (batch means)
+    assert tckd.mean().item() == pytest.approx(0.602433, abs=1e-6)
+    assert nckd.mean().item() == pytest.approx(0.310721, abs=1e-6)
+    assert (terms["tckd"] + terms["nckd"]).mean().item() == pytest.approx(3.088202, abs=1e-6)
+    ref_t, ref_n = _numpy_dkd(out.student_logits.numpy(), out.teacher_logits.numpy(), out.labels.numpy(), 4.0)
+    torch.testing.assert_close(tckd, torch.tensor(ref_t, dtype=torch.float32))
+    torch.testing.assert_close(nckd, torch.tensor(ref_n, dtype=torch.float32))
+
+
+def test_warmup_counts_epochs_from_one() -> None:
+    method = kdhub.create("method", "dkd", warmup=20)
+    for epoch, factor in [(1, 1 / 20), (10, 0.5), (20, 1.0), (200, 1.0)]:
+        assert method.warmup_factor(epoch) == pytest.approx(factor)
+    out = test_batch()
+    out.epoch = 20
+    full = method.loss(out)
+    out.epoch = 1
+    first = method.loss(out)
+    for key in ("tckd", "nckd"):
+        torch.testing.assert_close(first[key] * 20, full[key])
+    assert kdhub.create("method", "dkd", warmup=0).warmup_factor(1) == 1.0
+
+
+def test_zero_when_student_equals_teacher_and_shift_invariant() -> None:
+    torch.manual_seed(0)
+    z = torch.randn(6, 10) * 3
+    labels = torch.arange(6)
+    out = kdhub.StepOutputs(z, z.clone(), labels, labels, epoch=30)
+    terms = kdhub.create("method", "dkd").loss(out)
+    assert terms["tckd"].abs().max() < 1e-6 and terms["nckd"].abs().max() < 1e-6
+    shifted = kdhub.StepOutputs(z + 5.0, z.clone(), labels, labels, epoch=30)
+    terms = kdhub.create("method", "dkd").loss(shifted)  # float32 round-off x T^2 x beta
+    assert terms["tckd"].abs().max() < 1e-4 and terms["nckd"].abs().max() < 1e-4
+
+
+def test_extreme_logits_stay_finite() -> None:
+    # a teacher probability that underflows must not give NaN (mdistiller logs summed probabilities)
+    z_s = torch.tensor([[200.0, -200.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    z_t = torch.tensor([[-300.0, 300.0, 0.0], [1e4, -1e4, 0.0]])
+    out = kdhub.StepOutputs(z_s, z_t, torch.tensor([0, 1]), torch.tensor([0, 1]), epoch=20)
+    terms = kdhub.create("method", "dkd", temperature=1.0).loss(out)
+    total = sum(v.sum() for v in terms.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert torch.isfinite(z_s.grad).all()
+
+
+def test_contract() -> None:
+    method = kdhub.create("method", "dkd")
+    assert method.per_sample and method.output_based and method.default_weight == 1.0
+    result = check_method(method, epoch=5)
+    assert set(result.terms) == {"tckd", "nckd"}
