@@ -23,3 +23,4 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(VENV)/bin/python -m kdhub_methods._table > docs/methods.md
+	$(VENV)/bin/python -m kdhub.config > docs/config.md

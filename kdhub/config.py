@@ -130,7 +130,7 @@ class RunConfig(_Strict):
 
     seed: int = Field(0, ge=0, description="seed of everything (weights, data order, augmentation, splits)")
     epochs: int = Field(10, ge=1, le=100000, description="training epochs")
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="dataset plugin, batching and validation split")
     student: ModelRef = Field(description="student model plugin")
     teacher: TeacherRef | None = Field(None, description="teacher model plugin and weights (None = no distillation)")
     ce_weight: float = Field(1.0, ge=0, description="weight of the task (cross-entropy) loss")
@@ -140,11 +140,13 @@ class RunConfig(_Strict):
         default_factory=lambda: [MetricRef(name="accuracy"), MetricRef(name="per_class_accuracy")],
         description="metrics evaluated at chosen epochs and at the end",
     )
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimizer")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="device, precision and loop settings")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="what checkpoints to keep")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="MLflow store, experiment and run name"
+    )
 
     @field_validator("methods", "metrics", mode="before")
     @classmethod
@@ -265,3 +267,63 @@ def resolve_plugins(config: RunConfig, registry: Registry) -> dict[str, Any]:
 
 def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def config_reference() -> str:
+    """Markdown reference of every run-config key, generated from the pydantic models."""
+    lines = [
+        "# Run config reference",
+        "",
+        "Generated from `kdhub/config.py` by `python -m kdhub.config > docs/config.md` (a test keeps it in sync).",
+        "A run is one YAML file with these keys; unknown keys are errors. Plugin options are documented by",
+        "`kdhub show KIND NAME`. Override any value from the command line with `--set dotted.path=value`",
+        "(`--set methods.0.options.temperature=2`).",
+        "",
+        "| key | type | default | description |",
+        "| --- | --- | --- | --- |",
+    ]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            inner = _model_of(field.annotation)
+            kind = (
+                "list" if "list[" in str(field.annotation) else ("mapping" if inner else _type_name(field.annotation))
+            )
+            default = "required" if field.is_required() else _default(field)
+            lines.append(f"| `{key}` | {kind} | {default} | {field.description or ''} |")
+            if inner is not None and inner is not PluginRef:
+                walk(inner, f"{key}{'[i]' if kind == 'list' else ''}.")
+
+    walk(RunConfig, "")
+    return "\n".join(lines) + "\n"
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    from typing import get_args
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "").replace("|", "\\|")
+
+
+def _default(field: Any) -> str:
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "see below"
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return "`" + ", ".join(v.name for v in value) + "`"
+    return f"`{value!r}`"
+
+
+if __name__ == "__main__":
+    print(config_reference(), end="")

@@ -1,0 +1,15 @@
+from pathlib import Path
+
+from kdhub.config import config_reference
+
+DOCS = Path(__file__).parents[2] / "docs"
+
+
+def test_config_reference_is_up_to_date():
+    assert (DOCS / "config.md").read_text() == config_reference(), "regenerate: python -m kdhub.config > docs/config.md"
+
+
+def test_config_reference_lists_every_section():
+    text = config_reference()
+    for key in ("`seed`", "`data.val_fraction`", "`methods[i].weight`", "`metrics[i].every`", "`optim.lr`", "`tracking.uri`"):
+        assert key in text
