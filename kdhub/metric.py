@@ -28,7 +28,11 @@ class EvalBatch:
 
 @dataclass
 class MetricContext:
-    """What a metric knows about the evaluation it is about to see."""
+    """What a metric knows about the evaluation it is about to see.
+
+    ``student_shapes`` / ``teacher_shapes`` are the per-sample feature shapes by role (from the dry
+    run), so accumulators can be sized before the first batch (a process may see no batch).
+    """
 
     num_classes: int
     split: str
@@ -39,6 +43,8 @@ class MetricContext:
     teacher: nn.Module | None = None
     num_samples: int = 0
     seed: int = 0
+    student_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
+    teacher_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from kdhub.engine import checkpoint
 from kdhub.engine.data import DeviceData
 from kdhub.engine.distributed import DistEnv, init_distributed
 from kdhub.engine.features import FeatureTaps, check_roles, dry_run_shapes
-from kdhub.engine.losses import method_loss
+from kdhub.engine.losses import method_loss, split_terms, total
 from kdhub.engine.schedule import make_optimizer, make_scheduler
 from kdhub.errors import ConfigError, IncompatibleError
 from kdhub.method import Method, SetupContext, StepOutputs
@@ -85,11 +86,12 @@ class Trainer:
         self.resume_run_id = resume_run_id
         self.run_id: str | None = None
         self.epoch = 0
-        self.workdir = Path(tempfile.mkdtemp(prefix="kdhub-run-"))
         seed_everything(config.seed)
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self._build()
+        # checkpoints are written here, then logged to MLflow; run() removes it at the end
+        self.workdir = Path(tempfile.mkdtemp(prefix="kdhub-run-"))
 
     # construction -----------------------------------------------------------------------------
     def _plugin(self, kind: str, path: str, name: str) -> Any:
@@ -342,6 +344,21 @@ class Trainer:
         return tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="batch")
 
     # evaluation -------------------------------------------------------------------------------
+    def _metric_context(self, split: str, epoch: int) -> MetricContext:
+        return MetricContext(
+            num_classes=self.num_classes,
+            split=split,
+            epoch=epoch,
+            device=self.device,
+            class_names=self.class_names,
+            student=self.student,
+            teacher=self.teacher,
+            num_samples=len(self.data.splits[split]),
+            seed=self.config.seed,
+            student_shapes=self.setup_ctx.student_shapes,
+            teacher_shapes=self.setup_ctx.teacher_shapes,
+        )
+
     @torch.no_grad()
     def evaluate(
         self, split: str, metrics: list[Metric], epoch: int, class_losses: bool = False
@@ -353,19 +370,8 @@ class Trainer:
         roles = {r for m in metrics for r in m.feature_roles()}
         if class_losses:
             roles |= {r for t in self.teaching for r in t.method.feature_roles}
-        ctx_args = dict(
-            num_classes=self.num_classes,
-            split=split,
-            epoch=epoch,
-            device=self.device,
-            class_names=self.class_names,
-            student=self.student,
-            teacher=self.teacher,
-            num_samples=len(self.data.splits[split]),
-            seed=self.config.seed,
-        )
         for metric in metrics:
-            metric.reset(MetricContext(**ctx_args))
+            metric.reset(self._metric_context(split, epoch))
         correct = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
         loss_sum = torch.zeros(self.num_classes, device=self.device, dtype=torch.float64)
@@ -398,8 +404,10 @@ class Trainer:
                     out = StepOutputs(
                         s_logits, t_logits, y, idx, epoch, 0, None, batch.student_features, batch.teacher_features
                     )
-                    per_sample = [t.weight * t.method.loss(out) for t in self.teaching if t.method.per_sample]
-                    method_losses = _sum_terms(per_sample)
+                    per_sample = [
+                        t.weight * total(split_terms(t.method.loss(out))) for t in self.teaching if t.method.per_sample
+                    ]
+                    method_losses = sum(per_sample[1:], per_sample[0]) if per_sample else None
                     losses = self.policy.sample_losses(out, method_losses)
                     if losses is not None:
                         loss_sum += torch.bincount(y, weights=losses.double(), minlength=self.num_classes)
@@ -501,18 +509,7 @@ class Trainer:
         start_epoch = self.epoch + 1
         if self.epoch == 0:
             for _, metric in self.metrics:
-                metric.start(
-                    MetricContext(
-                        self.num_classes,
-                        "train",
-                        0,
-                        self.device,
-                        self.class_names,
-                        self.student,
-                        self.teacher,
-                        seed=cfg.seed,
-                    )
-                )
+                metric.start(self._metric_context("train", 0))
             self._init_stage()
         plugins.notify("run_started", run=self)
         epochs = range(start_epoch, cfg.epochs + 1)
@@ -596,14 +593,6 @@ class Trainer:
             )
             state = {"model": self.student.state_dict(), "methods": [t.method.state_dict() for t in self.teaching]}
             checkpoint.save(state, self.workdir / "checkpoints" / "best.pt")
-
-
-def _sum_terms(values: list[Any]) -> Tensor | None:
-    total = None
-    for value in values:
-        for term in value.values() if isinstance(value, dict) else [value]:
-            total = term if total is None else total + term
-    return total
 
 
 def run_params(config: RunConfig, options: dict[str, Any]) -> dict[str, str]:
@@ -696,6 +685,8 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
             tracker.finish(status, f"{type(err).__name__}: {err} (resume with: kdhub run --resume {trainer.run_id})")
         plugins.notify("run_finished", run=trainer, status=status, error=err)
         raise
+    finally:
+        shutil.rmtree(trainer.workdir, ignore_errors=True)
     if tracker is not None:
         tracker.finish("FINISHED")
     plugins.notify("run_finished", run=trainer, status="FINISHED", error=None)

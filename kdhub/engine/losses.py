@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from kdhub.method import Method, StepOutputs
 
-__all__ = ["method_loss", "split_terms"]
+__all__ = ["method_loss", "split_terms", "total"]
 
 
 def split_terms(value: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
@@ -44,5 +43,6 @@ def method_loss(method: Method, out: StepOutputs, replacement: Tensor | None = N
 
 
 def total(terms: dict[str, Tensor]) -> Tensor:
+    """The element-wise sum of loss terms (per-sample terms stay per sample)."""
     values = list(terms.values())
-    return torch.stack(values).sum() if len(values) > 1 else values[0]
+    return sum(values[1:], values[0])

@@ -22,7 +22,9 @@ class Digits(kdhub.Dataset):
     class Options(kdhub.Options):
         test_fraction: float = Field(0.25, gt=0, lt=1, description="stratified fraction of the 1,797 images for test")
         split_seed: int = Field(0, ge=0, description="seed of the train/test split (fixed across runs)")
-        horizontal_flip: bool = Field(False, description="random horizontal flips in training (digits are not symmetric)")
+        horizontal_flip: bool = Field(
+            False, description="random horizontal flips in training (digits are not symmetric)"
+        )
 
     def load(self) -> kdhub.DataBundle:
         from sklearn.datasets import load_digits
