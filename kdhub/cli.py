@@ -79,11 +79,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _type_text(annotation: Any) -> str:
+    import types
+    from typing import Annotated, Literal, Union, get_args, get_origin
+
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(str(a) for a in get_args(annotation))
+    if origin is Annotated:
+        return _type_text(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
 def option_rows(options_model: type) -> list[tuple[str, str, str, str, str]]:
     """(name, type, default, bounds, description) for every field of a pydantic options model."""
     rows = []
     for name, field in options_model.model_fields.items():
-        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        annotation = _type_text(field.annotation)
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         bounds = []
         for meta in field.metadata:
@@ -115,8 +131,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print("\n" + "  ".join(facts))
     rows = option_rows(cls.Options)
     print("\noptions:" if rows else "\noptions: none")
-    for name, annotation, default, bounds, description in rows:
-        print(f"  {name:<18} {annotation:<14} default {default:<12} {bounds:<14} {description}")
+    widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
+        print(f"  {cells[0]}  {cells[1]}  default {cells[2]}  {cells[3]}  {row[4]}")
     return 0
 
 

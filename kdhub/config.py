@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kdhub.errors import ConfigError, KdhubError
-from kdhub.registry import Registry, format_validation_error
+from kdhub.registry import Registry, format_validation_error, inner_model
 
 __all__ = [
     "RunConfig",
@@ -286,7 +286,7 @@ def config_reference() -> str:
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, field in model.model_fields.items():
             key = f"{prefix}{name}"
-            inner = _model_of(field.annotation)
+            inner = inner_model(field.annotation)
             kind = (
                 "list" if "list[" in str(field.annotation) else ("mapping" if inner else _type_name(field.annotation))
             )
@@ -297,18 +297,6 @@ def config_reference() -> str:
 
     walk(RunConfig, "")
     return "\n".join(lines) + "\n"
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    from typing import get_args
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def _type_name(annotation: Any) -> str:

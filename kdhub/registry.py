@@ -81,15 +81,16 @@ def _allowed_keys(model: Any, parents: tuple[Any, ...]) -> list[str]:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part)
-        model = _inner_model(field.annotation) if field is not None else None
+        model = inner_model(field.annotation) if field is not None else None
     return sorted(model.model_fields) if model is not None else []
 
 
-def _inner_model(annotation: Any) -> Any:
+def inner_model(annotation: Any) -> Any:
+    """The pydantic model inside an annotation (``list[X]``, ``X | None`` ...), or None."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in get_args(annotation):
-        found = _inner_model(arg)
+        found = inner_model(arg)
         if found is not None:
             return found
     return None
