@@ -180,9 +180,10 @@ def load_run_config(run_id: str, uri: str | None = None) -> dict[str, Any]:
 
 
 def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
-    """Status, name, tags, params and latest metrics of a run."""
+    """Status, name, experiment (id and name), tags, params and latest metrics of a run."""
+    client = _client(tracking_uri(uri))
     try:
-        run = _client(tracking_uri(uri)).get_run(run_id)
+        run = client.get_run(run_id)
     except Exception as err:  # noqa: BLE001
         raise KdhubError(f"run {run_id!r} not found in {tracking_uri(uri)}: {str(err).splitlines()[0]}") from None
     return {
@@ -190,6 +191,7 @@ def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
         "name": run.info.run_name,
         "status": run.info.status,
         "experiment_id": run.info.experiment_id,
+        "experiment": client.get_experiment(run.info.experiment_id).name,
         "tags": dict(run.data.tags),
         "params": dict(run.data.params),
         "metrics": dict(run.data.metrics),

@@ -33,6 +33,15 @@ class DistEnv:
         for tensor in tensors:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Average gradients across processes (for trainable parts outside the DDP-wrapped student)."""
+        if not self.enabled:
+            return
+        for param in params:
+            if param.grad is not None:
+                dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+                param.grad.div_(self.world_size)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

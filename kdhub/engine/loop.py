@@ -169,6 +169,7 @@ class Trainer:
             except IncompatibleError as err:
                 raise IncompatibleError(f"methods: method {t.key!r}: {err}") from None
             t.method.to(self.device)
+        self.method_params = [p for t in self.teaching for p in t.method.parameters() if p.requires_grad]
         self.s_taps = FeatureTaps(self.student, self.student_taps, method_roles)
         self.t_taps = FeatureTaps(self.teacher, self.teacher_taps, method_roles) if self.teacher is not None else None
 
@@ -233,10 +234,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
 
     def _trainable(self) -> list[nn.Parameter]:
-        params = list(self.student.parameters())
-        for t in self.teaching:
-            params += [p for p in t.method.parameters() if p.requires_grad]
-        return params
+        return list(self.student.parameters()) + self.method_params
 
     def _new_optimizer(self, start_step: int) -> None:
         cfg = self.config
@@ -319,6 +317,7 @@ class Trainer:
                         sums[key] = sums.get(key, zero) + weighted.detach()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.dist.average_gradients(self.method_params)
             self.optimizer.step()
             self.scheduler.step()
             sums["total"] = sums.get("total", zero) + loss.detach()

@@ -11,5 +11,12 @@ def test_config_reference_is_up_to_date():
 
 def test_config_reference_lists_every_section():
     text = config_reference()
-    for key in ("`seed`", "`data.val_fraction`", "`methods[i].weight`", "`metrics[i].every`", "`optim.lr`", "`tracking.uri`"):
+    for key in (
+        "`seed`",
+        "`data.val_fraction`",
+        "`methods[i].weight`",
+        "`metrics[i].every`",
+        "`optim.lr`",
+        "`tracking.uri`",
+    ):
         assert key in text
