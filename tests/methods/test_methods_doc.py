@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdhub_methods._table import COMMAND, methods_markdown
-
 import kdhub
+from kdhub_methods._table import COMMAND, methods_markdown
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "methods.md"
 
