@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from kdhub.compare import add_compare_parser
 from kdhub.errors import KdhubError
 
 EXIT_USAGE = 2
@@ -153,6 +154,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         grid = f"[{summary['grid'][i]}]" if summary["grid"][i] else ""
         last, run_id = summary["test_acc_last"][i], summary["run_id"][i]
         print(f"  {name}{grid} seed {summary['seed'][i]}: last {last:.2f}%  ({run_id})")
+    for label, comparison in result.get("comparisons", {}).items():
+        print(f"\ncomparison {label} (MLflow run {comparison.run_id}):\n{comparison.report()}")
     return 0
 
 
@@ -204,12 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from kdhub.compare import add_compare_parser
-    except ImportError:
-        pass
-    else:
-        add_compare_parser(sub)
+    add_compare_parser(sub)
     return parser
 
 

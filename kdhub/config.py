@@ -78,6 +78,9 @@ class DataConfig(PluginRef):
         0.0, ge=0, lt=1, description="class-balanced fraction of the training set held out for validation"
     )
     drop_last: bool = Field(False, description="drop the last partial training batch")
+    train_fraction: float = Field(
+        1.0, gt=0, le=1, description="class-balanced fraction of the training set used (quick runs on large data)"
+    )
 
 
 class OptimConfig(_Strict):

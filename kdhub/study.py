@@ -2,14 +2,17 @@
 
 A later run may use an earlier run of the same study (same seed) as its teacher by writing
 ``${<run name>}`` where a run id goes: ``teacher.weights: runs:/${teacher}/checkpoints/final.pt``.
+An optional ``compare:`` section compares runs with a baseline run per class after the runs
+(:func:`kdhub.compare.compare_runs`, seeds averaged), logged as runs nested under the study.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,7 +22,7 @@ from kdhub.errors import ConfigError
 from kdhub.plugins import get_registry
 from kdhub.registry import format_validation_error
 
-__all__ = ["StudyConfig", "StudyRun", "load_study", "expand", "run_study"]
+__all__ = ["StudyConfig", "StudyRun", "StudyCompare", "load_study", "expand", "run_study"]
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z0-9_\-]+)\}")
 
@@ -34,6 +37,17 @@ class StudyRun(BaseModel):
     )
 
 
+class StudyCompare(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    baseline: str = Field(description="name of the baseline run (no grid); its seeds are averaged")
+    runs: list[str] = Field(
+        min_length=1, description="names of the runs compared with the baseline, each (and each grid point) on its own"
+    )
+    split: Literal["train", "val", "test"] = Field("test", description="split of the per-class tables")
+    tol: float = Field(0.0, ge=0, description="a class is undistillable iff its ΔACC < -tol (accuracy points)")
+
+
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -42,6 +56,9 @@ class StudyConfig(BaseModel):
     base: dict[str, Any] = Field(default_factory=dict, description="run config shared by every run")
     runs: list[StudyRun] = Field(min_length=1, description="the runs, in order (later runs may reference earlier ones)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="every run repeats for each seed")
+    compare: StudyCompare | None = Field(
+        None, description="per-class comparison of runs with a baseline, after the runs"
+    )
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
@@ -92,7 +109,31 @@ def expand(study: StudyConfig) -> list[tuple[str, str, int, dict[str, Any]]]:
         for ref in _REFERENCE.findall(yaml.safe_dump(config)):
             if ref not in earlier:
                 raise ConfigError(f"runs.{name}: ${{{ref}}} names no earlier run of the study")
+    if study.compare is not None:
+        _check_compare(study.compare, study, expanded)
     return expanded
+
+
+def _check_compare(spec: StudyCompare, study: StudyConfig, expanded: list[tuple[str, str, int, dict]]) -> None:
+    from kdhub.compare import ACCURACY_TABLE
+
+    by_name = {r.name: r for r in study.runs}
+    for where, name in [("compare.baseline", spec.baseline)] + [
+        (f"compare.runs.{i}", n) for i, n in enumerate(spec.runs)
+    ]:
+        if name not in by_name:
+            raise ConfigError(f"{where}: {name!r} names no run of the study")
+        # the metric of the same name logs the table the comparison reads
+        config = parse_config(next(c for n, _, _, c in expanded if n == name))
+        if not any(m.name == ACCURACY_TABLE and m.split == spec.split for m in config.metrics):
+            raise ConfigError(
+                f"{where}: run {name!r} does not evaluate {ACCURACY_TABLE} on split {spec.split!r};"
+                f" add {{name: {ACCURACY_TABLE}, split: {spec.split}}} to its metrics"
+            )
+    if by_name[spec.baseline].grid:
+        raise ConfigError(f"compare.baseline: run {spec.baseline!r} has a grid; a baseline must be one run")
+    if spec.baseline in spec.runs:
+        raise ConfigError(f"compare.runs: {spec.baseline!r} is the baseline")
 
 
 def _substitute(config: Any, run_ids: dict[str, str]) -> Any:
@@ -141,10 +182,40 @@ def run_study(study: StudyConfig, tracking_uri: str | None = None) -> dict[str, 
                 ("test_acc_best", result.best_acc),
             ):
                 summary[key].append(value)
+        comparisons = _compare(study, summary, parent, parent_id)
     except BaseException as err:
         parent.table("study_summary", summary)
         parent.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", f"{type(err).__name__}: {err}")
         raise
     parent.table("study_summary", summary)
     parent.finish("FINISHED")
-    return {"parent_run_id": parent_id, "summary": summary, "run_ids": run_ids}
+    return {"parent_run_id": parent_id, "summary": summary, "run_ids": run_ids, "comparisons": comparisons}
+
+
+def _compare(study: StudyConfig, summary: dict[str, list[Any]], parent: Any, parent_id: str) -> dict[str, Any]:
+    """One comparison per compared run (per grid point), all seeds averaged, nested under the parent run."""
+    from kdhub.compare import compare_runs
+
+    spec = study.compare
+    if spec is None:
+        return {}
+    rows = list(zip(summary["run"], summary["grid"], summary["run_id"], strict=True))
+    baseline = [run_id for name, _, run_id in rows if name == spec.baseline]
+    comparisons = {}
+    for name in spec.runs:
+        for label in dict.fromkeys(lab for n, lab, _ in rows if n == name):
+            key = f"{name}[{label}]" if label else name
+            comparison = compare_runs(
+                baseline,
+                [run_id for n, lab, run_id in rows if n == name and lab == label],
+                uri=parent.uri,
+                split=spec.split,
+                tol=spec.tol,
+                experiment=study.experiment,
+                run_name=f"compare-{key}-vs-{spec.baseline}",
+                tags={"mlflow.parentRunId": parent_id, "kdhub.study": study.name},
+            )
+            scalars = {f"compare/{key}/{k}": v for k, v in comparison.scalars().items() if math.isfinite(v)}
+            parent.metrics(scalars, step=0)
+            comparisons[key] = comparison
+    return comparisons

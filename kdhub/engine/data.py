@@ -62,11 +62,15 @@ class DeviceData:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        train_fraction: float = 1.0,
     ) -> None:
         self.bundle = bundle
         self.device = device
         split_gen = torch.Generator().manual_seed(seed)
         kept, held = class_balanced_split(bundle.train.labels, val_fraction, split_gen)
+        if train_fraction < 1:
+            _, used = class_balanced_split(bundle.train.labels[kept], train_fraction, split_gen)
+            kept = kept[used]
         self.splits: dict[str, TensorSplit] = {
             "train": _to(bundle.train.subset(kept), device),
             "test": _to(bundle.test, device),

@@ -45,6 +45,7 @@ class RunResult:
     last_acc: float
     metrics: dict[str, float] = field(default_factory=dict)
     student: nn.Module | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def pick_device(spec: str) -> torch.device:
@@ -101,7 +102,13 @@ class Trainer:
         cfg = self.config
         bundle = self._plugin("dataset", "data", cfg.data.name).load()
         self.data = DeviceData(
-            bundle, self.device, cfg.data.val_fraction, cfg.seed, self.dist.rank, self.dist.world_size
+            bundle,
+            self.device,
+            cfg.data.val_fraction,
+            cfg.seed,
+            self.dist.rank,
+            self.dist.world_size,
+            cfg.data.train_fraction,
         )
         self.num_classes = bundle.num_classes
         self.class_names = bundle.class_names
@@ -536,7 +543,7 @@ class Trainer:
             if epoch < cfg.epochs:
                 values.update(self._scheduled_metrics(epoch, final=False))
             self.log.metrics(values, step=epoch)
-            self.history.append({"epoch": epoch, **{k: v for k, v in values.items() if not k.startswith("loss/")}})
+            self.history.append({"epoch": epoch, **values})
             if action.restore_best:
                 self._restore_best()
                 self.log.metrics({"policy/restored_best_epoch": self.best["epoch"]}, step=epoch)
@@ -579,7 +586,13 @@ class Trainer:
                 },
             )
         return RunResult(
-            self.run_id, "FINISHED", self.best["test_acc"], self.last_acc, {**final, **summary}, self.student
+            self.run_id,
+            "FINISHED",
+            self.best["test_acc"],
+            self.last_acc,
+            {**final, **summary},
+            self.student,
+            self.history,
         )
 
     def _track_best(self, epoch: int, val_acc: float | None, test_acc: float | None) -> None:

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from kdhub.cli import main
 
 
@@ -25,3 +27,23 @@ def test_list_with_pattern(capsys):
     assert main(["list", "method", "*kd*"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert "kd" in names and "dkd" in names and "fitnet" not in names
+
+
+def _all_plugins():
+    import kdhub
+
+    return [
+        (kind, name) for kind in ("method", "policy", "metric", "model", "dataset") for name in kdhub.list_plugins(kind)
+    ]
+
+
+@pytest.mark.parametrize("kind, name", _all_plugins())
+def test_every_plugin_has_a_summary_docs_and_described_options(kind, name, capsys):
+    import kdhub
+
+    cls = kdhub.get_plugin(kind, name)
+    assert cls.summary(), f"{kind} {name} has no docstring"
+    for field_name, field in cls.Options.model_fields.items():
+        assert field.description, f"{kind} {name}: option {field_name!r} has no description"
+    assert main(["show", kind, name]) == 0
+    assert name in capsys.readouterr().out

@@ -51,3 +51,18 @@ def test_batches_cover_the_training_split_once_and_are_normalised():
     x, _, _ = next(data.train_batches(3, drop_last=False))
     assert torch.allclose(x, torch.ones_like(x))  # (1 - 0.5) / 0.5
     assert data.steps_per_epoch(3, drop_last=True) == 2
+
+
+def test_train_fraction_keeps_a_class_balanced_subset():
+    n = 100
+    bundle = DataBundle(
+        train=TensorSplit(torch.zeros((n, 1, 2, 2), dtype=torch.uint8), torch.arange(n) % 4),
+        test=TensorSplit(torch.zeros((4, 1, 2, 2), dtype=torch.uint8), torch.arange(4)),
+        num_classes=4,
+        mean=(0.5,),
+        std=(0.5,),
+    )
+    data = DeviceData(bundle, torch.device("cpu"), val_fraction=0.2, seed=0, train_fraction=0.5)
+    # 25 per class; 5 to validation; half of the remaining 20 = 10 per class for training
+    assert torch.bincount(data.splits["train"].labels).tolist() == [10] * 4
+    assert torch.bincount(data.splits["val"].labels).tolist() == [5] * 4

@@ -1,0 +1,531 @@
+"""Per-class comparison of runs against a baseline: ΔACC, undistillable classes, ΔPA and their correlation.
+
+Zhu et al., "Teach Less, Learn More: On the Undistillable Classes in Knowledge Distillation",
+NeurIPS 2022, Eq. 1-3 and Figures 2 and 4. kdhub differences everything as *run − baseline*, so a
+positive ΔACC means distillation helped the class (the paper's Eq. 1 writes the opposite order but
+reads it the same way)::
+
+    ΔACC_m = acc_m(run) − acc_m(baseline)         class m is undistillable iff ΔACC_m < −tol
+    ΔPA_m  = PA_m(run) − PA_m(baseline)            PA_m: top-1 agreement with the teacher on class m
+
+With several runs per side (seeds), per-class values are averaged over the seeds first (NaN, an
+empty class, left out), then differenced. Accuracies come from the table the ``per_class_accuracy``
+metric logs (``<split>/per_class_accuracy``, column ``student``); agreements from the ``agreement``
+metric's table (``<split>/agreement``, column ``pa_by_label``, a fraction, shown here in percent).
+A vanilla baseline has an agreement only if it was trained with the teacher attached for
+evaluation (``teacher:`` set, ``methods: []``: the engine never runs the teacher in training then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdhub.errors import KdhubError
+from kdhub.runlog import Table
+
+__all__ = [
+    "ACCURACY_TABLE",
+    "ACCURACY_COLUMN",
+    "AGREEMENT_TABLE",
+    "AGREEMENT_COLUMN",
+    "CompareError",
+    "Comparison",
+    "average_over_seeds",
+    "pearson",
+    "compare_tables",
+    "compare_runs",
+    "add_compare_parser",
+]
+
+# Where the comparison reads its inputs: documented defaults, the tables of the built-in
+# per_class_accuracy and agreement metrics. Any metric that logs tables of this shape will do.
+ACCURACY_TABLE = "per_class_accuracy"  # logged as <split>/per_class_accuracy by the metric of that name
+ACCURACY_COLUMN = "student"  # per-class accuracy in %
+AGREEMENT_TABLE = "agreement"  # logged as <split>/agreement by the metric of that name
+AGREEMENT_COLUMN = "pa_by_label"  # per-class prediction agreement with the teacher, a fraction
+AGREEMENT_SCALE = 100.0  # fractions -> percent, the unit of the accuracies
+
+
+class CompareError(KdhubError):
+    """A comparison cannot be made (unknown run, missing table, runs over different classes)."""
+
+
+@dataclass
+class Comparison:
+    """Per-class values of a run (group) against a baseline (group), in percent; see the module docstring."""
+
+    classes: list[int]
+    names: list[str]
+    acc_baseline: list[float]
+    acc_run: list[float]
+    pa_baseline: list[float]
+    pa_run: list[float]
+    tol: float = 0.0
+    split: str = "test"
+    baseline_ids: list[str] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    run_id: str | None = None  # the MLflow run the comparison was logged to
+
+    @property
+    def delta_acc(self) -> list[float]:
+        return [r - b for r, b in zip(self.acc_run, self.acc_baseline, strict=True)]
+
+    @property
+    def delta_pa(self) -> list[float]:
+        return [r - b for r, b in zip(self.pa_run, self.pa_baseline, strict=True)]
+
+    @property
+    def undistillable(self) -> list[int]:
+        """Classes whose ΔACC is below −tol (NaN never is)."""
+        return [c for c, d in zip(self.classes, self.delta_acc, strict=True) if d < -self.tol]
+
+    @property
+    def undistillable_count(self) -> int:
+        return len(self.undistillable)
+
+    @property
+    def mean_delta_acc(self) -> float:
+        """Mean ΔACC over the classes with a value (the dashed line of the paper's Figure 4)."""
+        kept = [d for d in self.delta_acc if math.isfinite(d)]
+        return sum(kept) / len(kept) if kept else math.nan
+
+    @property
+    def pearson(self) -> tuple[float, float, int]:
+        """Pearson r between ΔPA and ΔACC across classes, its two-sided p-value, and the classes used."""
+        return pearson(self.delta_pa, self.delta_acc)
+
+    def table(self) -> Table:
+        undistillable = set(self.undistillable)
+        return {
+            "class": list(self.classes),
+            "name": list(self.names),
+            "acc_baseline": list(self.acc_baseline),
+            "acc_run": list(self.acc_run),
+            "delta_acc": self.delta_acc,
+            "pa_baseline": list(self.pa_baseline),
+            "pa_run": list(self.pa_run),
+            "delta_pa": self.delta_pa,
+            "undistillable": [c in undistillable for c in self.classes],
+        }
+
+    def scalars(self) -> dict[str, float]:
+        r, p, n = self.pearson
+        return {
+            "undistillable_count": float(self.undistillable_count),
+            "undistillable_fraction": self.undistillable_count / max(1, len(self.classes)),
+            "mean_delta_acc": self.mean_delta_acc,
+            "pearson_r": r,
+            "pearson_p": p,
+            "pearson_n": float(n),
+        }
+
+    def report(self) -> str:
+        """The per-class table, the undistillable classes, mean ΔACC and the correlation, as text."""
+        has_pa = any(math.isfinite(v) for v in self.delta_pa)
+        width = max([4, *(len(str(n)) for n in self.names)])
+        head = f"{'class':>5}  {'name':<{width}} {'acc base':>9} {'acc run':>8} {'ΔACC':>7}"
+        if has_pa:
+            head += f" {'PA base':>8} {'PA run':>7} {'ΔPA':>7}"
+        lines = [
+            f"split {self.split}, {len(self.classes)} classes, run − baseline in percentage points"
+            f" ({len(self.baseline_ids)} baseline run(s), {len(self.run_ids)} run(s), averaged over seeds)",
+            head,
+        ]
+        undistillable = set(self.undistillable)
+        for i, c in enumerate(self.classes):
+            line = (
+                f"{c:>5}  {self.names[i]!s:<{width}} {_num(self.acc_baseline[i]):>9} {_num(self.acc_run[i]):>8}"
+                f" {_num(self.delta_acc[i], True):>7}"
+            )
+            if has_pa:
+                line += f" {_num(self.pa_baseline[i]):>8} {_num(self.pa_run[i]):>7} {_num(self.delta_pa[i], True):>7}"
+            lines.append(line + ("  *" if c in undistillable else ""))
+        listed = ", ".join(f"{c} ({self.names[self.classes.index(c)]})" for c in self.undistillable) or "none"
+        lines.append(
+            f"undistillable classes (ΔACC < −{self.tol:g}, marked *): "
+            f"{self.undistillable_count} of {len(self.classes)}: {listed}"
+        )
+        lines.append(f"mean ΔACC: {_num(self.mean_delta_acc, True)} points")
+        r, p, n = self.pearson
+        if math.isfinite(r):
+            lines.append(f"Pearson r(ΔPA, ΔACC) = {r:.3f}, two-sided p = {p:.3g} ({n} classes)")
+        else:
+            lines.append("Pearson r(ΔPA, ΔACC): n/a (needs per-class agreement of both sides on 3+ classes)")
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+    def figures(self) -> dict[str, Any]:
+        """``delta_acc`` (sorted bars with the mean line) and, with agreements, ``delta_pa_vs_delta_acc``."""
+        figures = {"delta_acc": _delta_acc_figure(self)}
+        if self.pearson[2] >= 2:
+            figures["delta_pa_vs_delta_acc"] = _scatter_figure(self)
+        return figures
+
+
+def _num(value: float, signed: bool = False) -> str:
+    if not math.isfinite(value):
+        return "-"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
+
+
+def average_over_seeds(per_seed: Sequence[Sequence[float]]) -> list[float]:
+    """Per-class mean over seeds, leaving NaN (an empty class) out; NaN where every seed is NaN."""
+    if not per_seed:
+        raise CompareError("no runs to average")
+    out = []
+    for values in zip(*per_seed, strict=True):
+        kept = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        out.append(sum(kept) / len(kept) if kept else math.nan)
+    return out
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, int]:
+    """Pearson r of the pairs where both are finite, its two-sided p-value, and the pair count.
+
+    NaN for r and p with fewer than 3 pairs or a constant side (r is undefined or meaningless).
+    """
+    pairs = [(a, b) for a, b in zip(x, y, strict=True) if math.isfinite(a) and math.isfinite(b)]
+    n = len(pairs)
+    if n < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+        return math.nan, math.nan, n
+    from scipy.stats import pearsonr
+
+    result = pearsonr([a for a, _ in pairs], [b for _, b in pairs])
+    return float(result[0]), float(result[1]), n
+
+
+def compare_tables(
+    acc_baseline: Sequence[Sequence[float]],
+    acc_run: Sequence[Sequence[float]],
+    *,
+    pa_baseline: Sequence[Sequence[float]] | None = None,
+    pa_run: Sequence[Sequence[float]] | None = None,
+    classes: Sequence[int] | None = None,
+    names: Sequence[str] | None = None,
+    tol: float = 0.0,
+    split: str = "test",
+) -> Comparison:
+    """The comparison from per-seed per-class values (accuracies and agreements in percent).
+
+    ``acc_baseline[s][m]`` is the accuracy of class m in baseline seed s; seeds are averaged per
+    class before differencing, so both sides may have different numbers of seeds.
+    """
+    if tol < 0 or not math.isfinite(tol):
+        raise CompareError(f"tol must be a finite number >= 0, got {tol}")
+    base, mine = average_over_seeds(acc_baseline), average_over_seeds(acc_run)
+    if len(base) != len(mine):
+        raise CompareError(f"the baseline has {len(base)} classes and the run {len(mine)}")
+    count = len(base)
+    nan = [math.nan] * count
+    pa_b = average_over_seeds(pa_baseline) if pa_baseline else nan
+    pa_r = average_over_seeds(pa_run) if pa_run else nan
+    if len(pa_b) != count or len(pa_r) != count:
+        raise CompareError(f"agreement tables do not have the {count} classes of the accuracy tables")
+    classes = list(classes) if classes is not None else list(range(count))
+    names = [str(n) for n in names] if names is not None else [str(c) for c in classes]
+    return Comparison(classes, names, base, mine, pa_b, pa_r, tol=tol, split=split)
+
+
+# reading runs from MLflow ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Side:
+    infos: list[dict[str, Any]]
+    acc: list[list[float]]
+    pa: list[list[float]]
+    classes: list[int]
+    names: list[str]
+
+
+def _read_side(run_ids: Sequence[str], split: str, uri: str | None, what: str) -> _Side:
+    from kdhub.tracking import load_table, run_info
+
+    if not run_ids:
+        raise CompareError(f"no {what} run given")
+    infos, acc, pa = [], [], []
+    classes: list[int] | None = None
+    names: list[str] = []
+    for run_id in run_ids:
+        try:
+            info = run_info(run_id, uri)
+        except KdhubError as err:
+            raise CompareError(f"{what} {err}") from None
+        infos.append(info)
+        label = f"run {run_id} ({info['name']})"
+        try:
+            table = load_table(run_id, f"{split}/{ACCURACY_TABLE}", uri)
+        except KdhubError:
+            raise CompareError(
+                f"{label} has no table {split}/{ACCURACY_TABLE}; add the {ACCURACY_TABLE} metric"
+                f" (metrics: [{{name: {ACCURACY_TABLE}, split: {split}}}])"
+            ) from None
+        if ACCURACY_COLUMN not in table or "class" not in table:
+            raise CompareError(f"{label}: table {split}/{ACCURACY_TABLE} has no columns class and {ACCURACY_COLUMN}")
+        these = [int(c) for c in table["class"]]
+        if classes is None:
+            classes, names = these, [str(n) for n in table.get("name", these)]
+        elif these != classes:
+            raise CompareError(f"{label} has {len(these)} classes, the first {what} run {len(classes)}")
+        acc.append([float(v) for v in table[ACCURACY_COLUMN]])
+        try:
+            agreement = load_table(run_id, f"{split}/{AGREEMENT_TABLE}", uri)
+        except KdhubError:
+            continue
+        if [int(c) for c in agreement.get("class", [])] == classes and AGREEMENT_COLUMN in agreement:
+            pa.append([AGREEMENT_SCALE * float(v) for v in agreement[AGREEMENT_COLUMN]])
+    assert classes is not None
+    return _Side(infos, acc, pa, classes, names)
+
+
+_SEED_SUFFIX = re.compile(r"-s\d+$")
+
+
+def _label(infos: list[dict[str, Any]]) -> str:
+    names = []
+    for info in infos:
+        name = _SEED_SUFFIX.sub("", info["name"] or info["run_id"][:8])
+        if name not in names:
+            names.append(name)
+    return "+".join(names)
+
+
+def _teachers(side: _Side) -> set[str]:
+    return {i["params"].get("teacher.weights", "") for i in side.infos if i["tags"].get("teacher", "none") != "none"}
+
+
+def _notes(baseline: _Side, runs: _Side, split: str) -> list[str]:
+    notes = []
+    if not runs.pa:
+        notes.append(f"the runs have no table {split}/{AGREEMENT_TABLE}: add the {AGREEMENT_TABLE} metric for ΔPA")
+    if not baseline.pa:
+        notes.append(
+            f"the baseline has no table {split}/{AGREEMENT_TABLE}: train it with the teacher attached for"
+            f" evaluation (teacher: ..., methods: []) and the {AGREEMENT_TABLE} metric to get ΔPA"
+        )
+    for side, what in ((baseline, "baseline"), (runs, "run")):
+        if side.pa and len(side.pa) < len(side.infos):
+            notes.append(f"PA of the {what} side averages {len(side.pa)} of its {len(side.infos)} runs")
+    b_teachers, r_teachers = _teachers(baseline), _teachers(runs)
+    if b_teachers and r_teachers and b_teachers != r_teachers:
+        notes.append("the baseline and the runs were evaluated against different teacher weights")
+    return notes
+
+
+def compare_runs(
+    baseline: str | list[str],
+    runs: str | list[str],
+    *,
+    uri: str | None = None,
+    split: str = "test",
+    tol: float = 0.0,
+    log: bool = True,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Comparison:
+    """Compare a run (or the seeds of one run) with a baseline run (or its seeds), per class.
+
+    Reads ``<split>/per_class_accuracy`` (required) and ``<split>/agreement`` (optional) of every
+    run from MLflow. With ``log``, records the comparison as a new MLflow run (in ``experiment``,
+    default the first run's) holding the table ``compare/per_class``, the scalars
+    ``undistillable_count``, ``mean_delta_acc``, ``pearson_r``, ``pearson_p``, the figures and the
+    text report; ``tags`` are added to its tags (``mlflow.parentRunId`` nests it).
+    """
+    if tol < 0 or not math.isfinite(tol):
+        raise CompareError(f"tol must be a finite number >= 0, got {tol}")
+    baseline_ids = [baseline] if isinstance(baseline, str) else list(baseline)
+    run_ids = [runs] if isinstance(runs, str) else list(runs)
+    base_side = _read_side(baseline_ids, split, uri, "baseline")
+    run_side = _read_side(run_ids, split, uri, "run")
+    if base_side.classes != run_side.classes:
+        raise CompareError(
+            f"the baseline has {len(base_side.classes)} classes and the runs {len(run_side.classes)}: not comparable"
+        )
+    comparison = compare_tables(
+        base_side.acc,
+        run_side.acc,
+        pa_baseline=base_side.pa or None,
+        pa_run=run_side.pa or None,
+        classes=run_side.classes,
+        names=run_side.names,
+        tol=tol,
+        split=split,
+    )
+    comparison.baseline_ids, comparison.run_ids = baseline_ids, run_ids
+    comparison.notes = _notes(base_side, run_side, split)
+    if log:
+        comparison.run_id = _log(
+            comparison,
+            uri,
+            experiment or run_side.infos[0]["experiment"],
+            run_name or f"compare-{_label(run_side.infos)}-vs-{_label(base_side.infos)}",
+            tags or {},
+        )
+    return comparison
+
+
+def _log(comparison: Comparison, uri: str | None, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+    from kdhub.tracking import Tracker
+
+    tracker = Tracker(uri, experiment)
+    run_tags = {
+        "kdhub.compare": "true",
+        "kdhub.baseline": ",".join(comparison.baseline_ids),
+        "kdhub.runs": ",".join(comparison.run_ids),
+        "kdhub.split": comparison.split,
+        **tags,
+    }
+    run_id = tracker.start(run_name, run_tags)
+    try:
+        tracker.params(
+            {
+                "split": comparison.split,
+                "tol": comparison.tol,
+                "baseline_runs": len(comparison.baseline_ids),
+                "runs": len(comparison.run_ids),
+            }
+        )
+        tracker.table("compare/per_class", comparison.table())
+        tracker.metrics({k: v for k, v in comparison.scalars().items() if math.isfinite(v)}, step=0)
+        for name, figure in comparison.figures().items():
+            tracker.figure(f"compare/{name}", figure)
+        tracker.text("compare/report.txt", comparison.report() + "\n")
+    except BaseException as err:
+        tracker.finish("FAILED", f"{type(err).__name__}: {err}")
+        raise
+    tracker.finish("FINISHED")
+    return run_id
+
+
+# figures ------------------------------------------------------------------------------------------
+
+
+def _new_figure(width: float, height: float) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _delta_acc_figure(comparison: Comparison) -> Any:
+    """Per-class ΔACC sorted from the most helped to the most hurt class, with the mean as a dashed line."""
+    deltas = comparison.delta_acc
+    order = sorted((i for i in range(len(deltas)) if math.isfinite(deltas[i])), key=lambda i: -deltas[i])
+    n = len(order)
+    fig, ax = _new_figure(max(5.0, min(14.0, 0.3 * n + 2.5)), 3.6)
+    hurt = set(comparison.undistillable)
+    values = [deltas[i] for i in order]
+    colors = ["C3" if comparison.classes[i] in hurt else "C0" for i in order]
+    ax.bar(range(n), values, 0.8, color=colors)
+    ax.axhline(0, color="black", linewidth=0.6)
+    mean = comparison.mean_delta_acc
+    if math.isfinite(mean):
+        ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, label=f"mean ΔACC {mean:+.2f}")
+    if comparison.tol > 0:
+        ax.axhline(-comparison.tol, color="C3", linestyle=":", linewidth=1, label=f"−tol = −{comparison.tol:g}")
+    if n <= 40:
+        ax.set_xticks(range(n), [comparison.names[i] for i in order], rotation=60, ha="right", fontsize=8)
+    else:
+        ax.set_xticks([])
+    ax.set_xlabel("class (sorted by ΔACC)")
+    ax.set_ylabel("ΔACC = acc(run) − acc(baseline), points")
+    ax.set_title(f"{comparison.undistillable_count} of {len(deltas)} classes undistillable (red)", fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def _scatter_figure(comparison: Comparison) -> Any:
+    """ΔPA (x) against ΔACC (y) per class, the least-squares line, and r / p in the title."""
+    import numpy as np
+
+    dpa, dacc = comparison.delta_pa, comparison.delta_acc
+    keep = [i for i in range(len(dpa)) if math.isfinite(dpa[i]) and math.isfinite(dacc[i])]
+    x, y = np.array([dpa[i] for i in keep]), np.array([dacc[i] for i in keep])
+    fig, ax = _new_figure(4.8, 4.2)
+    hurt = set(comparison.undistillable)
+    colors = ["C3" if comparison.classes[i] in hurt else "C0" for i in keep]
+    ax.scatter(x, y, c=colors, s=22, zorder=3)
+    ax.axhline(0, color="grey", linewidth=0.6)
+    ax.axvline(0, color="grey", linewidth=0.6)
+    if len(keep) >= 2 and np.ptp(x) > 0:
+        slope, intercept = np.polyfit(x, y, 1)
+        xs = np.linspace(x.min(), x.max(), 2)
+        ax.plot(xs, slope * xs + intercept, color="black", linewidth=1, label=f"fit: slope {slope:.2f}")
+        ax.legend(fontsize=8, loc="lower right")
+    if len(keep) <= 20:
+        for j, i in enumerate(keep):
+            ax.annotate(comparison.names[i], (x[j], y[j]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    r, p, n = comparison.pearson
+    title = f"Pearson r = {r:.2f}, p = {p:.2g}, {n} classes" if math.isfinite(r) else f"r n/a ({n} classes)"
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("ΔPA = PA(run) − PA(baseline), points")
+    ax.set_ylabel("ΔACC, points")
+    return fig
+
+
+# command line -------------------------------------------------------------------------------------
+
+
+def _ids(values: list[str]) -> list[str]:
+    return [v for item in values for v in item.split(",") if v]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    comparison = compare_runs(
+        _ids(args.baseline),
+        _ids(args.runs),
+        uri=args.tracking_uri,
+        split=args.split,
+        tol=args.tol,
+        log=not args.no_log,
+        experiment=args.experiment,
+    )
+    print(comparison.report())
+    if args.figures:
+        from pathlib import Path
+
+        folder = Path(args.figures)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, figure in comparison.figures().items():
+            figure.savefig(folder / f"{name}.png", dpi=args.dpi)
+            print(f"figure {folder / f'{name}.png'}")
+    if comparison.run_id is not None:
+        print(f"logged as MLflow run {comparison.run_id}")
+    return 0
+
+
+def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``kdhub compare --baseline RUN[,RUN...] RUN [RUN...]`` to the ``kdhub`` command."""
+    p = subparsers.add_parser(
+        "compare",
+        help="per-class ΔACC, undistillable classes and ΔPA of runs against a baseline run",
+        description="Compare runs with a baseline per class (run − baseline; seeds averaged before differencing).",
+    )
+    p.add_argument(
+        "--baseline",
+        "-b",
+        action="append",
+        required=True,
+        metavar="RUN[,RUN...]",
+        help="baseline run id; repeat it or separate ids by commas for several seeds",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids compared with the baseline (seeds of one run)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split of the tables (test)")
+    p.add_argument("--tol", type=float, default=0.0, help="undistillable iff ΔACC < −tol, in points (0)")
+    p.add_argument("--no-log", action="store_true", help="do not log the comparison as an MLflow run")
+    p.add_argument("--experiment", help="MLflow experiment of the comparison run (default: the first run's)")
+    p.add_argument("--figures", metavar="DIR", help="also save the figures as PNG files in DIR")
+    p.add_argument("--dpi", type=int, default=100, help="resolution of the PNG files of --figures (100)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.set_defaults(func=cmd_compare)
+    return p

@@ -1,0 +1,315 @@
+"""Per-class comparison against a baseline: ΔACC, undistillable classes, seed averaging, ΔPA and Pearson r,
+the ``kdhub compare`` command on real runs logged to MLflow, and the ``compare:`` section of studies."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from kdhub.cli import main
+from kdhub.compare import CompareError, Comparison, average_over_seeds, compare_runs, compare_tables, pearson
+from kdhub.engine.loop import run
+from kdhub.errors import ConfigError, KdhubError
+from kdhub.study import StudyConfig, expand, run_study
+
+NAN = math.nan
+
+
+def per_class_acc(y: list[int], pred: list[int], num_classes: int) -> list[float]:
+    """acc_m in % with numpy, NaN for an empty class (ALGORITHMS.md, per_class_accuracy)."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    with np.errstate(invalid="ignore"):
+        return [100 * float(np.mean(pred[y == m] == m)) if (y == m).any() else NAN for m in range(num_classes)]
+
+
+# the pure comparison ------------------------------------------------------------------------------
+
+
+def test_algorithms_md_example():
+    # y = [0,0,1,1,2]; run predicts [0,1,1,1,0] -> acc [1/2, 2/2, 0/1]; baseline [0,0,1,0,2] -> [2/2, 1/2, 1/1]
+    y = [0, 0, 1, 1, 2]
+    run_acc = per_class_acc(y, [0, 1, 1, 1, 0], 3)
+    base_acc = per_class_acc(y, [0, 0, 1, 0, 2], 3)
+    assert run_acc == [50.0, 100.0, 0.0] and base_acc == [100.0, 50.0, 100.0]
+    c = compare_tables([base_acc], [run_acc])
+    assert c.delta_acc == [-50.0, 50.0, -100.0]  # ΔACC = [-.5, +.5, -1] in points
+    assert c.undistillable == [0, 2] and c.undistillable_count == 2
+    assert c.mean_delta_acc == pytest.approx(-100 / 3)
+    table = c.table()
+    assert table["undistillable"] == [True, False, True] and table["class"] == [0, 1, 2]
+
+
+def test_sign_convention_run_minus_baseline():
+    helped = compare_tables([[60.0, 70.0]], [[65.0, 80.0]])
+    assert helped.delta_acc == [5.0, 10.0] and helped.undistillable == [] and helped.mean_delta_acc == 7.5
+    hurt = compare_tables([[65.0, 80.0]], [[60.0, 70.0]])  # swapped sides: every class is hurt
+    assert hurt.delta_acc == [-5.0, -10.0] and hurt.undistillable == [0, 1]
+
+
+def test_tolerance_is_strict_and_in_points():
+    base = [[50.0, 50.0, 50.0, 50.0]]
+    mine = [[49.5, 48.5, 52.0, 50.0]]  # ΔACC = [-0.5, -1.5, +2, 0]
+    assert compare_tables(base, mine).undistillable == [0, 1]  # tol 0: 0 itself is not below -0
+    assert compare_tables(base, mine, tol=0.5).undistillable == [1]  # -0.5 is not < -0.5
+    assert compare_tables(base, mine, tol=1.5).undistillable == []
+    with pytest.raises(CompareError, match="tol"):
+        compare_tables(base, mine, tol=-1)
+
+
+def test_seeds_are_averaged_before_differencing_nan_left_out():
+    # class 0: baseline seed 0 had no sample (NaN). Averaging first: mean(run) 60 - mean(base) 80 = -20;
+    # differencing seeds first would give mean([NaN, 70 - 80]) = -10. kdhub averages first.
+    base = [[NAN, 50.0, NAN], [80.0, 70.0, NAN]]
+    mine = [[50.0, 40.0, NAN], [70.0, 80.0, NAN]]
+    c = compare_tables(base, mine)
+    assert c.acc_baseline[:2] == [80.0, 60.0] and c.acc_run[:2] == [60.0, 60.0]
+    assert c.delta_acc[:2] == [-20.0, 0.0] and math.isnan(c.delta_acc[2])  # empty in every seed: NaN
+    per_seed_first = np.nanmean((np.array(mine) - np.array(base))[:, 0])
+    assert per_seed_first == -10.0 and c.delta_acc[0] != per_seed_first
+    assert c.undistillable == [0]  # NaN is never undistillable ...
+    assert c.mean_delta_acc == -10.0  # ... and is left out of the mean: (-20 + 0) / 2
+
+
+def test_sides_may_have_different_seed_counts():
+    c = compare_tables([[70.0, 10.0]], [[60.0, 0.0], [80.0, 0.0], [100.0, 30.0]])
+    assert c.acc_run == [80.0, 10.0] and c.delta_acc == [10.0, 0.0]
+    assert average_over_seeds([[1.0, NAN], [3.0, NAN]])[0] == 2.0
+    with pytest.raises(CompareError, match="2 classes and the run 3"):
+        compare_tables([[1.0, 2.0]], [[1.0, 2.0, 3.0]])
+
+
+def test_pearson_against_numpy_and_the_t_distribution():
+    x, y = [1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0]
+    r, p, n = pearson(x, y)
+    # by hand: dx = [-2,-1,0,1,2], dy = [-1,-2,1,0,2], sxy = 8, sxx = syy = 10 -> r = 0.8
+    assert r == pytest.approx(0.8) and r == pytest.approx(np.corrcoef(x, y)[0, 1]) and n == 5
+    # two-sided p from t = r sqrt((n-2)/(1-r^2)) with the closed-form Student-t CDF for 3 degrees of freedom
+    t = 0.8 * math.sqrt(3 / (1 - 0.64))
+    cdf = 0.5 + (t / math.sqrt(3) / (1 + t * t / 3) + math.atan(t / math.sqrt(3))) / math.pi
+    assert p == pytest.approx(2 * (1 - cdf), rel=1e-9)  # 0.1041
+    r2, p2, n2 = pearson([*x, NAN, 7.0], [*y, 3.0, NAN])  # pairs with a NaN are dropped
+    assert (r2, p2, n2) == pytest.approx((r, p, 5))
+    assert all(math.isnan(v) for v in pearson([1.0, 2.0], [1.0, 3.0])[:2])  # fewer than 3 pairs
+    assert all(math.isnan(v) for v in pearson([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])[:2])  # constant side
+
+
+def test_delta_pa_and_its_correlation_with_delta_acc():
+    c = compare_tables(
+        [[50.0, 50.0, 50.0, 50.0]],
+        [[48.0, 51.0, 53.0, 55.0]],
+        pa_baseline=[[60.0, 60.0, 60.0, 60.0]],
+        pa_run=[[57.0, 61.0, 62.0, 68.0]],
+    )
+    assert c.delta_pa == [-3.0, 1.0, 2.0, 8.0]
+    r, p, n = c.pearson
+    assert n == 4 and r == pytest.approx(np.corrcoef(c.delta_pa, c.delta_acc)[0, 1])
+    scalars = c.scalars()
+    assert scalars["pearson_r"] == r and scalars["undistillable_count"] == 1.0
+    no_pa = compare_tables([[50.0, 50.0, 50.0]], [[40.0, 60.0, 70.0]])
+    assert all(math.isnan(v) for v in no_pa.delta_pa) and math.isnan(no_pa.pearson[0])
+    assert "Pearson r(ΔPA, ΔACC): n/a" in no_pa.report()
+
+
+def test_report_and_figures():
+    c = compare_tables(
+        [[50.0, 50.0, 50.0]],
+        [[40.0, 55.0, 70.0]],
+        pa_baseline=[[60.0, 60.0, 60.0]],
+        pa_run=[[50.0, 65.0, 80.0]],
+        names=["cat", "dog", "emu"],
+    )
+    text = c.report()
+    assert "undistillable classes (ΔACC < −0, marked *): 1 of 3: 0 (cat)" in text
+    assert "mean ΔACC: +5.00 points" in text and "Pearson r(ΔPA, ΔACC) = 1.000" in text
+    figures = c.figures()
+    assert set(figures) == {"delta_acc", "delta_pa_vs_delta_acc"}
+    ax = figures["delta_acc"].axes[0]
+    assert [round(b.get_height(), 6) for b in ax.patches] == [20.0, 5.0, -10.0]  # sorted, most helped first
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["emu", "dog", "cat"]
+    assert "1 of 3 classes undistillable" in ax.get_title()
+    assert "r = 1.00" in figures["delta_pa_vs_delta_acc"].axes[0].get_title()
+    assert set(compare_tables([[1.0, 2.0, 3.0]], [[1.0, 2.0, 2.0]]).figures()) == {"delta_acc"}  # no PA: no scatter
+
+
+# real runs -----------------------------------------------------------------------------------------
+
+EXPERIMENT = "tests-compare"
+
+
+def base_config(mlflow_uri: str, seed: int, width: int, epochs: int = 2) -> dict:
+    return {
+        "seed": seed,
+        "epochs": epochs,
+        "data": {"name": "digits", "batch_size": 64},
+        "student": {"name": "cnn", "options": {"width": width}},
+        "metrics": ["per_class_accuracy"],
+        "schedule": {"name": "cosine"},
+        "train": {"progress": False},
+        "tracking": {"uri": mlflow_uri, "experiment": EXPERIMENT},
+    }
+
+
+def test_a_teacher_without_methods_is_evaluation_only(tmp_path):
+    """A vanilla baseline with the teacher attached trains exactly as one without it (the teacher only evaluates)."""
+    teacher = tmp_path / "teacher.pt"
+    torch.save(run(base_config("unused", 1, 8, epochs=1), track=False).student.state_dict(), teacher)
+    plain = run(base_config("unused", 0, 4), track=False)
+    config = base_config("unused", 0, 4)
+    config.update(
+        teacher={"name": "cnn", "options": {"width": 8}, "weights": str(teacher)},
+        metrics=["per_class_accuracy", "agreement"],
+    )
+    attached = run(config, track=False)
+    a, b = plain.student.state_dict(), attached.student.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert 0 <= attached.metrics["test/agreement/pa"] <= 1
+
+
+@pytest.fixture(scope="module")
+def runs(mlflow_uri: str) -> dict[str, list[str]]:
+    """A teacher; vanilla students with the teacher attached for evaluation; KD students; two seeds each."""
+    teacher = run(base_config(mlflow_uri, 1, 16))
+    attached = {
+        "name": "cnn",
+        "options": {"width": 16},
+        "weights": f"runs:/{teacher.run_id}/checkpoints/final.pt",
+    }
+    out: dict[str, list[str]] = {"teacher": [teacher.run_id], "vanilla": [], "kd": []}
+    for seed in (0, 1):
+        vanilla = base_config(mlflow_uri, seed, 4)
+        vanilla.update(teacher=attached, metrics=["per_class_accuracy", "agreement"])
+        out["vanilla"].append(run(vanilla).run_id)
+        kd = {**vanilla, "ce_weight": 0.1, "methods": [{"name": "kd", "weight": 0.9, "options": {"temperature": 4}}]}
+        out["kd"].append(run(kd).run_id)
+    return out
+
+
+def logged_table(client: mlflow.MlflowClient, run_id: str, name: str, tmp_path: Path) -> dict[str, list]:
+    """A logged table read straight from the artifact JSON (not through kdhub), NaN for null."""
+    path = client.download_artifacts(run_id, f"tables/{name}.json", str(tmp_path))
+    payload = json.loads(Path(path).read_text())
+    return {c: [NAN if row[i] is None else row[i] for row in payload["data"]] for i, c in enumerate(payload["columns"])}
+
+
+def test_cli_compare_logs_a_run_whose_values_rederive_from_the_runs(runs, mlflow_uri, capsys, tmp_path):
+    vanilla, kd = runs["vanilla"], runs["kd"]
+    argv = ["compare", "--baseline", ",".join(vanilla), *kd, "--tracking-uri", mlflow_uri, "--figures", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "undistillable classes" in out and "mean ΔACC" in out and "Pearson r(ΔPA, ΔACC) =" in out
+    assert (tmp_path / "delta_acc.png").stat().st_size > 0 and (tmp_path / "delta_pa_vs_delta_acc.png").exists()
+
+    client = mlflow.MlflowClient(mlflow_uri)
+    compare_id = out.rsplit("logged as MLflow run ", 1)[1].split()[0]
+    logged = client.get_run(compare_id)
+    assert logged.data.tags["kdhub.compare"] == "true"
+    assert logged.data.tags["kdhub.baseline"] == ",".join(vanilla) and logged.data.tags["kdhub.runs"] == ",".join(kd)
+    assert logged.info.run_name == "compare-cnn-kd-cnn-digits-vs-cnn-none-cnn-digits"
+    assert client.get_experiment(logged.info.experiment_id).name == EXPERIMENT  # next to the runs
+    figures = {a.path for a in client.list_artifacts(compare_id, "figures/compare")}
+    assert figures == {"figures/compare/delta_acc.png", "figures/compare/delta_pa_vs_delta_acc.png"}
+
+    # re-derive everything from the runs' own tables with numpy
+    def side(ids: list[str], table: str, column: str, scale: float) -> np.ndarray:
+        values = [logged_table(client, i, f"test/{table}", tmp_path / i)[column] for i in ids]
+        return scale * np.nanmean(np.array(values, dtype=float), axis=0)
+
+    acc_v, acc_k = side(vanilla, "per_class_accuracy", "student", 1), side(kd, "per_class_accuracy", "student", 1)
+    pa_v, pa_k = side(vanilla, "agreement", "pa_by_label", 100), side(kd, "agreement", "pa_by_label", 100)
+    table = logged_table(client, compare_id, "compare/per_class", tmp_path / "cmp")
+    assert table["class"] == list(range(10))
+    np.testing.assert_allclose(table["acc_baseline"], acc_v)
+    np.testing.assert_allclose(table["delta_acc"], acc_k - acc_v)
+    np.testing.assert_allclose(table["delta_pa"], pa_k - pa_v)
+    assert table["undistillable"] == [bool(d < 0) for d in acc_k - acc_v]
+    metrics = logged.data.metrics
+    assert metrics["undistillable_count"] == sum(d < 0 for d in acc_k - acc_v)
+    assert metrics["mean_delta_acc"] == pytest.approx(float(np.mean(acc_k - acc_v)))
+    r, p = stats.pearsonr(pa_k - pa_v, acc_k - acc_v)
+    assert metrics["pearson_r"] == pytest.approx(r) and metrics["pearson_p"] == pytest.approx(p)
+    assert metrics["pearson_r"] == pytest.approx(np.corrcoef(pa_k - pa_v, acc_k - acc_v)[0, 1])
+
+
+def test_compare_runs_without_logging_and_baseline_without_agreement(runs, mlflow_uri):
+    # the teacher run as baseline: it has no agreement table, so ΔPA is NaN and a note says why
+    c = compare_runs(runs["teacher"], runs["kd"][0], uri=mlflow_uri, log=False)
+    assert isinstance(c, Comparison) and c.run_id is None
+    assert all(math.isnan(v) for v in c.delta_pa) and math.isnan(c.pearson[0])
+    assert any("methods: []" in note for note in c.notes)
+
+
+def test_cli_errors_are_one_line_and_exit_2(runs, mlflow_uri, capsys):
+    assert main(["compare", "-b", "0" * 32, runs["kd"][0], "--tracking-uri", mlflow_uri, "--no-log"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdhub: error: baseline run '000") and "not found" in err and "\n" not in err
+    argv = ["compare", "-b", runs["vanilla"][0], runs["kd"][0], "--split", "val", "--tracking-uri", mlflow_uri]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"run {runs['vanilla'][0]}" in err and "has no table val/per_class_accuracy" in err
+    assert "add the per_class_accuracy metric" in err and "\n" not in err
+    with pytest.raises(KdhubError, match="tol"):
+        compare_runs(runs["vanilla"], runs["kd"], uri=mlflow_uri, tol=-1.0, log=False)
+
+
+# studies --------------------------------------------------------------------------------------------
+
+
+def study(**changes) -> StudyConfig:
+    teacher = {"name": "cnn", "options": {"width": 8}, "weights": "runs:/${teacher}/checkpoints/final.pt"}
+    data = {
+        "name": "cmp",
+        "experiment": "tests-compare-study",
+        "base": {
+            "epochs": 1,
+            "data": {"name": "digits", "batch_size": 128},
+            "metrics": ["per_class_accuracy", "agreement"],
+            "train": {"progress": False},
+        },
+        "runs": [
+            {"name": "teacher", "set": {"student": {"name": "cnn", "options": {"width": 8}}, "metrics": ["accuracy"]}},
+            {"name": "vanilla", "set": {"student": {"name": "cnn", "options": {"width": 4}}, "teacher": teacher}},
+            {
+                "name": "kd",
+                "set": {"student": {"name": "cnn", "options": {"width": 4}}, "teacher": teacher, "methods": ["kd"]},
+            },
+        ],
+        "compare": {"baseline": "vanilla", "runs": ["kd"]},
+    }
+    data.update(changes)
+    return StudyConfig.model_validate(data)
+
+
+def test_study_compare_section_is_checked_before_training():
+    expand(study())
+    for compare, message in [
+        ({"baseline": "vanila", "runs": ["kd"]}, "compare.baseline: 'vanila' names no run"),
+        ({"baseline": "vanilla", "runs": ["teacher"]}, "run 'teacher' does not evaluate per_class_accuracy"),
+        ({"baseline": "vanilla", "runs": ["kd"], "split": "val"}, "on split 'val'"),
+        ({"baseline": "vanilla", "runs": ["vanilla"]}, "'vanilla' is the baseline"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            expand(study(compare=compare))
+
+
+def test_study_logs_the_comparison_under_its_parent(mlflow_uri):
+    result = run_study(study(seeds=[0, 1]), mlflow_uri)
+    comparison = result["comparisons"]["kd"]
+    summary = result["summary"]
+    ids = dict.fromkeys(summary["run"])
+    for name in ids:
+        ids[name] = [r for n, r in zip(summary["run"], summary["run_id"], strict=True) if n == name]
+    assert comparison.baseline_ids == ids["vanilla"] and comparison.run_ids == ids["kd"]  # all seeds, averaged
+    client = mlflow.MlflowClient(mlflow_uri)
+    logged = client.get_run(comparison.run_id)
+    assert logged.data.tags["mlflow.parentRunId"] == result["parent_run_id"]
+    assert logged.info.run_name == "compare-kd-vs-vanilla"
+    assert logged.data.metrics["undistillable_count"] == comparison.undistillable_count
+    parent = client.get_run(result["parent_run_id"]).data.metrics
+    assert parent["compare/kd/mean_delta_acc"] == pytest.approx(comparison.mean_delta_acc)
