@@ -94,9 +94,11 @@ def test_unknown_kind_and_name_in_show(capsys):
     assert code == 2 and "did you mean 'metric'" in err
 
 
+EXAMPLES_DIR = Path(__file__).parents[2] / "examples"
 EXAMPLES = sorted(
-    p for p in Path(__file__).parents[2].joinpath("examples").rglob("*.yaml") if "plugin-template" not in str(p)
+    p for p in EXAMPLES_DIR.rglob("*.yaml") if "plugin-template" not in str(p) and p.parent.name != "studies"
 )
+STUDIES = sorted((EXAMPLES_DIR / "studies").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -105,3 +107,10 @@ def test_every_example_config_validates(path):
     from kdhub.plugins import get_registry
 
     resolve_plugins(load_config(path), get_registry())
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_every_example_study_expands(path):
+    from kdhub.study import expand, load_study
+
+    assert expand(load_study(path))

@@ -43,7 +43,7 @@ def test_fashion_mnist_from_the_debian_copy(tmp_path):
     assert bundle.train.images.shape == (60000, 1, 28, 28) and bundle.test.images.shape == (10000, 1, 28, 28)
     assert bundle.class_names[9] == "Ankle boot"
     assert torch.bincount(bundle.test.labels).tolist() == [1000] * 10
-    assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()
+    assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
 
 
 def test_fashion_mnist_without_data_or_network_is_one_clear_error(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
 from pathlib import Path
 
@@ -46,11 +47,12 @@ class FashionMNIST(kdhub.Dataset):
 
         raw = Path(self.options.root) / "FashionMNIST" / "raw"
         local = Path(self.options.local_copy)
-        if not all((raw / f).exists() or (raw / f[:-3]).exists() for f in FILES) and local.is_dir():
+        if not all((raw / f[:-3]).exists() for f in FILES) and local.is_dir():
             raw.mkdir(parents=True, exist_ok=True)
-            for file in FILES:
-                if (local / file).exists() and not (raw / file).exists():
-                    shutil.copyfile(local / file, raw / file)
+            for file in FILES:  # unpacked as torchvision's own download would leave them
+                if (local / file).exists() and not (raw / file[:-3]).exists():
+                    with gzip.open(local / file, "rb") as packed, open(raw / file[:-3], "wb") as out:
+                        shutil.copyfileobj(packed, out)
         try:
             train = datasets.FashionMNIST(self.options.root, train=True, download=self.options.download)
             test = datasets.FashionMNIST(self.options.root, train=False, download=self.options.download)
