@@ -87,6 +87,8 @@ def _figure(table: kdhub.Table):
     ax.set_ylabel("accuracy (%)")
     if n <= 20:
         ax.set_xticks(xs, table["name"], rotation=45, ha="right")
-    ax.legend()
+    ax.set_ylim(0, 100)
+    ax.set_title("per-class accuracy", loc="left")
+    ax.legend(loc="lower left", bbox_to_anchor=(1.0, 0.0), frameon=False)
     fig.tight_layout()
     return fig
