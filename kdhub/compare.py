@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kdhub.errors import KdhubError
@@ -39,6 +41,7 @@ __all__ = [
     "pearson",
     "compare_tables",
     "compare_runs",
+    "save_figures",
     "add_compare_parser",
 ]
 
@@ -480,6 +483,21 @@ def _ids(values: list[str]) -> list[str]:
     return [v for item in values for v in item.split(",") if v]
 
 
+def save_figures(comparison: Comparison, prefix: str, dpi: int = 100) -> list[Path]:
+    """Save the figures as ``<prefix><name>.png`` (``<name>.png`` inside ``prefix`` if it is a folder or ends in /)."""
+    folder = Path(prefix)
+    if prefix.endswith(("/", os.sep)) or folder.is_dir():
+        stem = ""
+    else:
+        folder, stem = folder.parent, folder.name
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, figure in comparison.figures().items():
+        paths.append(folder / f"{stem}{name}.png")
+        figure.savefig(paths[-1], dpi=dpi)
+    return paths
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     comparison = compare_runs(
         _ids(args.baseline),
@@ -492,13 +510,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     print(comparison.report())
     if args.figures:
-        from pathlib import Path
-
-        folder = Path(args.figures)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, figure in comparison.figures().items():
-            figure.savefig(folder / f"{name}.png", dpi=args.dpi)
-            print(f"figure {folder / f'{name}.png'}")
+        for path in save_figures(comparison, args.figures, args.dpi):
+            print(f"figure {path}")
     if comparison.run_id is not None:
         print(f"logged as MLflow run {comparison.run_id}")
     return 0
@@ -524,7 +537,11 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=0.0, help="undistillable iff ΔACC < −tol, in points (0)")
     p.add_argument("--no-log", action="store_true", help="do not log the comparison as an MLflow run")
     p.add_argument("--experiment", help="MLflow experiment of the comparison run (default: the first run's)")
-    p.add_argument("--figures", metavar="DIR", help="also save the figures as PNG files in DIR")
+    p.add_argument(
+        "--figures",
+        metavar="PREFIX",
+        help="also save the figures as PNG files: PREFIX<name>.png, or <name>.png inside PREFIX if it is a folder",
+    )
     p.add_argument("--dpi", type=int, default=100, help="resolution of the PNG files of --figures (100)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.set_defaults(func=cmd_compare)

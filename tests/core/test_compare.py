@@ -14,7 +14,15 @@ import torch
 from scipy import stats
 
 from kdhub.cli import main
-from kdhub.compare import CompareError, Comparison, average_over_seeds, compare_runs, compare_tables, pearson
+from kdhub.compare import (
+    CompareError,
+    Comparison,
+    average_over_seeds,
+    compare_runs,
+    compare_tables,
+    pearson,
+    save_figures,
+)
 from kdhub.engine.loop import run
 from kdhub.errors import ConfigError, KdhubError
 from kdhub.study import StudyConfig, expand, run_study
@@ -136,6 +144,13 @@ def test_report_and_figures():
     assert "1 of 3 classes undistillable" in ax.get_title()
     assert "r = 1.00" in figures["delta_pa_vs_delta_acc"].axes[0].get_title()
     assert set(compare_tables([[1.0, 2.0, 3.0]], [[1.0, 2.0, 2.0]]).figures()) == {"delta_acc"}  # no PA: no scatter
+
+
+def test_save_figures_to_a_prefix_or_a_folder(tmp_path):
+    c = compare_tables([[50.0, 50.0, 50.0]], [[40.0, 55.0, 70.0]])
+    assert save_figures(c, str(tmp_path / "fashion_")) == [tmp_path / "fashion_delta_acc.png"]
+    assert save_figures(c, f"{tmp_path}/sub/") == [tmp_path / "sub" / "delta_acc.png"]
+    assert (tmp_path / "sub" / "delta_acc.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # real runs -----------------------------------------------------------------------------------------
