@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import shutil
 import tempfile
@@ -676,7 +677,7 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
         config = parse_config(config)
     from kdhub.tracking import Tracker, resolve_artifact
 
-    env_rank = int(__import__("os").environ.get("RANK", "0"))
+    env_rank = int(os.environ.get("RANK", "0"))
     tracker = Tracker(config.tracking.uri, config.tracking.experiment) if track and env_rank == 0 else None
     trainer = Trainer(config, tracker, resume_run_id)
     if resume_run_id is not None:
