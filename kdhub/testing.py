@@ -15,7 +15,16 @@ from kdhub.engine.features import FeatureTaps, dry_run_shapes
 from kdhub.engine.losses import method_loss, split_terms
 from kdhub.method import Method, SetupContext, StepOutputs
 
-__all__ = ["TinyNet", "TINY_TAPS", "test_batch", "setup_method", "forward_outputs", "check_method", "MethodCheck"]
+__all__ = [
+    "TinyNet",
+    "TINY_TAPS",
+    "test_batch",
+    "setup_method",
+    "forward_outputs",
+    "check_method",
+    "MethodCheck",
+    "init_losses",
+]
 
 
 class _Stage(nn.Module):
@@ -209,3 +218,25 @@ def _check_class_mask(method: Method, out: StepOutputs, num_classes: int) -> Non
         if grad is None or tensor.dim() == 0:
             continue
         assert grad[dropped].abs().max() == 0, f"{method.name}: masked class 0 still has gradient"
+
+
+def init_losses(
+    method: Method,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    images: Tensor,
+    labels: Tensor,
+    optimizer: torch.optim.Optimizer,
+    steps: int = 15,
+    taps: dict[str, list[str]] | None = None,
+) -> list[float]:
+    """Train ``method.init_loss`` for ``steps`` steps on one batch (as the engine's init stage does); the losses."""
+    taps = taps if taps is not None else TINY_TAPS
+    losses = []
+    for _ in range(steps):
+        loss = method.init_loss(forward_outputs(method, student, teacher, taps, taps, images, labels))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -331,14 +331,15 @@ class Trainer:
             sums["total"] = sums.get("total", zero) + loss.detach()
             correct += (s_logits.argmax(1) == y).sum()
             seen += y.numel()
-        totals = list(sums.values()) + [correct, seen]
-        self.dist.all_reduce_(totals)
-        elapsed = time.perf_counter() - start
+        totals = torch.stack([v.float() for v in sums.values()] + [correct, seen])
+        self.dist.all_reduce_([totals])
+        *loss_sums, n_correct, n_seen = totals.tolist()  # the one host sync of the epoch
+        elapsed = time.perf_counter() - start  # after the sync, so queued device work is counted
         steps = self.steps_per_epoch * self.dist.world_size
-        values = {f"loss/{k}": v.item() / steps for k, v in sums.items()}
-        values["train/acc"] = 100 * correct.item() / max(1.0, seen.item())
+        values = {f"loss/{k}": v / steps for k, v in zip(sums, loss_sums, strict=True)}
+        values["train/acc"] = 100 * n_correct / max(1.0, n_seen)
         values["lr"] = self.optimizer.param_groups[0]["lr"]
-        values["images_per_s"] = seen.item() / max(elapsed, 1e-9)
+        values["images_per_s"] = n_seen / max(elapsed, 1e-9)
         if plan is not None:
             values["weight/ce"], values["weight/kd"] = plan.ce_weight, plan.kd_weight
         return values

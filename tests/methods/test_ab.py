@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kdhub
-from kdhub.testing import TINY_TAPS, TinyNet, check_method, forward_outputs, setup_method
+from kdhub.testing import TINY_TAPS, TinyNet, check_method, forward_outputs, init_losses, setup_method
 from kdhub_methods.ab import alternative_l2
 
 
@@ -71,14 +71,7 @@ def test_init_loss_decreases_on_tinynet() -> None:
     method, student, teacher, images = _tiny()
     labels = torch.arange(8) % 10
     optimizer = torch.optim.SGD(list(student.parameters()) + list(method.parameters()), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(15):
-        out = forward_outputs(method, student, teacher, TINY_TAPS, TINY_TAPS, images, labels)
-        loss = method.init_loss(out)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = init_losses(method, student, teacher, images, labels, optimizer)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

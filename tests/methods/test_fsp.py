@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kdhub
-from kdhub.testing import TINY_TAPS, TinyNet, check_method, forward_outputs, setup_method
+from kdhub.testing import TINY_TAPS, TinyNet, check_method, forward_outputs, init_losses, setup_method
 from kdhub_methods.fsp import fsp_loss, fsp_matrix
 
 
@@ -60,14 +60,7 @@ def test_init_loss_decreases_on_tinynet() -> None:
         method.loss(forward_outputs(method, student, teacher, TINY_TAPS, TINY_TAPS, images, labels)), torch.zeros(8)
     )
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
-    losses = []
-    for _ in range(15):
-        out = forward_outputs(method, student, teacher, TINY_TAPS, TINY_TAPS, images, labels)
-        loss = method.init_loss(out)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = init_losses(method, student, teacher, images, labels, optimizer)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import kdhub
-from kdhub.testing import TINY_TAPS, TinyNet, check_method, forward_outputs, setup_method
+from kdhub.testing import TINY_TAPS, TinyNet, check_method, forward_outputs, init_losses, setup_method
 from kdhub_methods.ft import ft_loss
 
 
@@ -50,14 +50,7 @@ def test_init_loss_trains_the_paraphraser_only_and_decreases() -> None:
     method, student, teacher, images = _tiny()
     labels = torch.arange(8) % 10
     optimizer = torch.optim.Adam(list(student.parameters()) + list(method.parameters()), lr=1e-3)
-    losses = []
-    for _ in range(15):
-        out = forward_outputs(method, student, teacher, TINY_TAPS, TINY_TAPS, images, labels)
-        loss = method.init_loss(out)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = init_losses(method, student, teacher, images, labels, optimizer)
     assert losses[-1] < 0.7 * losses[0], losses
     assert all(p.grad is None for p in student.parameters())
     assert all(p.grad is None for p in method.translator.parameters())
