@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
-__all__ = ["Options", "Plugin", "EpochOrFraction", "resolve_epoch"]
+__all__ = ["EpochOrFraction", "Options", "Plugin", "resolve_epoch"]
 
 
 class Options(BaseModel):
@@ -25,10 +25,7 @@ EpochOrFraction = Annotated[
 
 def resolve_epoch(value: int | float, total: int, minimum: int = 0) -> int:
     """Turn an :data:`EpochOrFraction` into an epoch count: fractions are rounded to the nearest epoch."""
-    if isinstance(value, float) and not value.is_integer():
-        count = int(math.floor(value * total + 0.5))
-    else:
-        count = int(value)
+    count = math.floor(value * total + 0.5) if isinstance(value, float) and not value.is_integer() else int(value)
     return max(minimum, count)
 
 

@@ -31,18 +31,18 @@ from kdhub.errors import KdhubError
 from kdhub.runlog import Table
 
 __all__ = [
-    "ACCURACY_TABLE",
     "ACCURACY_COLUMN",
-    "AGREEMENT_TABLE",
+    "ACCURACY_TABLE",
     "AGREEMENT_COLUMN",
+    "AGREEMENT_TABLE",
     "CompareError",
     "Comparison",
-    "average_over_seeds",
-    "pearson",
-    "compare_tables",
-    "compare_runs",
-    "save_figures",
     "add_compare_parser",
+    "average_over_seeds",
+    "compare_runs",
+    "compare_tables",
+    "pearson",
+    "save_figures",
 ]
 
 # Where the comparison reads its inputs: documented defaults, the tables of the built-in

@@ -13,21 +13,21 @@ from kdhub.errors import ConfigError, KdhubError
 from kdhub.registry import Registry, format_validation_error, inner_model
 
 __all__ = [
-    "RunConfig",
-    "PluginRef",
+    "CheckpointConfig",
+    "DataConfig",
     "MethodRef",
     "MetricRef",
     "ModelRef",
-    "TeacherRef",
-    "DataConfig",
     "OptimConfig",
+    "PluginRef",
+    "RunConfig",
     "ScheduleConfig",
-    "TrainConfig",
-    "CheckpointConfig",
+    "TeacherRef",
     "TrackingConfig",
+    "TrainConfig",
+    "apply_overrides",
     "load_config",
     "parse_config",
-    "apply_overrides",
     "resolve_plugins",
 ]
 

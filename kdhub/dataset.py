@@ -10,7 +10,7 @@ from torch import Tensor
 
 from kdhub.base import Plugin
 
-__all__ = ["Dataset", "DataBundle", "TensorSplit", "Augmentation"]
+__all__ = ["Augmentation", "DataBundle", "Dataset", "TensorSplit"]
 
 
 @dataclass

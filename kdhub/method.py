@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from kdhub.base import Options, Plugin
 
-__all__ = ["Method", "StepOutputs", "SetupContext", "LossValue"]
+__all__ = ["LossValue", "Method", "SetupContext", "StepOutputs"]
 
 LossValue = Tensor | dict[str, Tensor]
 """A loss, or a dict of named loss terms that are summed (each is logged on its own)."""

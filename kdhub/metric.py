@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from kdhub.base import Plugin
 from kdhub.runlog import Table
 
-__all__ = ["Metric", "EvalBatch", "MetricContext", "MetricResult"]
+__all__ = ["EvalBatch", "Metric", "MetricContext", "MetricResult"]
 
 
 @dataclass

@@ -8,7 +8,7 @@ from torch import nn
 
 from kdhub.base import Plugin
 
-__all__ = ["Model", "FEATURE_ROLES"]
+__all__ = ["FEATURE_ROLES", "Model"]
 
 FEATURE_ROLES = {
     "stages": "output of each stage (after its last activation), in network order",

@@ -28,14 +28,14 @@ from kdhub.registry import Registry
 __all__ = [
     "LoadFailure",
     "PluginInfo",
-    "get_registry",
     "get_manager",
+    "get_registry",
     "load_failures",
     "loaded_plugins",
-    "reset",
-    "register_module",
     "notify",
     "plugin_classes",
+    "register_module",
+    "reset",
 ]
 
 GROUP = "kdhub"
@@ -115,7 +115,7 @@ def _load() -> _State:
         seen.add((dist, ep.name))
         try:
             module = ep.load()
-        except Exception as err:  # noqa: BLE001 - a broken plugin must not take kdhub down
+        except Exception as err:
             _fail(
                 state, LoadFailure(dist, ep.name, f"import failed: {type(err).__name__}: {err}", traceback.format_exc())
             )
@@ -127,7 +127,7 @@ def _load() -> _State:
 def _register(state: _State, module: Any, name: str, dist: str, version: str) -> None:
     try:
         state.manager.register(module, name=f"{dist}:{name}")
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         _fail(
             state, LoadFailure(dist, name, f"registration failed: {type(err).__name__}: {err}", traceback.format_exc())
         )
@@ -145,7 +145,7 @@ def _register(state: _State, module: Any, name: str, dist: str, version: str) ->
 
         try:
             impls[0].function(register=register)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             _fail(
                 state,
                 LoadFailure(dist, name, f"{hook_name} failed: {type(err).__name__}: {err}", traceback.format_exc()),

@@ -12,7 +12,7 @@ from kdhub.base import Plugin
 from kdhub.method import StepOutputs
 from kdhub.runlog import RunLog
 
-__all__ = ["Policy", "StepPlan", "EpochReport", "EpochAction", "PolicyContext"]
+__all__ = ["EpochAction", "EpochReport", "Policy", "PolicyContext", "StepPlan"]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from kdhub.metric import Metric
 from kdhub.model import Model
 from kdhub.policy import Policy
 
-__all__ = ["KINDS", "Entry", "Registry", "DuplicatePluginError", "suggest", "format_validation_error"]
+__all__ = ["KINDS", "DuplicatePluginError", "Entry", "Registry", "format_validation_error", "suggest"]
 
 KINDS: dict[str, type] = {
     "method": Method,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["RunLog", "MemoryLog", "Table"]
+__all__ = ["MemoryLog", "RunLog", "Table"]
 
 Table = dict[str, list[Any]]
 """A table as columns: ``{"class": [...], "accuracy": [...]}`` (all columns the same length)."""

@@ -22,7 +22,7 @@ from kdhub.errors import ConfigError
 from kdhub.plugins import get_registry
 from kdhub.registry import format_validation_error
 
-__all__ = ["StudyConfig", "StudyRun", "StudyCompare", "load_study", "expand", "run_study"]
+__all__ = ["StudyCompare", "StudyConfig", "StudyRun", "expand", "load_study", "run_study"]
 
 _REFERENCE = re.compile(r"\$\{([A-Za-z0-9_\-]+)\}")
 

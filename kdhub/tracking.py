@@ -15,13 +15,13 @@ from kdhub.runlog import Table
 
 __all__ = [
     "DEFAULT_URI",
-    "tracking_uri",
     "Tracker",
-    "resolve_artifact",
-    "load_table",
-    "load_run_config",
-    "run_info",
     "flatten",
+    "load_run_config",
+    "load_table",
+    "resolve_artifact",
+    "run_info",
+    "tracking_uri",
 ]
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -161,7 +161,7 @@ def resolve_artifact(reference: str, uri: str | None = None) -> Path:
     client = _client(tracking_uri(uri))
     try:
         return Path(client.download_artifacts(parts[0], parts[1], tempfile.mkdtemp(prefix="kdhub-")))
-    except Exception as err:  # noqa: BLE001 - mlflow raises many kinds
+    except Exception as err:
         raise KdhubError(f"{reference}: cannot fetch from {tracking_uri(uri)}: {str(err).splitlines()[0]}") from None
 
 
@@ -184,7 +184,7 @@ def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
     client = _client(tracking_uri(uri))
     try:
         run = client.get_run(run_id)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise KdhubError(f"run {run_id!r} not found in {tracking_uri(uri)}: {str(err).splitlines()[0]}") from None
     return {
         "run_id": run.info.run_id,

@@ -12,7 +12,7 @@ from torch import nn
 
 from kdhub.errors import IncompatibleError
 
-__all__ = ["rng_state", "set_rng_state", "save", "load", "load_weights"]
+__all__ = ["load", "load_weights", "rng_state", "save", "set_rng_state"]
 
 
 def rng_state() -> dict[str, Any]:

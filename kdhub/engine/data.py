@@ -11,7 +11,7 @@ from torch import Tensor
 
 from kdhub.dataset import Augmentation, DataBundle, TensorSplit
 
-__all__ = ["DeviceData", "class_balanced_split", "augment"]
+__all__ = ["DeviceData", "augment", "class_balanced_split"]
 
 
 def class_balanced_split(labels: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -21,7 +21,7 @@ def class_balanced_split(labels: Tensor, fraction: float, generator: torch.Gener
     held = []
     for cls in labels.unique().tolist():
         members = (labels == cls).nonzero().squeeze(1)
-        take = int(math.floor(fraction * len(members) + 0.5))
+        take = math.floor(fraction * len(members) + 0.5)
         held.append(members[torch.randperm(len(members), generator=generator)[:take]])
     held_out = torch.cat(held).sort().values
     keep = torch.ones(len(labels), dtype=torch.bool)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from kdhub.errors import IncompatibleError
 
-__all__ = ["FeatureTaps", "dry_run_shapes", "check_roles"]
+__all__ = ["FeatureTaps", "check_roles", "dry_run_shapes"]
 
 
 class FeatureTaps:
@@ -19,7 +19,7 @@ class FeatureTaps:
     """
 
     def __init__(self, net: nn.Module, taps: dict[str, list[str]], roles: Iterable[str]) -> None:
-        self.roles = [r for r in dict.fromkeys(roles)]
+        self.roles = list(dict.fromkeys(roles))
         self._store: dict[str, list[Tensor | None]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         modules = dict(net.named_modules())

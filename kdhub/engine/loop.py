@@ -33,7 +33,7 @@ from kdhub.metric import EvalBatch, Metric, MetricContext, MetricResult
 from kdhub.policy import EpochReport, Policy, PolicyContext
 from kdhub.runlog import MemoryLog, RunLog
 
-__all__ = ["run", "RunResult", "Trainer", "pick_device"]
+__all__ = ["RunResult", "Trainer", "pick_device", "run"]
 
 log = logging.getLogger("kdhub")
 

@@ -9,7 +9,7 @@ import torch
 from kdhub.base import resolve_epoch
 from kdhub.config import OptimConfig, ScheduleConfig
 
-__all__ = ["make_optimizer", "make_scheduler", "lr_factor"]
+__all__ = ["lr_factor", "make_optimizer", "make_scheduler"]
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:

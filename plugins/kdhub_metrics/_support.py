@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["SampleBuffer", "add_at", "fit_line", "new_figure", "nanmean", "role_shapes"]
+__all__ = ["SampleBuffer", "add_at", "fit_line", "nanmean", "new_figure", "role_shapes"]
 
 
 def add_at(target: Tensor, index: Tensor, values: Tensor | None = None) -> None:

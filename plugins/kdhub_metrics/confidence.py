@@ -92,7 +92,7 @@ class Confidence(kdhub.Metric):
             return kdhub.MetricResult()
         scalars = dict(fit_line(u, v))
         order = torch.argsort(u, stable=True)
-        m = int(round(self.options.q * n / 100))
+        m = round(self.options.q * n / 100)
         for prefix, part in (("low_", order[:m]), ("high_", order[n - m :] if m else order[:0])):
             scalars.update({prefix + key: value for key, value in fit_line(u[part], v[part]).items()})
         bu, bv = quantile_bin_means(u, v, self.options.bins)

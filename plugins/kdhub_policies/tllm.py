@@ -109,7 +109,7 @@ class TLLM(kdhub.Policy):
         self.start_epoch = kdhub.resolve_epoch(o.start, ctx.epochs, minimum=1)
         self.window_epochs = kdhub.resolve_epoch(o.window, ctx.epochs, minimum=1)
         self.end_epoch = None if o.end is None else kdhub.resolve_epoch(o.end, ctx.epochs)
-        self.max_stopped = int(math.floor(o.max_stopped_fraction * ctx.num_classes + 1e-9))
+        self.max_stopped = math.floor(o.max_stopped_fraction * ctx.num_classes + 1e-9)
         counts = ctx.validation_class_counts
         if counts is not None:
             self.unvalidated = [int(m) for m in (counts.cpu() == 0).nonzero().flatten()]

@@ -12,7 +12,8 @@ def test_plugins_json_lists_builtins_and_the_template(capsys):
     for plugin in payload["plugins"]:
         for kind, names in plugin["registers"].items():
             by_dist.setdefault(plugin["distribution"], {}).setdefault(kind, []).extend(names)
-    assert "kd" in by_dist["kdhub"]["method"] and "constant" in by_dist["kdhub"]["policy"]
+    assert "kd" in by_dist["kdhub"]["method"]
+    assert "constant" in by_dist["kdhub"]["policy"]
     assert by_dist["kdhub-cosine"] == {"method": ["cosine"]}
     assert payload["errors"] == []
 
@@ -20,13 +21,18 @@ def test_plugins_json_lists_builtins_and_the_template(capsys):
 def test_show_prints_doc_and_options_table(capsys):
     assert main(["show", "method", "kd"]) == 0
     out = capsys.readouterr().out
-    assert "Hinton" in out and "temperature" in out and "default 4.0" in out and "> 0" in out
+    assert "Hinton" in out
+    assert "temperature" in out
+    assert "default 4.0" in out
+    assert "> 0" in out
 
 
 def test_list_with_pattern(capsys):
     assert main(["list", "method", "*kd*"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
-    assert "kd" in names and "dkd" in names and "fitnet" not in names
+    assert "kd" in names
+    assert "dkd" in names
+    assert "fitnet" not in names
 
 
 def _all_plugins():
@@ -37,7 +43,7 @@ def _all_plugins():
     ]
 
 
-@pytest.mark.parametrize("kind, name", _all_plugins())
+@pytest.mark.parametrize(("kind", "name"), _all_plugins())
 def test_every_plugin_has_a_summary_docs_and_described_options(kind, name, capsys):
     import kdhub
 

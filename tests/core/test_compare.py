@@ -45,20 +45,26 @@ def test_algorithms_md_example():
     y = [0, 0, 1, 1, 2]
     run_acc = per_class_acc(y, [0, 1, 1, 1, 0], 3)
     base_acc = per_class_acc(y, [0, 0, 1, 0, 2], 3)
-    assert run_acc == [50.0, 100.0, 0.0] and base_acc == [100.0, 50.0, 100.0]
+    assert run_acc == [50.0, 100.0, 0.0]
+    assert base_acc == [100.0, 50.0, 100.0]
     c = compare_tables([base_acc], [run_acc])
     assert c.delta_acc == [-50.0, 50.0, -100.0]  # ΔACC = [-.5, +.5, -1] in points
-    assert c.undistillable == [0, 2] and c.undistillable_count == 2
+    assert c.undistillable == [0, 2]
+    assert c.undistillable_count == 2
     assert c.mean_delta_acc == pytest.approx(-100 / 3)
     table = c.table()
-    assert table["undistillable"] == [True, False, True] and table["class"] == [0, 1, 2]
+    assert table["undistillable"] == [True, False, True]
+    assert table["class"] == [0, 1, 2]
 
 
 def test_sign_convention_run_minus_baseline():
     helped = compare_tables([[60.0, 70.0]], [[65.0, 80.0]])
-    assert helped.delta_acc == [5.0, 10.0] and helped.undistillable == [] and helped.mean_delta_acc == 7.5
+    assert helped.delta_acc == [5.0, 10.0]
+    assert helped.undistillable == []
+    assert helped.mean_delta_acc == 7.5
     hurt = compare_tables([[65.0, 80.0]], [[60.0, 70.0]])  # swapped sides: every class is hurt
-    assert hurt.delta_acc == [-5.0, -10.0] and hurt.undistillable == [0, 1]
+    assert hurt.delta_acc == [-5.0, -10.0]
+    assert hurt.undistillable == [0, 1]
 
 
 def test_tolerance_is_strict_and_in_points():
@@ -77,17 +83,21 @@ def test_seeds_are_averaged_before_differencing_nan_left_out():
     base = [[NAN, 50.0, NAN], [80.0, 70.0, NAN]]
     mine = [[50.0, 40.0, NAN], [70.0, 80.0, NAN]]
     c = compare_tables(base, mine)
-    assert c.acc_baseline[:2] == [80.0, 60.0] and c.acc_run[:2] == [60.0, 60.0]
-    assert c.delta_acc[:2] == [-20.0, 0.0] and math.isnan(c.delta_acc[2])  # empty in every seed: NaN
+    assert c.acc_baseline[:2] == [80.0, 60.0]
+    assert c.acc_run[:2] == [60.0, 60.0]
+    assert c.delta_acc[:2] == [-20.0, 0.0]
+    assert math.isnan(c.delta_acc[2])
     per_seed_first = np.nanmean((np.array(mine) - np.array(base))[:, 0])
-    assert per_seed_first == -10.0 and c.delta_acc[0] != per_seed_first
+    assert per_seed_first == -10.0
+    assert c.delta_acc[0] != per_seed_first
     assert c.undistillable == [0]  # NaN is never undistillable ...
     assert c.mean_delta_acc == -10.0  # ... and is left out of the mean: (-20 + 0) / 2
 
 
 def test_sides_may_have_different_seed_counts():
     c = compare_tables([[70.0, 10.0]], [[60.0, 0.0], [80.0, 0.0], [100.0, 30.0]])
-    assert c.acc_run == [80.0, 10.0] and c.delta_acc == [10.0, 0.0]
+    assert c.acc_run == [80.0, 10.0]
+    assert c.delta_acc == [10.0, 0.0]
     assert average_over_seeds([[1.0, NAN], [3.0, NAN]])[0] == 2.0
     with pytest.raises(CompareError, match="2 classes and the run 3"):
         compare_tables([[1.0, 2.0]], [[1.0, 2.0, 3.0]])
@@ -97,7 +107,9 @@ def test_pearson_against_numpy_and_the_t_distribution():
     x, y = [1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 1.0, 4.0, 3.0, 5.0]
     r, p, n = pearson(x, y)
     # by hand: dx = [-2,-1,0,1,2], dy = [-1,-2,1,0,2], sxy = 8, sxx = syy = 10 -> r = 0.8
-    assert r == pytest.approx(0.8) and r == pytest.approx(np.corrcoef(x, y)[0, 1]) and n == 5
+    assert r == pytest.approx(0.8)
+    assert r == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert n == 5
     # two-sided p from t = r sqrt((n-2)/(1-r^2)) with the closed-form Student-t CDF for 3 degrees of freedom
     t = 0.8 * math.sqrt(3 / (1 - 0.64))
     cdf = 0.5 + (t / math.sqrt(3) / (1 + t * t / 3) + math.atan(t / math.sqrt(3))) / math.pi
@@ -116,12 +128,15 @@ def test_delta_pa_and_its_correlation_with_delta_acc():
         pa_run=[[57.0, 61.0, 62.0, 68.0]],
     )
     assert c.delta_pa == [-3.0, 1.0, 2.0, 8.0]
-    r, p, n = c.pearson
-    assert n == 4 and r == pytest.approx(np.corrcoef(c.delta_pa, c.delta_acc)[0, 1])
+    r, _p, n = c.pearson
+    assert n == 4
+    assert r == pytest.approx(np.corrcoef(c.delta_pa, c.delta_acc)[0, 1])
     scalars = c.scalars()
-    assert scalars["pearson_r"] == r and scalars["undistillable_count"] == 1.0
+    assert scalars["pearson_r"] == r
+    assert scalars["undistillable_count"] == 1.0
     no_pa = compare_tables([[50.0, 50.0, 50.0]], [[40.0, 60.0, 70.0]])
-    assert all(math.isnan(v) for v in no_pa.delta_pa) and math.isnan(no_pa.pearson[0])
+    assert all(math.isnan(v) for v in no_pa.delta_pa)
+    assert math.isnan(no_pa.pearson[0])
     assert "Pearson r(ΔPA, ΔACC): n/a" in no_pa.report()
 
 
@@ -135,7 +150,8 @@ def test_report_and_figures():
     )
     text = c.report()
     assert "undistillable classes (ΔACC < −0, marked *): 1 of 3: 0 (cat)" in text
-    assert "mean ΔACC: +5.00 points" in text and "Pearson r(ΔPA, ΔACC) = 1.000" in text
+    assert "mean ΔACC: +5.00 points" in text
+    assert "Pearson r(ΔPA, ΔACC) = 1.000" in text
     figures = c.figures()
     assert set(figures) == {"delta_acc", "delta_pa_vs_delta_acc"}
     ax = figures["delta_acc"].axes[0]
@@ -218,14 +234,18 @@ def test_cli_compare_logs_a_run_whose_values_rederive_from_the_runs(runs, mlflow
     argv = ["compare", "--baseline", ",".join(vanilla), *kd, "--tracking-uri", mlflow_uri, "--figures", str(tmp_path)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "undistillable classes" in out and "mean ΔACC" in out and "Pearson r(ΔPA, ΔACC) =" in out
-    assert (tmp_path / "delta_acc.png").stat().st_size > 0 and (tmp_path / "delta_pa_vs_delta_acc.png").exists()
+    assert "undistillable classes" in out
+    assert "mean ΔACC" in out
+    assert "Pearson r(ΔPA, ΔACC) =" in out
+    assert (tmp_path / "delta_acc.png").stat().st_size > 0
+    assert (tmp_path / "delta_pa_vs_delta_acc.png").exists()
 
     client = mlflow.MlflowClient(mlflow_uri)
     compare_id = out.rsplit("logged as MLflow run ", 1)[1].split()[0]
     logged = client.get_run(compare_id)
     assert logged.data.tags["kdhub.compare"] == "true"
-    assert logged.data.tags["kdhub.baseline"] == ",".join(vanilla) and logged.data.tags["kdhub.runs"] == ",".join(kd)
+    assert logged.data.tags["kdhub.baseline"] == ",".join(vanilla)
+    assert logged.data.tags["kdhub.runs"] == ",".join(kd)
     assert logged.info.run_name == "compare-cnn-kd-cnn-digits-vs-cnn-none-cnn-digits"
     assert client.get_experiment(logged.info.experiment_id).name == EXPERIMENT  # next to the runs
     figures = {a.path for a in client.list_artifacts(compare_id, "figures/compare")}
@@ -248,27 +268,34 @@ def test_cli_compare_logs_a_run_whose_values_rederive_from_the_runs(runs, mlflow
     assert metrics["undistillable_count"] == sum(d < 0 for d in acc_k - acc_v)
     assert metrics["mean_delta_acc"] == pytest.approx(float(np.mean(acc_k - acc_v)))
     r, p = stats.pearsonr(pa_k - pa_v, acc_k - acc_v)
-    assert metrics["pearson_r"] == pytest.approx(r) and metrics["pearson_p"] == pytest.approx(p)
+    assert metrics["pearson_r"] == pytest.approx(r)
+    assert metrics["pearson_p"] == pytest.approx(p)
     assert metrics["pearson_r"] == pytest.approx(np.corrcoef(pa_k - pa_v, acc_k - acc_v)[0, 1])
 
 
 def test_compare_runs_without_logging_and_baseline_without_agreement(runs, mlflow_uri):
     # the teacher run as baseline: it has no agreement table, so ΔPA is NaN and a note says why
     c = compare_runs(runs["teacher"], runs["kd"][0], uri=mlflow_uri, log=False)
-    assert isinstance(c, Comparison) and c.run_id is None
-    assert all(math.isnan(v) for v in c.delta_pa) and math.isnan(c.pearson[0])
+    assert isinstance(c, Comparison)
+    assert c.run_id is None
+    assert all(math.isnan(v) for v in c.delta_pa)
+    assert math.isnan(c.pearson[0])
     assert any("methods: []" in note for note in c.notes)
 
 
 def test_cli_errors_are_one_line_and_exit_2(runs, mlflow_uri, capsys):
     assert main(["compare", "-b", "0" * 32, runs["kd"][0], "--tracking-uri", mlflow_uri, "--no-log"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("kdhub: error: baseline run '000") and "not found" in err and "\n" not in err
+    assert err.startswith("kdhub: error: baseline run '000")
+    assert "not found" in err
+    assert "\n" not in err
     argv = ["compare", "-b", runs["vanilla"][0], runs["kd"][0], "--split", "val", "--tracking-uri", mlflow_uri]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert f"run {runs['vanilla'][0]}" in err and "has no table val/per_class_accuracy" in err
-    assert "add the per_class_accuracy metric" in err and "\n" not in err
+    assert f"run {runs['vanilla'][0]}" in err
+    assert "has no table val/per_class_accuracy" in err
+    assert "add the per_class_accuracy metric" in err
+    assert "\n" not in err
     with pytest.raises(KdhubError, match="tol"):
         compare_runs(runs["vanilla"], runs["kd"], uri=mlflow_uri, tol=-1.0, log=False)
 
@@ -320,7 +347,8 @@ def test_study_logs_the_comparison_under_its_parent(mlflow_uri):
     ids = dict.fromkeys(summary["run"])
     for name in ids:
         ids[name] = [r for n, r in zip(summary["run"], summary["run_id"], strict=True) if n == name]
-    assert comparison.baseline_ids == ids["vanilla"] and comparison.run_ids == ids["kd"]  # all seeds, averaged
+    assert comparison.baseline_ids == ids["vanilla"]
+    assert comparison.run_ids == ids["kd"]
     client = mlflow.MlflowClient(mlflow_uri)
     logged = client.get_run(comparison.run_id)
     assert logged.data.tags["mlflow.parentRunId"] == result["parent_run_id"]

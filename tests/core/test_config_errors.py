@@ -32,7 +32,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize(
-    "change, expected",
+    ("change", "expected"),
     [
         ({"methods": [{"name": "kdd"}]}, "methods.0.name: unknown method 'kdd'; did you mean 'kd'"),
         (
@@ -64,18 +64,22 @@ def test_bad_config_exits_2_with_one_line(capsys, write, change, expected):
 
 def test_missing_file_and_bad_yaml(capsys, tmp_path):
     code, err = run_cli(capsys, "run", str(tmp_path / "nope.yaml"))
-    assert code == 2 and "no such config file" in err
+    assert code == 2
+    assert "no such config file" in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("student: [unclosed\n")
     code, err = run_cli(capsys, "run", str(bad))
-    assert code == 2 and "invalid YAML" in err
+    assert code == 2
+    assert "invalid YAML" in err
 
 
 def test_bad_override(capsys, write):
     code, err = run_cli(capsys, "run", write(BASE), "--set", "methods.3.weight=1")
-    assert code == 2 and "--set methods.3.weight" in err
+    assert code == 2
+    assert "--set methods.3.weight" in err
     code, err = run_cli(capsys, "run", write(BASE), "--set", "nonsense")
-    assert code == 2 and "expected dotted.path=value" in err
+    assert code == 2
+    assert "expected dotted.path=value" in err
 
 
 def test_overrides_set_nested_values_and_expand_shorthands(write):
@@ -84,14 +88,17 @@ def test_overrides_set_nested_values_and_expand_shorthands(write):
     )
     assert data == {"methods": [{"name": "kd", "options": {"temperature": 2}}], "optim": {"lr": 0.2}, "seed": 3}
     config = load_config(write(BASE), ["data.batch_size=32", "student.options.width=4"])
-    assert config.data.batch_size == 32 and config.student.options == {"width": 4}
+    assert config.data.batch_size == 32
+    assert config.student.options == {"width": 4}
 
 
 def test_unknown_kind_and_name_in_show(capsys):
     code, err = run_cli(capsys, "show", "method", "dkdd")
-    assert code == 2 and "did you mean 'dkd'" in err
+    assert code == 2
+    assert "did you mean 'dkd'" in err
     code, err = run_cli(capsys, "list", "metrik")
-    assert code == 2 and "did you mean 'metric'" in err
+    assert code == 2
+    assert "did you mean 'metric'" in err
 
 
 EXAMPLES_DIR = Path(__file__).parents[2] / "examples"

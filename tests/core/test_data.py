@@ -45,7 +45,8 @@ def test_batches_cover_the_training_split_once_and_are_normalised():
         std=(0.5,),
     )
     data = DeviceData(bundle, torch.device("cpu"), val_fraction=0.2, seed=0)
-    assert data.num_train == 8 and len(data.splits["val"]) == 2
+    assert data.num_train == 8
+    assert len(data.splits["val"]) == 2
     seen = torch.cat([idx for _, _, idx in data.train_batches(3, drop_last=False)])
     assert sorted(seen.tolist()) == list(range(8))
     x, _, _ = next(data.train_batches(3, drop_last=False))

@@ -46,6 +46,7 @@ def test_two_process_run_with_tllm_and_a_trainable_method(tmp_path):
     assert proc.stdout.count("test accuracy last") == 1  # only rank 0 reports and logs
     client = mlflow.MlflowClient(config["tracking"]["uri"])
     runs = client.search_runs([client.get_experiment_by_name("ddp").experiment_id], "tags.method = 'kd,fitnet'")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert len(runs) == 1
+    assert runs[0].info.status == "FINISHED"
     # eta = 10 stops every class at the first decision (epoch 2), identically on both ranks
     assert runs[0].data.metrics["tllm/stopped_classes"] == 10

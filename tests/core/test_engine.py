@@ -30,9 +30,12 @@ def teacher_run(mlflow_uri):
 def test_teacher_run_logs_params_metrics_tables_and_checkpoints(teacher_run, mlflow_uri):
     client = mlflow.MlflowClient(mlflow_uri)
     data = client.get_run(teacher_run.run_id).data
-    assert data.tags["student"] == "cnn" and data.tags["teacher"] == "none" and data.tags["seed"] == "1"
+    assert data.tags["student"] == "cnn"
+    assert data.tags["teacher"] == "none"
+    assert data.tags["seed"] == "1"
     assert data.tags["kdhub.version"] == kdhub.__version__
-    assert data.params["student.width"] == "16" and data.params["optim.lr"] == "0.05"
+    assert data.params["student.width"] == "16"
+    assert data.params["optim.lr"] == "0.05"
     assert data.params["policy.name"] == "constant"
     for key in ("loss/ce", "loss/total", "train/acc", "test/acc", "val/acc", "lr", "images_per_s", "test/acc_best"):
         assert key in data.metrics, key
@@ -47,7 +50,8 @@ def test_teacher_run_logs_params_metrics_tables_and_checkpoints(teacher_run, mlf
     } <= artifacts
     assert "config.yaml" in {a.path for a in client.list_artifacts(teacher_run.run_id)}
     table = load_table(teacher_run.run_id, "test/per_class_accuracy", mlflow_uri)
-    assert table["class"] == list(range(10)) and sum(table["count"]) == 450
+    assert table["class"] == list(range(10))
+    assert sum(table["count"]) == 450
     overall = sum(a * n for a, n in zip(table["student"], table["count"], strict=True)) / 450
     assert overall == pytest.approx(teacher_run.last_acc)
 
@@ -76,9 +80,12 @@ def test_kd_student_uses_the_teacher_of_an_earlier_run(teacher_run, mlflow_uri):
     data = mlflow.MlflowClient(mlflow_uri).get_run(result.run_id).data
     # the teacher's test accuracy, measured again in this run, is the earlier run's
     assert data.metrics["test/accuracy/teacher_acc"] == pytest.approx(teacher_run.last_acc)
-    assert data.params["method.kd.temperature"] == "4.0" and data.params["method.kd.weight"] == "0.9"
-    assert data.tags["method"] == "kd" and data.tags["teacher"] == "cnn"
-    assert data.metrics["loss/kd"] > 0 and data.metrics["weight/kd"] == 1.0
+    assert data.params["method.kd.temperature"] == "4.0"
+    assert data.params["method.kd.weight"] == "0.9"
+    assert data.tags["method"] == "kd"
+    assert data.tags["teacher"] == "cnn"
+    assert data.metrics["loss/kd"] > 0
+    assert data.metrics["weight/kd"] == 1.0
 
 
 def test_an_epoch_checkpoint_can_be_the_teacher(teacher_run, mlflow_uri):

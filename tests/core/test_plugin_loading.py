@@ -62,7 +62,8 @@ def test_a_broken_plugin_is_recorded_and_skipped(fake_site, monkeypatch):
     assert "kd" in kdhub.list_plugins("method")
     failures = {f.distribution: f.error for f in plugins.load_failures()}
     assert "broken on purpose" in failures["kdhub-broken"]
-    assert "registered twice" in failures["kdhub-dupe"] and "kdhub 0.1.0" in failures["kdhub-dupe"]
+    assert "registered twice" in failures["kdhub-dupe"]
+    assert "kdhub 0.1.0" in failures["kdhub-dupe"]
     assert kdhub.get_plugin("method", "kd").__module__ == "kdhub_methods.kd"
 
 
@@ -75,7 +76,8 @@ def test_strict_mode_makes_a_failure_fatal(fake_site, monkeypatch):
 
 def test_load_plugins_selects_distributions(fake_site, monkeypatch):
     monkeypatch.setenv("KDHUB_LOAD_PLUGINS", "")
-    assert "hello" not in kdhub.list_plugins("policy") and "kd" in kdhub.list_plugins("method")
+    assert "hello" not in kdhub.list_plugins("policy")
+    assert "kd" in kdhub.list_plugins("method")
     assert plugins.load_failures() == []
     plugins.reset()
     monkeypatch.setenv("KDHUB_LOAD_PLUGINS", "kdhub-hello")
@@ -99,7 +101,9 @@ def test_cli_reports_a_broken_plugin_and_keeps_working(fake_site):
         text=True,
         env={**env, "KDHUB_STRICT_PLUGINS": "1"},
     )
-    assert strict.returncode == 2 and "kdhub-broken" in strict.stderr and "Traceback" not in strict.stderr
+    assert strict.returncode == 2
+    assert "kdhub-broken" in strict.stderr
+    assert "Traceback" not in strict.stderr
 
 
 def test_plugin_modules_register_nothing_on_import():

@@ -52,7 +52,8 @@ def test_expansion_order_grid_and_seeds():
         ("kd", "temperature=1", 1),
         ("kd", "temperature=4", 1),
     ]
-    assert plan[2][3]["methods"][0]["options"]["temperature"] == 4 and plan[2][3]["seed"] == 0
+    assert plan[2][3]["methods"][0]["options"]["temperature"] == 4
+    assert plan[2][3]["seed"] == 0
 
 
 def test_reference_to_a_later_or_unknown_run_is_an_error():

@@ -70,10 +70,10 @@ def test_memory_update_hand_example() -> None:
     torch.testing.assert_close(memory.memory_t, torch.tensor([[0.0, 0.0], [1.0, 0.0], [r, r]]))
 
 
-def _numpy_crd(crd, f_s, f_t, index, negatives, bank_s, bank_t, z_s, z_t, n):  # noqa: ANN001, ANN202
+def _numpy_crd(crd, f_s, f_t, index, negatives, bank_s, bank_t, z_s, z_t, n):
     """The paper's loss from first principles, with every negative set given explicitly."""
 
-    def embed(linear, f):  # noqa: ANN001, ANN202
+    def embed(linear, f):
         v = f @ linear.weight.detach().double().numpy().T + linear.bias.detach().double().numpy()
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
@@ -202,7 +202,8 @@ def test_contract_and_trainable_parts(options: dict) -> None:
     result = check_method(crd)
     assert torch.isfinite(result.loss)
     for part in (crd.embed_s, crd.embed_t):
-        assert part.linear.weight.grad is not None and part.linear.weight.grad.abs().sum() > 0
+        assert part.linear.weight.grad is not None
+        assert part.linear.weight.grad.abs().sum() > 0
     names = {n for n, _ in crd.named_parameters()}
     assert names == {"embed_s.linear.weight", "embed_s.linear.bias", "embed_t.linear.weight", "embed_t.linear.bias"}
     state = crd.state_dict()
@@ -221,7 +222,8 @@ def test_eval_mode_reads_banks_only() -> None:
     crd.eval()
     # held-out samples: indices need not be training rows (here 100, 101, 102 are none)
     loss = crd.loss(_outputs(f_s, f_t, torch.tensor([0, 1, 2]), torch.tensor([100, 101, 102])))
-    assert loss.shape == (3,) and torch.isfinite(loss).all()
+    assert loss.shape == (3,)
+    assert torch.isfinite(loss).all()
     for key, value in crd.state_dict().items():
         assert torch.equal(value, before[key]), key
 
@@ -243,7 +245,8 @@ def test_one_step_resnet32x4_to_resnet8x4() -> None:
     check_method(
         crd, student, teacher, s_plugin.taps(student), t_plugin.taps(teacher), 100, batch_size=4, image_size=32
     )
-    assert crd.embed_s.linear.in_features == 256 and crd.embed_t.linear.in_features == 256
+    assert crd.embed_s.linear.in_features == 256
+    assert crd.embed_t.linear.in_features == 256
 
 
 def test_real_run_on_digits_clamps_k_and_learns() -> None:
@@ -251,7 +254,8 @@ def test_real_run_on_digits_clamps_k_and_learns() -> None:
         trainer = digits_trainer([{"name": "crd"}], epochs=3)
     result = trainer.fit()
     losses = logged(trainer, "loss/crd")
-    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 3
+    assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
     assert result.last_acc > 50
     memory = trainer.teaching[0].method.memory

@@ -39,5 +39,7 @@ def test_depends_on_the_teacher_only_through_its_top_class() -> None:
 
 def test_contract() -> None:
     method = kdhub.create("method", "deit")
-    assert method.per_sample and method.output_based and method.default_weight == 0.5
+    assert method.per_sample
+    assert method.output_based
+    assert method.default_weight == 0.5
     check_method(method)

@@ -64,10 +64,12 @@ def test_zero_when_student_equals_teacher_and_shift_invariant() -> None:
     labels = torch.arange(6)
     out = kdhub.StepOutputs(z, z.clone(), labels, labels, epoch=30)
     terms = kdhub.create("method", "dkd").loss(out)
-    assert terms["tckd"].abs().max() < 1e-6 and terms["nckd"].abs().max() < 1e-6
+    assert terms["tckd"].abs().max() < 1e-6
+    assert terms["nckd"].abs().max() < 1e-6
     shifted = kdhub.StepOutputs(z + 5.0, z.clone(), labels, labels, epoch=30)
     terms = kdhub.create("method", "dkd").loss(shifted)  # float32 round-off x T^2 x beta
-    assert terms["tckd"].abs().max() < 1e-4 and terms["nckd"].abs().max() < 1e-4
+    assert terms["tckd"].abs().max() < 1e-4
+    assert terms["nckd"].abs().max() < 1e-4
 
 
 def test_extreme_logits_stay_finite() -> None:
@@ -84,6 +86,8 @@ def test_extreme_logits_stay_finite() -> None:
 
 def test_contract() -> None:
     method = kdhub.create("method", "dkd")
-    assert method.per_sample and method.output_based and method.default_weight == 1.0
+    assert method.per_sample
+    assert method.output_based
+    assert method.default_weight == 1.0
     result = check_method(method, epoch=5)
     assert set(result.terms) == {"tckd", "nckd"}

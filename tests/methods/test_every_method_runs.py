@@ -41,7 +41,8 @@ def test_method_runs_on_the_cifar_pair(name):
     }
     result = run(config, track=False)
     terms = {k: v for k, v in result.history[-1].items() if k.startswith(f"loss/{name}")}
-    assert terms and all(math.isfinite(v) for v in terms.values()), terms
+    assert terms
+    assert all(math.isfinite(v) for v in terms.values()), terms
     assert math.isfinite(result.last_acc)
 
 
@@ -61,4 +62,5 @@ def test_method_runs_on_fashion_mnist(name, tmp_path):
     }
     result = run(config, track=False)
     terms = {k: v for k, v in result.history[-1].items() if k.startswith(f"loss/{name}")}
-    assert terms and all(math.isfinite(v) for v in terms.values()), terms
+    assert terms
+    assert all(math.isfinite(v) for v in terms.values()), terms

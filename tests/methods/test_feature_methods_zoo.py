@@ -94,7 +94,8 @@ def test_one_training_step(name: str, pair: Pair) -> None:
     before = [p.detach().clone() for p in student.parameters()]
     if method.init_epochs:
         init = method.init_loss(_outputs(method, student, pair, None))
-        assert init.shape == () and torch.isfinite(init)
+        assert init.shape == ()
+        assert torch.isfinite(init)
         optimizer.zero_grad()
         init.backward()
         optimizer.step()

@@ -10,7 +10,7 @@ from kdhub.testing import check_method, test_batch
 
 
 @pytest.mark.parametrize(
-    "temperature, per_sample, mean",
+    ("temperature", "per_sample", "mean"),
     [(1.0, [1.150421, 0.266217], 0.708319), (4.0, [1.319630, 0.328203], 0.823917)],
 )
 def test_golden_values(temperature, per_sample, mean):

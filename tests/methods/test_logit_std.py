@@ -64,5 +64,7 @@ def test_constant_student_has_finite_gradient() -> None:
 
 def test_contract() -> None:
     method = kdhub.create("method", "logit_std")
-    assert method.per_sample and method.output_based and method.default_weight == 9.0
+    assert method.per_sample
+    assert method.output_based
+    assert method.default_weight == 9.0
     check_method(method)

@@ -32,5 +32,6 @@ def test_zero_when_student_equals_teacher() -> None:
 
 def test_contract() -> None:
     method = kdhub.create("method", "mse_logits")
-    assert method.per_sample and method.output_based
+    assert method.per_sample
+    assert method.output_based
     check_method(method)

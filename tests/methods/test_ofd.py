@@ -99,7 +99,7 @@ def _setup_identity_ofd() -> tuple[kdhub.Method, _Teacher]:
 
 
 def test_zero_loss_when_student_matches_teacher_above_margin_and_stays_below_it() -> None:
-    ofd, teacher = _setup_identity_ofd()
+    ofd, _teacher = _setup_identity_ofd()
     torch.manual_seed(3)
     feats_t = [torch.randn(2, 4, 6, 6) * 2, torch.randn(2, 4, 3, 3) * 2]
     feats_s = []
@@ -156,7 +156,8 @@ def test_contract_and_trainable_parts() -> None:
         for connector in ofd.connectors:
             assert connector.conv.kernel_size == (kernel_size, kernel_size)
             for p in connector.parameters():
-                assert p.grad is not None and p.grad.abs().sum() > 0
+                assert p.grad is not None
+                assert p.grad.abs().sum() > 0
 
 
 def test_needs_preact_features_and_teacher_bns() -> None:
@@ -182,7 +183,8 @@ def test_stage_counts_differ_pairs_the_last_ones() -> None:
     check_method(ofd, teacher=teacher, student_taps=student_taps)
     assert ofd.num_stages == 2
     torch.testing.assert_close(ofd.margins()[0], bn_margin(teacher.stage2.bn.weight, teacher.stage2.bn.bias))
-    assert ofd.connectors[0].conv.in_channels == 16 and ofd.connectors[0].conv.out_channels == 32
+    assert ofd.connectors[0].conv.in_channels == 16
+    assert ofd.connectors[0].conv.out_channels == 32
 
 
 @pytest.mark.skipif("resnet8x4" not in kdhub.list_plugins("model"), reason="needs the zoo's CIFAR ResNets")
@@ -203,6 +205,7 @@ def test_real_run_on_digits_learns() -> None:
     trainer = digits_trainer([{"name": "ofd"}], epochs=3)  # weight 0.001 (the recipe's)
     result = trainer.fit()
     losses = logged(trainer, "loss/ofd")
-    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert len(losses) == 3
+    assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
     assert result.last_acc > 50

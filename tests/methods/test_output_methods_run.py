@@ -29,7 +29,8 @@ def test_label_smoothing_training_without_teacher(mlflow_uri: str) -> None:
     config = _config(mlflow_uri, ce_weight=0.0, methods=[{"name": "label_smoothing", "options": {"alpha": 0.1}}])
     result = run(config)
     metrics = mlflow.MlflowClient(mlflow_uri).get_run(result.run_id).data.metrics
-    assert metrics["loss/label_smoothing"] > 0 and "loss/ce" not in metrics
+    assert metrics["loss/label_smoothing"] > 0
+    assert "loss/ce" not in metrics
     assert metrics["loss/total"] == pytest.approx(metrics["loss/label_smoothing"], rel=1e-5)
     assert result.last_acc > 20  # 10 classes: better than chance after one epoch
 
@@ -53,6 +54,9 @@ def test_all_teacher_methods_in_one_run(mlflow_uri: str) -> None:
     result = run(config)
     data = mlflow.MlflowClient(mlflow_uri).get_run(result.run_id).data
     for key in ("dkd.tckd", "dkd.nckd", "dist.inter", "dist.intra", "deit", "mse_logits", "logit_std"):
-        assert math.isfinite(data.metrics[f"loss/{key}"]) and data.metrics[f"loss/{key}"] > 0, key
-    assert data.params["method.dkd.beta"] == "8.0" and data.params["method.dist.temperature"] == "1.0"
-    assert math.isfinite(result.last_acc) and result.last_acc > 10
+        assert math.isfinite(data.metrics[f"loss/{key}"]), key
+        assert data.metrics[f"loss/{key}"] > 0, key
+    assert data.params["method.dkd.beta"] == "8.0"
+    assert data.params["method.dist.temperature"] == "1.0"
+    assert math.isfinite(result.last_acc)
+    assert result.last_acc > 10

@@ -51,4 +51,5 @@ def test_method_contract() -> None:
     method = kdhub.create("method", "pkt")
     assert method.per_sample is False
     check = check_method(method)
-    assert check.loss.shape == () and check.loss > 0
+    assert check.loss.shape == ()
+    assert check.loss > 0

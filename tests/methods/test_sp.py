@@ -54,4 +54,5 @@ def test_is_batch_relational() -> None:
 
 def test_method_contract() -> None:
     check = check_method(kdhub.create("method", "sp"))
-    assert check.loss.shape == () and check.loss > 0
+    assert check.loss.shape == ()
+    assert check.loss > 0

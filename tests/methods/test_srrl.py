@@ -84,7 +84,8 @@ def test_zero_loss_when_connected_student_is_the_teacher_feature() -> None:
     h_t = torch.rand(4, 6)  # post-ReLU, so the connector's ReLU keeps it
     z_t = teacher.fc(h_t).detach()
     terms = method.loss(_out(h_t.clone(), h_t, z_t))
-    assert terms["fm"].abs().max() < 1e-6 and terms["sr"].abs().max() < 1e-6
+    assert terms["fm"].abs().max() < 1e-6
+    assert terms["sr"].abs().max() < 1e-6
     terms = method.loss(_out(h_t + 0.1, h_t, z_t))
     torch.testing.assert_close(terms["fm"], torch.full((4,), 0.01))
 
@@ -111,7 +112,8 @@ def test_teacher_classifier_is_frozen_and_not_owned() -> None:
         "conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked",
     }  # fmt: skip
     for name, p in method.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert p.grad is not None, name
+        assert p.grad.abs().sum() > 0, name
     assert set(result.terms) == {"fm", "sr"}
     # gradients reach the student through the teacher's classifier alone
     student = TinyNet(10, width=8)
@@ -146,7 +148,8 @@ def test_one_step_resnet32x4_to_resnet8x4() -> None:
     check_method(
         method, student, teacher, s_plugin.taps(student), t_plugin.taps(teacher), 100, batch_size=4, image_size=32
     )
-    assert method.conv.in_channels == 256 and method.conv.out_channels == 256
+    assert method.conv.in_channels == 256
+    assert method.conv.out_channels == 256
     assert method._teacher_head[0] is teacher.fc
 
 
@@ -155,7 +158,8 @@ def test_real_run_on_digits_learns() -> None:
     result = trainer.fit()
     for term in ("fm", "sr"):
         losses = logged(trainer, f"loss/srrl.{term}")
-        assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+        assert len(losses) == 3
+        assert all(math.isfinite(v) for v in losses)
         assert losses[-1] < losses[0]
     assert result.last_acc > 50
 

@@ -19,17 +19,17 @@ NUM_CLASSES = 10
 
 
 def make_ctx(student: nn.Module, teacher: nn.Module | None, num_samples: int, **kw) -> kdhub.MetricContext:
-    defaults = dict(
-        num_classes=NUM_CLASSES,
-        split="test",
-        epoch=1,
-        device=torch.device("cpu"),
-        class_names=[f"c{i}" for i in range(NUM_CLASSES)],
-        student=student,
-        teacher=teacher,
-        num_samples=num_samples,
-        seed=0,
-    )
+    defaults = {
+        "num_classes": NUM_CLASSES,
+        "split": "test",
+        "epoch": 1,
+        "device": torch.device("cpu"),
+        "class_names": [f"c{i}" for i in range(NUM_CLASSES)],
+        "student": student,
+        "teacher": teacher,
+        "num_samples": num_samples,
+        "seed": 0,
+    }
     defaults.update(kw)
     return kdhub.MetricContext(**defaults)
 
@@ -126,7 +126,8 @@ def run_distributed(
 
 def assert_same(a: float, b: float, rel: float = 1e-9, abs_: float = 1e-12) -> None:
     if isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), (a, b)
+        assert isinstance(b, float), (a, b)
+        assert math.isnan(b), (a, b)
     else:
         assert b == pytest.approx(a, rel=rel, abs=abs_), (a, b)
 

@@ -34,10 +34,14 @@ def test_test_batch(fake) -> None:
     assert result.scalars["pa_top3"] == 1.0  # with k = C the teacher's class is always in the top k
     table = result.tables["agreement"]
     # by label: y = [2, 0] -> class 0 agrees (1.0), class 2 does not (0.0), class 1 is empty (NaN)
-    assert table["pa_by_label"][0] == 1.0 and table["pa_by_label"][2] == 0.0 and math.isnan(table["pa_by_label"][1])
+    assert table["pa_by_label"][0] == 1.0
+    assert table["pa_by_label"][2] == 0.0
+    assert math.isnan(table["pa_by_label"][1])
     # by teacher prediction: both samples predicted 0 by the teacher, one agrees
-    assert table["pa_by_teacher"][0] == 0.5 and math.isnan(table["pa_by_teacher"][1])
-    assert table["count"] == [1, 0, 1] and table["teacher_count"] == [2, 0, 0]
+    assert table["pa_by_teacher"][0] == 0.5
+    assert math.isnan(table["pa_by_teacher"][1])
+    assert table["count"] == [1, 0, 1]
+    assert table["teacher_count"] == [2, 0, 0]
     assert result.scalars["mean_class_pa"] == pytest.approx(0.5)  # NaN class left out
     assert result.scalars["worst_class_pa"] == 0.0
 
@@ -52,8 +56,10 @@ def test_top_k_and_per_class(fake) -> None:
     # top-2 of s: {0,1}, {1,2}, {2,3}, {3,2}; teacher's class 0, 2, 3, 0 -> hits 1, 1, 1, 0
     assert result.scalars["pa_top2"] == pytest.approx(0.75)
     table = result.tables["agreement"]
-    assert table["pa_by_label"][:2] == [1.0, 0.0] and table["pa_by_label"][3] == 0.0
-    assert table["pa_by_teacher"][0] == 0.5 and table["pa_by_teacher"][2] == 0.0
+    assert table["pa_by_label"][:2] == [1.0, 0.0]
+    assert table["pa_by_label"][3] == 0.0
+    assert table["pa_by_teacher"][0] == 0.5
+    assert table["pa_by_teacher"][2] == 0.0
 
 
 def test_sums_not_means(fake) -> None:

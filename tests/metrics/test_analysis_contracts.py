@@ -44,7 +44,8 @@ def check_result(result: kdhub.MetricResult) -> None:
 def test_documented_options(name: str) -> None:
     cls = kdhub.get_plugin("metric", name)
     doc = cls.__doc__ or ""
-    assert "Config" in doc and f"name: {name}" in doc, "docstring needs a config snippet"
+    assert "Config" in doc, "docstring needs a config snippet"
+    assert f"name: {name}" in doc, "docstring needs a config snippet"
     for field, info in cls.Options.model_fields.items():
         assert info.description, f"option {field} has no description"
 

@@ -65,21 +65,25 @@ def test_all_metrics_in_a_real_run(teacher_weights: str, mlflow_uri: str) -> Non
     assert m["test/agreement/kd_error"] == pytest.approx(1 - m["test/agreement/pa"])
     assert 0 <= m["test/agreement/pa"] <= m["test/agreement/pa_top5"] <= 1
     assert m["test/fidelity/kl"] > 0
-    assert 0 <= m["test/calibration/ece"] <= 1 and 0 <= m["test/calibration/teacher_ece"] <= 1
+    assert 0 <= m["test/calibration/ece"] <= 1
+    assert 0 <= m["test/calibration/teacher_ece"] <= 1
     assert m["test/cka/full_samples"] == 256
     assert m["test/cka/minibatch_batches"] == 4  # 450 test images: 4 batches of 100, the last 50 dropped
     assert 0 < m["test/cka/full_mean"] <= 1
     for split in ("train", "test"):
-        assert m[f"{split}/confidence/n"] > 100 and math.isfinite(m[f"{split}/confidence/slope"])
+        assert m[f"{split}/confidence/n"] > 100
+        assert math.isfinite(m[f"{split}/confidence/slope"])
     assert m["train/interpolation/teacher_train_acc"] > 50
     assert m["train/interpolation/teacher_interpolates"] in (0.0, 1.0)
     assert m["test/embedding/samples"] == 150
     history = client.get_metric_history(result.run_id, "train/eigenspace/top_share")
-    assert len(history) >= 2 and all(0 < h.value <= 1 for h in history)
+    assert len(history) >= 2
+    assert all(0 < h.value <= 1 for h in history)
     assert m["train/eigenspace/patches"] == pytest.approx(2000, rel=0.05)
 
     table = load_table(result.run_id, "test/agreement", mlflow_uri)
-    assert table["class"] == list(range(10)) and sum(table["count"]) == 450
+    assert table["class"] == list(range(10))
+    assert sum(table["count"]) == 450
     assert set(table) >= {"pa_by_label", "pa_by_teacher", "count"}
     for split, names in (
         ("test", ("agreement", "fidelity", "calibration", "cka", "cka_per_sample", "confidence", "embedding")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -37,8 +38,11 @@ def test_hand_computed_ece(fake) -> None:
     result = run([kdhub.EvalBatch(z, None, y, torch.arange(4))], 2, fake)
     assert result.scalars["ece"] == pytest.approx(0.4825, abs=1e-12)
     table = result.tables["calibration"]
-    assert table["count"][13] == 2 and table["count"][9] == 1 and table["count"][11] == 1
-    assert table["accuracy"][13] == 0.5 and math.isnan(table["accuracy"][0])
+    assert table["count"][13] == 2
+    assert table["count"][9] == 1
+    assert table["count"][11] == 1
+    assert table["accuracy"][13] == 0.5
+    assert math.isnan(table["accuracy"][0])
     assert "teacher_ece" not in result.scalars
 
 
@@ -65,7 +69,7 @@ def test_matches_numpy_reference(fake) -> None:
     correct = pred == y.numpy()
     edges = np.linspace(0, 1, 16)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):  # Guo et al.'s loop
+    for lo, hi in itertools.pairwise(edges):  # Guo et al.'s loop
         inside = (conf > lo) & (conf <= hi)
         if inside.any():
             ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())

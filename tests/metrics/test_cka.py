@@ -55,7 +55,7 @@ def test_unbiased_hsic_matches_numpy(xy) -> None:
     assert unbiased_hsic(torch.from_numpy(k), torch.from_numpy(lg)).item() == pytest.approx(
         numpy_hsic1(k, lg), rel=1e-12
     )
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 4 samples"):
         unbiased_hsic(torch.eye(3), torch.eye(3))
 
 
@@ -124,9 +124,11 @@ def test_metric_on_identical_models(tiny, fake) -> None:
     result = fake.run(metric, tiny.student, teacher, tiny.images, tiny.labels, batch_size=8)
     for key in ("full_s0_t0", "full_s2_t2", "minibatch_s1_t1", "full_mean", "minibatch_mean"):
         assert result.scalars[key] == pytest.approx(1.0), key
-    assert result.scalars["full_samples"] == 40.0 and result.scalars["minibatch_batches"] == 5.0
+    assert result.scalars["full_samples"] == 40.0
+    assert result.scalars["minibatch_batches"] == 5.0
     per = result.tables["cka_per_sample"]
-    assert per["index"] == [1, 2] and per["label"] == [1, 2]
+    assert per["index"] == [1, 2]
+    assert per["label"] == [1, 2]
     assert per["s0_t0"] == pytest.approx([1.0, 1.0])
 
 
@@ -141,7 +143,8 @@ def test_metric_values_match_the_functions(tiny, fake) -> None:
     assert result.scalars["full_s0_t2"] == pytest.approx(linear_cka(s0, t2).item(), rel=1e-5)
     assert result.scalars["full_s1_t1"] == pytest.approx(linear_cka(s1, t1).item(), rel=1e-5)
     # batches 16, 16, 8: the last is dropped
-    assert result.scalars["minibatch_batches"] == 2.0 and result.scalars["minibatch_batch_size"] == 16.0
+    assert result.scalars["minibatch_batches"] == 2.0
+    assert result.scalars["minibatch_batch_size"] == 16.0
     assert result.scalars["minibatch_s0_t2"] == pytest.approx(minibatch_cka(s0[:32], t2[:32], 16).item(), rel=1e-9)
     assert result.tables["cka_per_sample"]["s0_t2"][0] == pytest.approx(per_sample_cka(s0[5], t2[5]).item(), rel=1e-5)
     assert set(result.tables["cka"]["pair"]) == {"s0_t2", "s1_t1"}
@@ -155,7 +158,8 @@ def test_memory_bound_and_options(tiny, fake) -> None:
     assert "cka_per_sample" not in result.tables
     tiny_budget = kdhub.create("metric", "cka", max_memory_mb=0.01)  # room for no sample: said, not hidden
     result = fake.run(tiny_budget, tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=16)
-    assert result.scalars["full_samples"] == 0.0 and math.isnan(result.scalars["full_mean"])
+    assert result.scalars["full_samples"] == 0.0
+    assert math.isnan(result.scalars["full_mean"])
     off = kdhub.create("metric", "cka", max_samples=0, minibatch=False)
     result = fake.run(off, tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=16)
     assert not any(k.startswith(("full", "minibatch")) for k in result.scalars)

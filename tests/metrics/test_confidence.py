@@ -65,8 +65,10 @@ def test_slope_two_intercept_zero(fake) -> None:
     assert result.scalars["intercept"] == pytest.approx(0.0, abs=1e-12)
     assert result.scalars["r"] == pytest.approx(1.0)
     assert result.scalars["n"] == 4.0
-    assert result.scalars["low_slope"] == pytest.approx(2.0) and result.scalars["low_n"] == 2.0
-    assert result.scalars["high_slope"] == pytest.approx(2.0) and result.scalars["high_n"] == 2.0
+    assert result.scalars["low_slope"] == pytest.approx(2.0)
+    assert result.scalars["low_n"] == 2.0
+    assert result.scalars["high_slope"] == pytest.approx(2.0)
+    assert result.scalars["high_n"] == 2.0
 
 
 def test_constant_shift_gives_slope_one(fake) -> None:
@@ -84,17 +86,20 @@ def test_low_and_high_parts(fake) -> None:
     zt = torch.stack([u, torch.zeros(8)], 1)[order]
     zs = torch.stack([v, torch.zeros(8)], 1)[order]
     result = run(zs, zt, fake, q=25)
-    assert result.scalars["low_slope"] == pytest.approx(3.0) and result.scalars["low_intercept"] == pytest.approx(
-        0.0, abs=1e-9
-    )
-    assert result.scalars["high_slope"] == pytest.approx(0.5) and result.scalars["high_intercept"] == pytest.approx(5.0)
-    assert result.scalars["low_n"] == 2.0 and result.scalars["high_n"] == 2.0
+    assert result.scalars["low_slope"] == pytest.approx(3.0)
+    assert result.scalars["low_intercept"] == pytest.approx(0.0, abs=1e-9)
+    assert result.scalars["high_slope"] == pytest.approx(0.5)
+    assert result.scalars["high_intercept"] == pytest.approx(5.0)
+    assert result.scalars["low_n"] == 2.0
+    assert result.scalars["high_n"] == 2.0
 
 
 def test_fit_line_degenerate_cases() -> None:
     assert math.isnan(fit_line(torch.tensor([1.0]), torch.tensor([2.0]))["slope"])
     flat = fit_line(torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.0, 2.0, 3.0]))
-    assert math.isnan(flat["slope"]) and math.isnan(flat["intercept"]) and math.isnan(flat["r"])
+    assert math.isnan(flat["slope"])
+    assert math.isnan(flat["intercept"])
+    assert math.isnan(flat["r"])
     assert flat["n"] == 3.0
     # independent numpy-style check of OLS and Pearson r
     u = torch.tensor([1.0, 2.0, 4.0, 7.0])

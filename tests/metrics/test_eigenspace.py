@@ -33,7 +33,8 @@ def test_invariant_under_rotation() -> None:
     values, a = eigen_components(w, x.T @ x / 200)
     xq = x @ q
     values_q, a_q = eigen_components(w @ q, xq.T @ xq / 200)
-    assert torch.allclose(values, values_q) and torch.allclose(a, a_q)
+    assert torch.allclose(values, values_q)
+    assert torch.allclose(a, a_q)
 
 
 def test_gradient_descent_closed_form() -> None:
@@ -52,7 +53,8 @@ def test_gradient_descent_closed_form() -> None:
     expected = (1 - (1 - eta * lam) ** steps) * (v.T @ w_star)
     assert torch.allclose(v.T @ w, expected, atol=1e-12)
     values, a = eigen_components(w[None], sigma)  # W_0 = 0
-    assert torch.allclose(values, lam) and torch.allclose(a, expected.abs(), atol=1e-12)
+    assert torch.allclose(values, lam)
+    assert torch.allclose(a, expected.abs(), atol=1e-12)
     assert a[0] / (v[:, 0] @ w_star).abs() > a[-1] / (v[:, -1] @ w_star).abs()  # top direction learned first
 
 
@@ -131,7 +133,8 @@ def test_random_patches_history_and_state(tiny, fake) -> None:
     metric.start(ctx)
     r1 = fake.run(metric, tiny.student, None, tiny.images, tiny.labels, batch_size=10, start=False, epoch=1)
     assert r1.scalars["patches"] == 100.0  # ceil(100 * 10 / 40) = 25 per batch of 10, 4 batches
-    assert r1.scalars["weight_change"] == 0.0 and math.isnan(r1.scalars["top_share"])
+    assert r1.scalars["weight_change"] == 0.0
+    assert math.isnan(r1.scalars["top_share"])
     with torch.no_grad():
         tiny.student.stem.conv.weight.mul_(1.1)
     r2 = fake.run(metric, tiny.student, None, tiny.images, tiny.labels, batch_size=10, start=False, epoch=2)
@@ -155,5 +158,5 @@ def test_linear_first_layer(fake) -> None:
         net(x)
     result = metric.compute()
     rows = x.reshape(30, 12).double()
-    values, a = eigen_components(torch.ones(5, 12, dtype=torch.float64), rows.T @ rows / 30)
+    _values, a = eigen_components(torch.ones(5, 12, dtype=torch.float64), rows.T @ rows / 30)
     assert result.tables["eigenspace"]["a"] == pytest.approx(a.tolist(), rel=1e-6)

@@ -17,7 +17,8 @@ def test_tsne_keeps_separated_clusters() -> None:
     labels = torch.arange(45) % 3
     x = centres[labels] + torch.randn(45, 8, generator=gen)
     xy, perplexity = tsne_2d(x, perplexity=30.0, max_iter=500, pca_dims=0, seed=0)
-    assert xy.shape == (45, 2) and perplexity == pytest.approx(44 / 3)  # capped at (n - 1) / 3
+    assert xy.shape == (45, 2)
+    assert perplexity == pytest.approx(44 / 3)
     dist = torch.cdist(xy, xy) + torch.eye(45) * 1e9
     assert torch.equal(labels[dist.argmin(1)], labels)  # every point's 2-D neighbour is of its class
 
@@ -27,7 +28,8 @@ def test_metric_table_and_determinism(tiny, fake) -> None:
     result = fake.run(metric, tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=16)
     table = result.tables["embedding"]
     assert set(table) == {"index", "label", "highlighted", "student_x", "student_y", "teacher_x", "teacher_y"}
-    assert len(table["index"]) == 25 and table["index"] == sorted(table["index"])
+    assert len(table["index"]) == 25
+    assert table["index"] == sorted(table["index"])
     assert table["label"] == [i % 10 for i in table["index"]]
     assert table["highlighted"] == [int(y in (3, 7)) for y in table["label"]]
     assert result.scalars == {"samples": 25.0, "perplexity": 8.0}
@@ -48,7 +50,8 @@ def test_uses_penultimate_features(tiny, fake) -> None:
     metric = kdhub.create("metric", "embedding", max_samples=20, **FAST)
     result = fake.run(metric, tiny.student, tiny.student, tiny.images, tiny.labels, batch_size=16)
     table = result.tables["embedding"]
-    assert table["student_x"] == table["teacher_x"] and table["student_y"] == table["teacher_y"]
+    assert table["student_x"] == table["teacher_x"]
+    assert table["student_y"] == table["teacher_y"]
 
 
 def test_bad_highlight(tiny, fake) -> None:

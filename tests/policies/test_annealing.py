@@ -41,8 +41,10 @@ def test_phases_and_plans(make_ctx):
 
 def test_default_phase1_is_two_thirds(make_ctx):
     policy = make_annealing(make_ctx, epochs=30)
-    assert policy.phase1_epochs == 20 and policy.period == 2
-    assert policy.plan(20, 0).kd_weight == 1.0 and policy.plan(21, 0).kd_weight == 0.0
+    assert policy.phase1_epochs == 20
+    assert policy.period == 2
+    assert policy.plan(20, 0).kd_weight == 1.0
+    assert policy.plan(21, 0).kd_weight == 0.0
 
 
 def test_boundary_action_and_logging(make_ctx):
@@ -59,7 +61,8 @@ def test_boundary_action_and_logging(make_ctx):
 
 def test_options_reach_the_action(make_ctx):
     policy = make_annealing(make_ctx, epochs=6, phase1_epochs=4, phase2_from_best=False, reset_optimizer=False)
-    assert policy.needs_validation is False and kdhub.get_plugin("policy", "annealing").needs_validation
+    assert policy.needs_validation is False
+    assert kdhub.get_plugin("policy", "annealing").needs_validation
     log = kdhub.MemoryLog()
     actions = [policy.epoch_ended(kdhub.EpochReport(epoch=e, log=log)) for e in range(1, 7)]
     assert actions[3] == kdhub.EpochAction(restore_best=False, reset_optimizer=False)

@@ -18,7 +18,8 @@ def weights(policy, epochs: int, steps: int = 4) -> list[tuple[float, float]]:
     for e in range(1, epochs + 1):
         plan = policy.plan(e, (e - 1) * steps)
         assert plan is policy.plan(e, e * steps - 1)  # same cached plan through the epoch
-        assert plan.class_mask is None and plan.teacher_scale is None
+        assert plan.class_mask is None
+        assert plan.teacher_scale is None
         out.append((plan.ce_weight, plan.kd_weight))
     return out
 

@@ -15,7 +15,8 @@ def make_switch(make_ctx, epochs: int = 10, steps: int = 4, **options) -> kdhub.
 
 def w(policy, step: int, steps: int = 4) -> tuple[float, float]:
     plan = policy.plan(step // steps + 1, step)
-    assert plan.class_mask is None and plan.teacher_scale is None
+    assert plan.class_mask is None
+    assert plan.teacher_scale is None
     return plan.ce_weight, plan.kd_weight
 
 

@@ -50,7 +50,9 @@ def test_tllm_stops_classes_in_a_real_run():
     policy, log = trainer.policy, trainer.log
     assert 0 < len(policy.stopped) <= 5, policy.stopped
     stopped = series(log, "tllm/stopped_classes")
-    assert len(stopped) == 5 and stopped[-1] == len(policy.stopped) and stopped[:2] == [0, 0]
+    assert len(stopped) == 5
+    assert stopped[-1] == len(policy.stopped)
+    assert stopped[:2] == [0, 0]
     first_stop = min(policy.stopped.values())
     # the replacement loss appears from the epoch after the first stop on
     replaced = dict(log.metric_history["loss/kd.replaced"])
@@ -85,7 +87,8 @@ def test_eskd_real_run():
     )
     log = trainer.log
     assert series(log, "eskd/kd_active") == [1, 1, 0]
-    assert series(log, "weight/kd") == [1, 1, 0] and series(log, "weight/ce") == [0.1, 0.1, 1]
+    assert series(log, "weight/kd") == [1, 1, 0]
+    assert series(log, "weight/ce") == [0.1, 0.1, 1]
     assert [e for e, _ in log.metric_history["loss/kd"]] == [1, 2]  # no KD term once stopped
 
 
@@ -99,9 +102,12 @@ def test_annealing_real_run():
     log = trainer.log
     assert series(log, "annealing/phi") == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert series(log, "annealing/phase") == [1, 1, 1, 2]
-    assert series(log, "weight/ce") == [0, 0, 0, 1] and series(log, "weight/kd") == [1, 1, 1, 0]
+    assert series(log, "weight/ce") == [0, 0, 0, 1]
+    assert series(log, "weight/kd") == [1, 1, 1, 0]
     restored = log.metric_history["policy/restored_best_epoch"]
-    assert len(restored) == 1 and restored[0][0] == 3 and 1 <= restored[0][1] <= 3
+    assert len(restored) == 1
+    assert restored[0][0] == 3
+    assert 1 <= restored[0][1] <= 3
     assert [e for e, _ in log.metric_history["loss/ce"]] == [4]
 
 
@@ -133,7 +139,7 @@ def test_eskd_example_pair_uses_the_early_stopped_teacher(tmp_path):
     small += ["train.device=cpu", "train.progress=false"]
     teacher = _example(
         "teacher.yaml",
-        small + ["epochs=5", "student.name=cnn", "student.options={width: 8}", "schedule.milestones=[2]"],
+        [*small, "epochs=5", "student.name=cnn", "student.options={width: 8}", "schedule.milestones=[2]"],
     )
     assert teacher["checkpoint"] == {"every": 1}
     t = run(teacher)
@@ -142,8 +148,8 @@ def test_eskd_example_pair_uses_the_early_stopped_teacher(tmp_path):
     assert {f"checkpoints/epoch_{e:03d}.pt" for e in range(1, 6)} <= kept
     student = _example(
         "student.yaml",
-        small
-        + [
+        [
+            *small,
             "epochs=4",
             "student={name: cnn, options: {width: 4}}",
             "teacher.name=cnn",

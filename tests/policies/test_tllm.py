@@ -44,7 +44,8 @@ def make_tllm(make_ctx, epochs: int = 7, num_classes: int = 5, counts=None, **op
 
 def test_flags_and_defaults(make_ctx):
     cls = kdhub.get_plugin("policy", "tllm")
-    assert cls.wants_class_losses and cls.needs_validation
+    assert cls.wants_class_losses
+    assert cls.needs_validation
     policy = kdhub.create("policy", "tllm")
     policy.setup(make_ctx(epochs=100))
     assert (policy.start_epoch, policy.window_epochs, policy.end_epoch, policy.max_stopped) == (10, 5, None, 5)
@@ -72,7 +73,8 @@ def test_worked_example_sliding(make_ctx):
     assert masks[5].tolist() == [True, False, False, True, True]
     assert masks[6].tolist() == [True, False, False, False, True]
     assert masks[7] is masks[6]  # cached: rebuilt only when the stopped set changes
-    assert masks[6].dtype == torch.bool and masks[6].device == torch.device("cpu")
+    assert masks[6].dtype == torch.bool
+    assert masks[6].device == torch.device("cpu")
     assert [v for _, v in log.metric_history["tllm/stopped_classes"]] == [0, 0, 0, 0, 2, 3, 3]
     assert [s for s, _ in log.metric_history["tllm/stopped_classes"]] == list(range(1, 8))
 
@@ -220,7 +222,8 @@ def test_logging_tables_and_figure(make_ctx):
     fig.savefig(buf, format="png")
     assert buf.getvalue()[:4] == b"\x89PNG"
     assert "3 of 5" in fig.axes[0].get_title()
-    assert log.param_values["tllm/start_epoch"] == 3 and log.param_values["tllm/window_epochs"] == 2
+    assert log.param_values["tllm/start_epoch"] == 3
+    assert log.param_values["tllm/window_epochs"] == 2
 
 
 def test_missing_class_losses_is_an_error(make_ctx):

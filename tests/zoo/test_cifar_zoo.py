@@ -67,7 +67,7 @@ def _wrn(w: int) -> tuple:
 
 
 SHAPES = {
-    **{n: R16 for n in ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110")},
+    **dict.fromkeys(("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"), R16),
     "resnet8x4": R32,
     "resnet32x4": R32,
     **{f"wrn_{d}_{w}": _wrn(w) for d in (16, 40) for w in (1, 2)},
@@ -166,7 +166,8 @@ def test_taps_resolve_with_expected_shapes(zoo: dict, images: torch.Tensor, name
     assert shapes["pooled"] == [(pooled,)]
     assert shapes["classifier"] == [(100,)]
     classifier = net.get_submodule(taps["classifier"][0])
-    assert isinstance(classifier, nn.Linear) and classifier.in_features == pooled
+    assert isinstance(classifier, nn.Linear)
+    assert classifier.in_features == pooled
     if name == "shufflev2":
         assert "bn_before_relu" not in taps  # half of its pre-activation is an identity branch
     else:
@@ -183,7 +184,8 @@ def test_preact_is_the_input_of_the_stage_relu(zoo: dict, images: torch.Tensor, 
         net(images)
         feats = taps.collect()
     for stage, pre in zip(feats["stages"], feats["preact_stages"], strict=True):
-        assert pre.min() < 0 and stage.min() >= 0
+        assert pre.min() < 0
+        assert stage.min() >= 0
         assert torch.equal(F.relu(pre), stage)
 
 
@@ -298,7 +300,8 @@ def test_mobilenetv2_width_option() -> None:
 def test_docstrings_name_the_model() -> None:
     doc = kdhub.get_plugin("model", "resnet32x4").__doc__
     assert doc.splitlines()[0].startswith("CIFAR ResNet-32x4")
-    assert "student: resnet32x4" in doc and "bn_before_relu" in doc
+    assert "student: resnet32x4" in doc
+    assert "bn_before_relu" in doc
 
 
 @pytest.mark.parametrize("method", ["ofd", "reviewkd", "fitnet", "at"])
@@ -320,7 +323,8 @@ def test_feature_methods_run_between_zoo_models(zoo: dict, method: str) -> None:
         batch_size=4,
         image_size=32,
     )
-    assert torch.isfinite(result.loss) and result.loss > 0
+    assert torch.isfinite(result.loss)
+    assert result.loss > 0
 
 
 def test_docs_list_every_model() -> None:

@@ -10,10 +10,13 @@ import kdhub
 
 def test_digits_is_embedded_stratified_and_scaled():
     bundle = kdhub.create("dataset", "digits").load()
-    assert bundle.train.images.shape == (1347, 1, 8, 8) and bundle.test.images.shape == (450, 1, 8, 8)
-    assert bundle.train.images.dtype == torch.uint8 and bundle.train.images.max() == 255
+    assert bundle.train.images.shape == (1347, 1, 8, 8)
+    assert bundle.test.images.shape == (450, 1, 8, 8)
+    assert bundle.train.images.dtype == torch.uint8
+    assert bundle.train.images.max() == 255
     counts = torch.bincount(bundle.test.labels, minlength=10)
-    assert counts.min() >= 43 and counts.max() <= 46  # stratified: 25% of 174..183 per class
+    assert counts.min() >= 43
+    assert counts.max() <= 46
     again = kdhub.create("dataset", "digits").load()
     assert torch.equal(bundle.test.labels, again.test.labels)
 
@@ -22,7 +25,8 @@ def test_synthetic_has_the_asked_shape_and_is_deterministic():
     options = {"num_classes": 7, "channels": 2, "image_size": 12, "train_size": 70, "test_size": 14}
     a = kdhub.create("dataset", "synthetic", **options).load()
     b = kdhub.create("dataset", "synthetic", **options).load()
-    assert a.train.images.shape == (70, 2, 12, 12) and a.num_classes == 7
+    assert a.train.images.shape == (70, 2, 12, 12)
+    assert a.num_classes == 7
     assert torch.equal(a.train.images, b.train.images)
     assert torch.bincount(a.train.labels).tolist() == [10] * 7
 
@@ -40,7 +44,8 @@ DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 @pytest.mark.skipif(not DEBIAN.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_fashion_mnist_from_the_debian_copy(tmp_path):
     bundle = kdhub.create("dataset", "fashion_mnist", root=str(tmp_path), download=False).load()
-    assert bundle.train.images.shape == (60000, 1, 28, 28) and bundle.test.images.shape == (10000, 1, 28, 28)
+    assert bundle.train.images.shape == (60000, 1, 28, 28)
+    assert bundle.test.images.shape == (10000, 1, 28, 28)
     assert bundle.class_names[9] == "Ankle boot"
     assert torch.bincount(bundle.test.labels).tolist() == [1000] * 10
     assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
@@ -50,7 +55,7 @@ def test_fashion_mnist_without_data_or_network_is_one_clear_error(tmp_path):
     dataset = kdhub.create(
         "dataset", "fashion_mnist", root=str(tmp_path), download=False, local_copy=str(tmp_path / "none")
     )
-    with pytest.raises(kdhub.KdhubError, match="fashion_mnist: .*dataset-fashion-mnist"):
+    with pytest.raises(kdhub.KdhubError, match=r"fashion_mnist: .*dataset-fashion-mnist"):
         dataset.load()
 
 

@@ -86,7 +86,8 @@ def test_mlp_taps(batch_norm: bool) -> None:
         net(torch.randn(4, 1, 28, 28))
         feats = rec.collect()
     for stage, pre in zip(feats["stages"], feats["preact_stages"], strict=True):
-        assert pre.min() < 0 and torch.equal(F.relu(pre), stage)
+        assert pre.min() < 0
+        assert torch.equal(F.relu(pre), stage)
     assert feats["pooled"][0] is feats["stages"][-1]
 
 

@@ -13,7 +13,8 @@ from kdhub_zoo.models.timm_models import timm_taps
 
 def test_variant_comes_from_the_name() -> None:
     plugin = kdhub.create("model", "timm:resnet10t")
-    assert plugin.options.variant == "resnet10t" and plugin.options.pretrained is False
+    assert plugin.options.variant == "resnet10t"
+    assert plugin.options.pretrained is False
 
 
 @pytest.mark.parametrize("in_channels", [3, 1])
@@ -31,7 +32,8 @@ def test_resnet_taps_and_shapes(in_channels: int) -> None:
     assert logits == (10,)
     # ImageNet strides: the stem halves 32 -> 16, the stages reach 8, 4, 2, 1.
     assert [s[1:] for s in shapes["stem"] + shapes["stages"]] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
-    assert shapes["pooled"] == [(net.fc.in_features,)] and shapes["classifier"] == [(10,)]
+    assert shapes["pooled"] == [(net.fc.in_features,)]
+    assert shapes["classifier"] == [(10,)]
     assert next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels == in_channels
 
 
@@ -39,12 +41,14 @@ def test_vit_gets_the_image_size_and_token_stages() -> None:
     plugin = kdhub.create("model", "timm:test_vit")
     net = plugin.build(10, 3, 32)
     taps = plugin.taps(net)
-    assert "stem" not in taps and taps["pooled"] == ["head:input"]
+    assert "stem" not in taps
+    assert taps["pooled"] == ["head:input"]
     shapes, logits = dry_run_shapes(net, taps, torch.randn(2, 3, 32, 32))
     patch = net.patch_embed.patch_size[0]
     tokens = (32 // patch) ** 2 + 1  # patches + class token
     assert all(s == (tokens, net.embed_dim) for s in shapes["stages"])
-    assert shapes["pooled"] == [(net.embed_dim,)] and logits == (10,)
+    assert shapes["pooled"] == [(net.embed_dim,)]
+    assert logits == (10,)
 
 
 def test_kwargs_reach_timm() -> None:

@@ -36,13 +36,16 @@ def test_resnet18_taps(resnet18: tuple) -> None:
     shapes, logits = dry_run_shapes(net, taps, torch.randn(2, 3, 32, 32))
     assert shapes["stem"] == [(64, 8, 8)]  # stride-2 conv and max-pool: 32 -> 8
     assert shapes["stages"] == [(64, 8, 8), (128, 4, 4), (256, 2, 2), (512, 1, 1)]
-    assert shapes["pooled"] == [(512,)] and logits == (10,)
+    assert shapes["pooled"] == [(512,)]
+    assert logits == (10,)
 
 
 def test_one_channel_replaces_the_first_conv() -> None:
     plugin = kdhub.create("model", "torchvision:resnet18")
     net = plugin.build(10, 1, 28)
-    assert net.conv1.in_channels == 1 and net.conv1.kernel_size == (7, 7) and net.conv1.stride == (2, 2)
+    assert net.conv1.in_channels == 1
+    assert net.conv1.kernel_size == (7, 7)
+    assert net.conv1.stride == (2, 2)
     # conv1 loses 64 * 2 * 7 * 7 = 6,272 weights.
     assert param_count(net) == 11_181_642 - 6_272
     assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
@@ -75,7 +78,8 @@ def test_roles_per_family(variant: str, roles: set, stages: int) -> None:
     taps = plugin.taps(net)
     assert set(taps) == roles
     shapes, logits = dry_run_shapes(net, taps, torch.randn(2, 3, 32, 32))
-    assert logits == (10,) and len(shapes.get("stages", [])) == stages
+    assert logits == (10,)
+    assert len(shapes.get("stages", [])) == stages
     if "pooled" in taps:
         assert shapes["pooled"] == [(net.get_submodule(taps["classifier"][0]).in_features,)]
 
@@ -84,7 +88,8 @@ def test_roles_per_family(variant: str, roles: set, stages: int) -> None:
 def test_googlenet_trains_without_aux_heads() -> None:
     net = kdhub.create("model", "torchvision:googlenet").build(10, 3, 32).train()
     out = net(torch.randn(2, 3, 32, 32))
-    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+    assert isinstance(out, torch.Tensor)
+    assert out.shape == (2, 10)
 
 
 def test_bad_options() -> None:
