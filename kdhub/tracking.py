@@ -10,7 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from kdhub.config import RunConfig
 from kdhub.errors import KdhubError
+from kdhub.plugins import get_registry, loaded_plugins
 from kdhub.runlog import Table
 
 __all__ = [
@@ -196,3 +198,63 @@ def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
         "params": dict(run.data.params),
         "metrics": dict(run.data.metrics),
     }
+
+
+# what a run logs ------------------------------------------------------------------------------------
+
+
+def run_params(config: RunConfig, options: dict[str, Any]) -> dict[str, str]:
+    """Flattened params: ``method.kd.temperature``, ``policy.tllm.eta``, ``optim.lr``, ... with defaults."""
+    registry = get_registry()
+    params: dict[str, str] = {
+        "seed": str(config.seed),
+        "epochs": str(config.epochs),
+        "ce_weight": str(config.ce_weight),
+    }
+    for section in ("optim", "schedule", "train", "checkpoint"):
+        params.update(flatten(getattr(config, section).model_dump(mode="json"), section))
+    data = config.data.model_dump(mode="json", exclude={"options"})
+    params.update(flatten(data, "data"))
+    params.update(flatten(options["data"].model_dump(mode="json"), "data.options"))
+    params.update(flatten({"name": config.student.name, **options["student"].model_dump(mode="json")}, "student"))
+    if config.teacher is not None:
+        t = {
+            "name": config.teacher.name,
+            "weights": config.teacher.weights,
+            **options["teacher"].model_dump(mode="json"),
+        }
+        params.update(flatten(t, "teacher"))
+    for i, ref in enumerate(config.methods):
+        weight = ref.weight if ref.weight is not None else registry.get("method", ref.name).default_weight
+        values = {"weight": weight, **options[f"methods.{i}"].model_dump(mode="json")}
+        params.update(flatten(values, f"method.{ref.name}"))
+    params.update(flatten({"name": config.policy.name, **options["policy"].model_dump(mode="json")}, "policy"))
+    for i, ref in enumerate(config.metrics):
+        values = {"split": ref.split, "every": ref.every, **options[f"metrics.{i}"].model_dump(mode="json")}
+        params.update(flatten(values, f"metric.{ref.name}"))
+    return params
+
+
+def run_tags(config: RunConfig) -> dict[str, str]:
+    import kdhub
+
+    tags = {
+        "kdhub.version": kdhub.__version__,
+        "student": config.student.name,
+        "teacher": config.teacher.name if config.teacher else "none",
+        "method": ",".join(m.name for m in config.methods) or "none",
+        "policy": config.policy.name,
+        "dataset": config.data.name,
+        "seed": str(config.seed),
+    }
+    for info in loaded_plugins():
+        tags[f"kdhub.plugin.{info.distribution}"] = info.version or "local"
+    tags.update(config.tracking.tags)
+    return tags
+
+
+def default_run_name(config: RunConfig) -> str:
+    if config.teacher is None:
+        return f"{config.student.name}-{config.data.name}-s{config.seed}"
+    methods = "+".join(m.name for m in config.methods) or "none"
+    return f"{config.teacher.name}-{methods}-{config.student.name}-{config.data.name}-s{config.seed}"

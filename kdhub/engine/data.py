@@ -1,9 +1,16 @@
-"""Small datasets live on the device as uint8 tensors and are augmented there."""
+"""The engine's view of data (:class:`DataSource`) and its in-memory implementation.
+
+Small datasets live on the device as uint8 tensors and are augmented there (:class:`DeviceData`).
+The engine reaches data only through :class:`DataSource`, built by :func:`open_data` from what a
+dataset plugin's ``load()`` returns, so other data paths (files streamed by a DataLoader) plug in
+behind the same contract: the same splits, batches, sample indices and resumable state.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +18,60 @@ from torch import Tensor
 
 from kdhub.dataset import Augmentation, DataBundle, TensorSplit
 
-__all__ = ["DeviceData", "augment", "class_balanced_split"]
+__all__ = ["Batch", "DataSource", "DeviceData", "augment", "class_balanced_split", "open_data"]
+
+Batch = tuple[Tensor, Tensor, Tensor]
+"""(normalised images on the device, labels, sample indices into the split)."""
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """What the engine needs from data: splits ``train`` / ``val`` (optional) / ``test``, batches and state.
+
+    The validation split is held out of the training set by the engine's rule
+    (:func:`class_balanced_split` with the run seed), so every data path gives the same split.
+    Under torchrun each process sees its shard of every batch (training) or every
+    ``world_size``-th batch (evaluation); indices are positions in the split.
+    """
+
+    num_classes: int
+    class_names: list[str]
+    in_channels: int
+    image_size: int
+
+    def has(self, split: str) -> bool:
+        """Whether the split exists (``val`` only with ``data.val_fraction > 0``)."""
+        ...
+
+    def size(self, split: str) -> int:
+        """Number of samples in a split (all processes together)."""
+        ...
+
+    def labels(self, split: str) -> Tensor:
+        """Labels of every sample of a split, in index order (int64, on the device)."""
+        ...
+
+    def example(self, count: int = 2) -> Tensor:
+        """``count`` normalised, un-augmented training images on the device (for dry-run shapes)."""
+        ...
+
+    def steps_per_epoch(self, batch_size: int, drop_last: bool) -> int:
+        """Optimizer steps per epoch for a global ``batch_size``."""
+        ...
+
+    def train_batches(self, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+        """One epoch of shuffled, augmented training batches (global ``batch_size``, this process's shard)."""
+        ...
+
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        """Un-augmented batches of a split in index order (this process's share)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs to continue with the same batches."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def class_balanced_split(labels: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -66,6 +126,10 @@ class DeviceData:
     ) -> None:
         self.bundle = bundle
         self.device = device
+        self.num_classes = bundle.num_classes
+        self.class_names = list(bundle.class_names)
+        self.in_channels = bundle.in_channels
+        self.image_size = bundle.image_size
         split_gen = torch.Generator().manual_seed(seed)
         kept, held = class_balanced_split(bundle.train.labels, val_fraction, split_gen)
         if train_fraction < 1:
@@ -89,6 +153,15 @@ class DeviceData:
     def has(self, split: str) -> bool:
         return split in self.splits
 
+    def size(self, split: str) -> int:
+        return len(self.splits[split])
+
+    def labels(self, split: str) -> Tensor:
+        return self.splits[split].labels
+
+    def example(self, count: int = 2) -> Tensor:
+        return self.normalise(self.splits["train"].images[:count])
+
     def normalise(self, images: Tensor) -> Tensor:
         return (images.float().div_(255) - self.mean) / self.std
 
@@ -96,7 +169,7 @@ class DeviceData:
         n = self.num_train
         return n // batch_size if drop_last else math.ceil(n / batch_size)
 
-    def train_batches(self, batch_size: int, drop_last: bool) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def train_batches(self, batch_size: int, drop_last: bool) -> Iterator[Batch]:
         """Shuffled, augmented, normalised batches (x, y, index); under DDP each rank gets its shard."""
         split = self.splits["train"]
         order = torch.randperm(len(split), device=self.device, generator=self.generator)
@@ -107,7 +180,7 @@ class DeviceData:
             images = augment(split.images[index], self.bundle.augmentation, self.generator)
             yield self.normalise(images), split.labels[index], index
 
-    def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def eval_batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         """Un-augmented batches of a split in order; under DDP each rank takes every world_size-th batch."""
         data = self.splits[split]
         starts = range(self.rank * batch_size, len(data), batch_size * self.world_size)
@@ -115,11 +188,27 @@ class DeviceData:
             index = torch.arange(start, min(start + batch_size, len(data)), device=self.device)
             yield self.normalise(data.images[index]), data.labels[index], index
 
-    def state_dict(self) -> dict[str, Tensor]:
+    def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+
+
+def open_data(
+    loaded: DataBundle,
+    device: torch.device,
+    *,
+    val_fraction: float,
+    train_fraction: float,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataSource:
+    """The data source for what a dataset plugin's ``load()`` returned."""
+    if isinstance(loaded, DataBundle):
+        return DeviceData(loaded, device, val_fraction, seed, rank, world_size, train_fraction)
+    raise TypeError(f"a dataset's load() returned {type(loaded).__name__}; expected a kdhub.DataBundle")
 
 
 def _to(split: TensorSplit, device: torch.device) -> TensorSplit:

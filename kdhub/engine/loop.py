@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from kdhub import plugins
 from kdhub.config import RunConfig, dump_config, parse_config, resolve_plugins
 from kdhub.engine import checkpoint
-from kdhub.engine.data import DeviceData
+from kdhub.engine.data import DataSource, open_data
 from kdhub.engine.distributed import DistEnv, init_distributed
 from kdhub.engine.features import FeatureTaps, check_roles, dry_run_shapes
 from kdhub.engine.losses import method_loss, split_terms, total
@@ -102,33 +102,33 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.config
         bundle = self._plugin("dataset", "data", cfg.data.name).load()
-        self.data = DeviceData(
+        self.data: DataSource = open_data(
             bundle,
             self.device,
-            cfg.data.val_fraction,
-            cfg.seed,
-            self.dist.rank,
-            self.dist.world_size,
-            cfg.data.train_fraction,
+            val_fraction=cfg.data.val_fraction,
+            train_fraction=cfg.data.train_fraction,
+            seed=cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
-        self.num_classes = bundle.num_classes
-        self.class_names = bundle.class_names
+        self.num_classes = self.data.num_classes
+        self.class_names = self.data.class_names
         per_rank_batch = max(1, cfg.data.batch_size // self.dist.world_size)
         self.batch_size, self.rank_batch = cfg.data.batch_size, per_rank_batch
         self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size, cfg.data.drop_last)
         if self.steps_per_epoch == 0:
             raise ConfigError(
-                f"data.batch_size: {self.batch_size} is larger than the {self.data.num_train} training images"
+                f"data.batch_size: {self.batch_size} is larger than the {self.data.size('train')} training images"
             )
 
         model_plugin = self._plugin("model", "student", cfg.student.name)
-        self.student = model_plugin.build(self.num_classes, bundle.in_channels, bundle.image_size).to(self.device)
+        self.student = model_plugin.build(self.num_classes, self.data.in_channels, self.data.image_size).to(self.device)
         self.student_taps = model_plugin.taps(self.student)
         self.teacher: nn.Module | None = None
         self.teacher_taps: dict[str, list[str]] = {}
         if cfg.teacher is not None:
             t_plugin = self._plugin("model", "teacher", cfg.teacher.name)
-            self.teacher = t_plugin.build(self.num_classes, bundle.in_channels, bundle.image_size).to(self.device)
+            self.teacher = t_plugin.build(self.num_classes, self.data.in_channels, self.data.image_size).to(self.device)
             self.teacher_taps = t_plugin.taps(self.teacher)
             if cfg.teacher.weights:
                 from kdhub.tracking import resolve_artifact
@@ -154,12 +154,12 @@ class Trainer:
             check_roles(who, cfg.student.name, self.student_taps, t.method.feature_roles, "student")
             if self.teacher is not None:
                 check_roles(who, cfg.teacher.name, self.teacher_taps, t.method.feature_roles, "teacher")
-        example = self.data.normalise(self.data.splits["train"].images[:2])
+        example = self.data.example(2)
         s_shapes, _ = dry_run_shapes(self.student, self.student_taps, example)
         t_shapes = dry_run_shapes(self.teacher, self.teacher_taps, example)[0] if self.teacher is not None else {}
         self.setup_ctx = SetupContext(
             num_classes=self.num_classes,
-            num_train=self.data.num_train,
+            num_train=self.data.size("train"),
             epochs=cfg.epochs,
             steps_per_epoch=self.steps_per_epoch,
             student=self.student,
@@ -168,7 +168,7 @@ class Trainer:
             teacher_taps=self.teacher_taps,
             student_shapes=s_shapes,
             teacher_shapes=t_shapes,
-            train_labels=self.data.splits["train"].labels,
+            train_labels=self.data.labels("train"),
             device=self.device,
         )
         for t in self.teaching:
@@ -188,7 +188,7 @@ class Trainer:
             )
         val_counts = None
         if self.data.has("val"):
-            val_counts = torch.bincount(self.data.splits["val"].labels, minlength=self.num_classes).cpu()
+            val_counts = torch.bincount(self.data.labels("val"), minlength=self.num_classes).cpu()
         self.policy.setup(
             PolicyContext(
                 epochs=cfg.epochs,
@@ -361,7 +361,7 @@ class Trainer:
             class_names=self.class_names,
             student=self.student,
             teacher=self.teacher,
-            num_samples=len(self.data.splits[split]),
+            num_samples=self.data.size(split),
             seed=self.config.seed,
             student_shapes=self.setup_ctx.student_shapes,
             teacher_shapes=self.setup_ctx.teacher_shapes,
@@ -609,65 +609,6 @@ class Trainer:
             checkpoint.save(state, self.workdir / "checkpoints" / "best.pt")
 
 
-def run_params(config: RunConfig, options: dict[str, Any]) -> dict[str, str]:
-    """Flattened params: ``method.kd.temperature``, ``policy.tllm.eta``, ``optim.lr``, ... with defaults."""
-    from kdhub.tracking import flatten
-
-    registry = plugins.get_registry()
-    params: dict[str, str] = {
-        "seed": str(config.seed),
-        "epochs": str(config.epochs),
-        "ce_weight": str(config.ce_weight),
-    }
-    for section in ("optim", "schedule", "train", "checkpoint"):
-        params.update(flatten(getattr(config, section).model_dump(mode="json"), section))
-    data = config.data.model_dump(mode="json", exclude={"options"})
-    params.update(flatten(data, "data"))
-    params.update(flatten(options["data"].model_dump(mode="json"), "data.options"))
-    params.update(flatten({"name": config.student.name, **options["student"].model_dump(mode="json")}, "student"))
-    if config.teacher is not None:
-        t = {
-            "name": config.teacher.name,
-            "weights": config.teacher.weights,
-            **options["teacher"].model_dump(mode="json"),
-        }
-        params.update(flatten(t, "teacher"))
-    for i, ref in enumerate(config.methods):
-        weight = ref.weight if ref.weight is not None else registry.get("method", ref.name).default_weight
-        values = {"weight": weight, **options[f"methods.{i}"].model_dump(mode="json")}
-        params.update(flatten(values, f"method.{ref.name}"))
-    params.update(flatten({"name": config.policy.name, **options["policy"].model_dump(mode="json")}, "policy"))
-    for i, ref in enumerate(config.metrics):
-        values = {"split": ref.split, "every": ref.every, **options[f"metrics.{i}"].model_dump(mode="json")}
-        params.update(flatten(values, f"metric.{ref.name}"))
-    return params
-
-
-def run_tags(config: RunConfig) -> dict[str, str]:
-    import kdhub
-
-    tags = {
-        "kdhub.version": kdhub.__version__,
-        "student": config.student.name,
-        "teacher": config.teacher.name if config.teacher else "none",
-        "method": ",".join(m.name for m in config.methods) or "none",
-        "policy": config.policy.name,
-        "dataset": config.data.name,
-        "seed": str(config.seed),
-    }
-    for info in plugins.loaded_plugins():
-        tags[f"kdhub.plugin.{info.distribution}"] = info.version or "local"
-    tags.update(config.tracking.tags)
-    return tags
-
-
-def default_run_name(config: RunConfig) -> str:
-    if config.teacher is None:
-        return f"{config.student.name}-{config.data.name}-s{config.seed}"
-    methods = "+".join(m.name for m in config.methods) or "none"
-    return f"{config.teacher.name}-{methods}-{config.student.name}-{config.data.name}-s{config.seed}"
-
-
 def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, track: bool = True) -> RunResult:
     """Train one run from a config (a RunConfig or a dict), logging it to MLflow unless ``track`` is False.
 
@@ -676,7 +617,7 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
     """
     if isinstance(config, dict):
         config = parse_config(config)
-    from kdhub.tracking import Tracker, resolve_artifact
+    from kdhub.tracking import Tracker, default_run_name, resolve_artifact, run_params, run_tags
 
     env_rank = int(os.environ.get("RANK", "0"))
     tracker = Tracker(config.tracking.uri, config.tracking.experiment) if track and env_rank == 0 else None

@@ -259,8 +259,8 @@ def test_real_run_on_digits_clamps_k_and_learns() -> None:
     assert losses[-1] < losses[0]
     assert result.last_acc > 50
     memory = trainer.teaching[0].method.memory
-    assert memory.memory_s.shape == (trainer.data.num_train, 128)
-    torch.testing.assert_close(memory.memory_s.norm(dim=1), torch.ones(trainer.data.num_train))
+    assert memory.memory_s.shape == (trainer.data.size("train"), 128)
+    torch.testing.assert_close(memory.memory_s.norm(dim=1), torch.ones(trainer.data.size("train")))
 
 
 @pytest.mark.slow
