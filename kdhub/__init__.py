@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kdhub.base import EpochOrFraction, Options, Plugin, resolve_epoch
+from kdhub.command import Command
 from kdhub.dataset import Augmentation, DataBundle, Dataset, TensorSplit
 from kdhub.errors import ConfigError, IncompatibleError, KdhubError, PluginLoadError, PluginNotFoundError
 from kdhub.hookspecs import hookimpl
@@ -14,12 +15,16 @@ from kdhub.model import FEATURE_ROLES, Model
 from kdhub.plugins import plugin_classes
 from kdhub.policy import EpochAction, EpochReport, Policy, PolicyContext, StepPlan
 from kdhub.runlog import MemoryLog, RunLog, Table
+from kdhub.tables import AGREEMENT, PER_CLASS_ACCURACY, TableSchema
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AGREEMENT",
     "FEATURE_ROLES",
+    "PER_CLASS_ACCURACY",
     "Augmentation",
+    "Command",
     "ConfigError",
     "DataBundle",
     "Dataset",
@@ -47,6 +52,7 @@ __all__ = [
     "StepOutputs",
     "StepPlan",
     "Table",
+    "TableSchema",
     "TensorSplit",
     "__version__",
     "create",

@@ -1,4 +1,4 @@
-"""The ``kdhub`` command: run configs, look plugins up, run the demo, compare runs."""
+"""The ``kdhub`` command: run configs and studies, look plugins up, run the demo; plugins add more commands."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import sys
 from typing import Any
 
-from kdhub.compare import add_compare_parser
 from kdhub.errors import KdhubError
 
 EXIT_USAGE = 2
@@ -207,14 +206,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     p.set_defaults(func=cmd_demo)
 
-    add_compare_parser(sub)
+    _add_plugin_commands(sub)
     return parser
 
 
+def _add_plugin_commands(sub: Any) -> None:
+    """A subcommand for every registered command plugin (``kdhub compare`` ...); built-in names win."""
+    taken = set(sub.choices)
+    for entry in _registry().entries("command"):
+        if entry.name in taken:
+            print(
+                f"kdhub: warning: command {entry.name!r} from {entry.origin} clashes with a built-in command; skipped",
+                file=sys.stderr,
+            )
+            continue
+        command = entry.cls()
+        p = sub.add_parser(entry.name, help=entry.cls.help or entry.cls.summary())
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # loads the plugins: they may add commands
         return args.func(args)
     except KdhubError as err:
         message = str(err)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from kdhub.base import Plugin
 from kdhub.runlog import Table
+from kdhub.tables import TableSchema
 
 __all__ = ["EvalBatch", "Metric", "MetricContext", "MetricResult"]
 
@@ -72,6 +73,8 @@ class Metric(Plugin):
 
     kind: ClassVar[str] = "metric"
     needs_teacher: ClassVar[bool] = False
+    tables: ClassVar[tuple[TableSchema, ...]] = ()
+    """Shared tables (:mod:`kdhub.tables`) this metric logs, for the readers that look them up."""
 
     def feature_roles(self) -> tuple[str, ...]:
         """Feature roles this metric needs from both models in evaluation."""

@@ -10,6 +10,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from kdhub.base import Plugin
+from kdhub.command import Command
 from kdhub.dataset import Dataset
 from kdhub.errors import ConfigError, KdhubError, PluginNotFoundError
 from kdhub.method import Method
@@ -25,6 +26,7 @@ KINDS: dict[str, type] = {
     "metric": Metric,
     "model": Model,
     "dataset": Dataset,
+    "command": Command,
 }
 
 

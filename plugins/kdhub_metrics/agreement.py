@@ -37,6 +37,7 @@ class Agreement(kdhub.Metric):
     """
 
     name = "agreement"
+    tables = (kdhub.AGREEMENT,)
     needs_teacher = True
 
     class Options(kdhub.Options):
@@ -96,7 +97,9 @@ class Agreement(kdhub.Metric):
             "mean_class_pa": nanmean(by_label),
             "worst_class_pa": min(kept) if kept else float("nan"),
         }
-        return kdhub.MetricResult(scalars=scalars, tables={"agreement": table}, figures={"agreement": _figure(table)})
+        return kdhub.MetricResult(
+            scalars=scalars, tables={kdhub.AGREEMENT.name: table}, figures={"agreement": _figure(table)}
+        )
 
 
 def _figure(table: kdhub.Table):

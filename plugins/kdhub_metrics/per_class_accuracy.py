@@ -20,6 +20,7 @@ class PerClassAccuracy(kdhub.Metric):
     """
 
     name = "per_class_accuracy"
+    tables = (kdhub.PER_CLASS_ACCURACY,)
 
     def reset(self, ctx: kdhub.MetricContext) -> None:
         super().reset(ctx)
@@ -55,7 +56,7 @@ class PerClassAccuracy(kdhub.Metric):
             scalars["teacher_mean_class_acc"] = _nanmean(table["teacher"])
         return kdhub.MetricResult(
             scalars=scalars,
-            tables={"per_class_accuracy": table},
+            tables={kdhub.PER_CLASS_ACCURACY.name: table},
             figures={"per_class_accuracy": _figure(table)},
         )
 
