@@ -24,3 +24,4 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/python -m kdhub_methods._table > docs/methods.md
 	$(VENV)/bin/python -m kdhub.config > docs/config.md
+	$(VENV)/bin/python -m kdhub.reference policies docs/policies.md

@@ -12,9 +12,11 @@ from kdhub.hookspecs import hookimpl
 from kdhub.method import LossValue, Method, SetupContext, StepOutputs
 from kdhub.metric import EvalBatch, Metric, MetricContext, MetricResult
 from kdhub.model import FEATURE_ROLES, Model
+from kdhub.outputs import Outputs
 from kdhub.plugins import plugin_classes
 from kdhub.policy import EpochAction, EpochReport, Policy, PolicyContext, StepPlan
 from kdhub.runlog import MemoryLog, RunLog, Table
+from kdhub.runview import RunView
 from kdhub.tables import AGREEMENT, PER_CLASS_ACCURACY, TableSchema
 
 __version__ = "0.1.0"
@@ -42,12 +44,14 @@ __all__ = [
     "MetricResult",
     "Model",
     "Options",
+    "Outputs",
     "Plugin",
     "PluginLoadError",
     "PluginNotFoundError",
     "Policy",
     "PolicyContext",
     "RunLog",
+    "RunView",
     "SetupContext",
     "StepOutputs",
     "StepPlan",

@@ -28,7 +28,6 @@ from kdhub.registry import Registry
 __all__ = [
     "LoadFailure",
     "PluginInfo",
-    "get_manager",
     "get_registry",
     "load_failures",
     "loaded_plugins",
@@ -165,10 +164,6 @@ def _get() -> _State:
 def get_registry() -> Registry:
     """The registry of every loaded plugin (loaded on first use)."""
     return _get().registry
-
-
-def get_manager() -> pluggy.PluginManager:
-    return _get().manager
 
 
 def load_failures() -> list[LoadFailure]:

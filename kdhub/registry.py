@@ -20,14 +20,8 @@ from kdhub.policy import Policy
 
 __all__ = ["KINDS", "DuplicatePluginError", "Entry", "Registry", "format_validation_error", "suggest"]
 
-KINDS: dict[str, type] = {
-    "method": Method,
-    "policy": Policy,
-    "metric": Metric,
-    "model": Model,
-    "dataset": Dataset,
-    "command": Command,
-}
+KINDS: dict[str, type[Plugin]] = {base.kind: base for base in (Method, Policy, Metric, Model, Dataset, Command)}
+"""Every plugin kind, by the ``kind`` its base class declares."""
 
 
 class DuplicatePluginError(KdhubError):
@@ -113,6 +107,12 @@ class Registry:
         name = getattr(cls, "name", "")
         if not name or not isinstance(name, str):
             raise KdhubError(f"{source or 'a plugin'} registered {cls.__name__} without a name")
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        if missing:
+            raise KdhubError(
+                f"{source or 'a plugin'} registered {kind} {name!r} ({cls.__name__}), which does not implement"
+                f" {', '.join(m + '()' for m in missing)}"
+            )
         existing = self._entries[kind].get(name)
         if existing is not None:
             if existing.cls is cls:

@@ -49,7 +49,7 @@ class SRRL(kdhub.Method):
     """
 
     name = "srrl"
-    feature_roles: ClassVar[tuple[str, ...]] = ("pooled",)
+    feature_roles = ("pooled",)
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Yang et al. 2021"
 

@@ -76,6 +76,7 @@ class Embedding(kdhub.Metric):
         pca_dims: int = Field(50, ge=0, le=10_000, description="PCA components before t-SNE (0 = none)")
         seed: int = Field(0, ge=0, description="seed of the subsample and of t-SNE")
 
+    @property
     def feature_roles(self) -> tuple[str, ...]:
         return (self.options.role,)
 

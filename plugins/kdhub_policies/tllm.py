@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -60,8 +60,9 @@ class TLLM(kdhub.Policy):
     """
 
     name = "tllm"
-    wants_class_losses: ClassVar[bool] = True
-    needs_validation: ClassVar[bool] = True
+    wants_class_losses = True
+    needs_validation = True
+    needs_methods = True
 
     class Options(kdhub.Options):
         mode: Literal["sliding", "fixed"] = Field(
