@@ -121,10 +121,7 @@ class Tracker:
         self.client.log_dict(self.run_id, payload, f"tables/{name}.json")
 
     def figure(self, name: str, figure: Any) -> None:
-        import matplotlib.pyplot as plt
-
         self.client.log_figure(self.run_id, figure, f"figures/{name}.png")
-        plt.close(figure)
 
     def text(self, name: str, text: str) -> None:
         self.client.log_text(self.run_id, text, name)

@@ -30,6 +30,7 @@ from typing import Any
 
 import kdhub
 from kdhub.errors import KdhubError
+from kdhub.figures import new_figure
 from kdhub.runlog import Table
 from kdhub.tables import AGREEMENT, PER_CLASS_ACCURACY
 
@@ -407,21 +408,12 @@ def _log(comparison: Comparison, uri: str | None, experiment: str, run_name: str
 # figures ------------------------------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots()
-
-
 def _delta_acc_figure(comparison: Comparison) -> Any:
     """Per-class ΔACC sorted from the most helped to the most hurt class, with the mean as a dashed line."""
     deltas = comparison.delta_acc
     order = sorted((i for i in range(len(deltas)) if math.isfinite(deltas[i])), key=lambda i: -deltas[i])
     n = len(order)
-    fig, ax = _new_figure(max(5.0, min(14.0, 0.3 * n + 2.5)), 3.6)
+    fig, (ax,) = new_figure(max(5.0, min(14.0, 0.3 * n + 2.5)), 3.6)
     hurt = set(comparison.undistillable)
     values = [deltas[i] for i in order]
     colors = ["C3" if comparison.classes[i] in hurt else "C0" for i in order]
@@ -451,7 +443,7 @@ def _scatter_figure(comparison: Comparison) -> Any:
     dpa, dacc = comparison.delta_pa, comparison.delta_acc
     keep = [i for i in range(len(dpa)) if math.isfinite(dpa[i]) and math.isfinite(dacc[i])]
     x, y = np.array([dpa[i] for i in keep]), np.array([dacc[i] for i in keep])
-    fig, ax = _new_figure(4.8, 4.2)
+    fig, (ax,) = new_figure(4.8, 4.2)
     hurt = set(comparison.undistillable)
     colors = ["C3" if comparison.classes[i] in hurt else "C0" for i in keep]
     ax.scatter(x, y, c=colors, s=22, zorder=3)

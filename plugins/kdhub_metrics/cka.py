@@ -11,8 +11,10 @@ from pydantic import Field, NonNegativeInt
 from torch import Tensor
 
 import kdhub
+from kdhub.figures import new_figure
+from kdhub.functional import nanmean
 
-from ._support import SampleBuffer, nanmean, new_figure, role_shapes
+from ._support import SampleBuffer, role_shapes
 
 _CHUNK_BYTES = 64 * 2**20  # float64 working set of one column chunk of a Gram matrix
 

@@ -9,8 +9,9 @@ import torch
 from pydantic import Field, NonNegativeInt
 
 import kdhub
+from kdhub.figures import new_figure
 
-from ._support import SampleBuffer, new_figure, role_shapes
+from ._support import SampleBuffer, role_shapes
 
 
 def tsne_2d(

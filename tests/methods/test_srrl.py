@@ -12,7 +12,7 @@ from torch import nn
 
 import kdhub
 from kdhub.testing import TINY_TAPS, TinyNet, check_method
-from kdhub_methods.kd import kl_per_sample
+from kdhub.functional import kl_per_sample
 
 
 class _Teacher(nn.Module):
