@@ -7,22 +7,25 @@ check_metric(lambda: MyMetric())            # batching, all-reduce and empty-pro
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from kdhub import plugins
 from kdhub.dataset import DataBundle, TensorSplit
 from kdhub.engine.data import DeviceData
 from kdhub.engine.distributed import DistEnv
 from kdhub.engine.evaluate import Evaluator, Tally
 from kdhub.engine.features import FeatureTaps, dry_run_shapes
 from kdhub.engine.losses import method_loss, terms_of
+from kdhub.hookspecs import hookimpl
 from kdhub.method import Method, SetupContext, StepOutputs
 from kdhub.metric import Metric, MetricContext, MetricResult
 
@@ -35,6 +38,7 @@ __all__ = [
     "evaluate_metric",
     "forward_outputs",
     "init_losses",
+    "interrupt_after",
     "same_results",
     "setup_method",
     "test_batch",
@@ -443,3 +447,29 @@ def _check_shape(result: MetricResult) -> None:
     for name, figure in result.figures.items():
         figure.savefig(io.BytesIO(), format="png")  # renders, or raises naming the problem
         assert hasattr(figure, "savefig"), name
+
+
+# runs ---------------------------------------------------------------------------------------------
+
+
+class _Interrupt:
+    def __init__(self, epoch: int, error: BaseException) -> None:
+        self.epoch, self.error = epoch, error
+
+    @hookimpl
+    def kdhub_epoch_ended(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == self.epoch:
+            raise self.error
+
+
+@contextlib.contextmanager
+def interrupt_after(epoch: int, error: BaseException | None = None) -> Iterator[None]:
+    """Inside the block, every run stops after ``epoch`` (its checkpoint written), through the public
+    ``kdhub_epoch_ended`` hook: ``KeyboardInterrupt`` by default (the run ends KILLED, resumable)."""
+    plugin = _Interrupt(epoch, error if error is not None else KeyboardInterrupt(f"interrupted after epoch {epoch}"))
+    name = f"kdhub-testing-interrupt-{id(plugin)}"
+    plugins.register_module(plugin, name=name)
+    try:
+        yield
+    finally:
+        plugins.unregister(name)

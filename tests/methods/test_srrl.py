@@ -11,8 +11,8 @@ from _digits_runs import digits_trainer, logged
 from torch import nn
 
 import kdhub
-from kdhub.testing import TINY_TAPS, TinyNet, check_method
 from kdhub.functional import kl_per_sample
+from kdhub.testing import TINY_TAPS, TinyNet, check_method
 
 
 class _Teacher(nn.Module):

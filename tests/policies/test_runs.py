@@ -12,6 +12,7 @@ import yaml
 import kdhub
 from kdhub.config import apply_overrides, parse_config
 from kdhub.engine.loop import Trainer, run
+from kdhub.testing import interrupt_after
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -181,8 +182,6 @@ def test_tllm_resume_gives_the_same_decisions(tmp_path, monkeypatch):
     """Interrupt a TLLM run after epoch 4, resume it from MLflow: same curves and stops as a straight run."""
     import mlflow
 
-    from kdhub_policies.tllm import TLLM
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = {
         **BASE,
@@ -193,17 +192,8 @@ def test_tllm_resume_gives_the_same_decisions(tmp_path, monkeypatch):
         "tracking": {"uri": uri, "experiment": "resume"},
     }
     straight = run(config)
-    original = TLLM.epoch_ended
-
-    def interrupted(self, report):
-        if report.epoch == 5:
-            raise KeyboardInterrupt
-        return original(self, report)
-
-    monkeypatch.setattr(TLLM, "epoch_ended", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_after(4), pytest.raises(KeyboardInterrupt):
         run(config)
-    monkeypatch.setattr(TLLM, "epoch_ended", original)
     client = mlflow.MlflowClient(uri)
     broken = next(
         r
