@@ -1,7 +1,7 @@
 VENV ?= .venv
 STAMP := $(VENV)/.kdhub-setup
 
-.PHONY: setup demo test test-all lint docs
+.PHONY: setup demo test test-all lint typecheck docs
 
 $(STAMP): pyproject.toml examples/plugin-template/pyproject.toml scripts/setup.sh
 	VENV=$(VENV) scripts/setup.sh
@@ -20,6 +20,9 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 docs: $(STAMP)
 	$(VENV)/bin/python -m kdhub_methods._table > docs/methods.md

@@ -30,6 +30,9 @@ def resolve_epoch(value: int | float, total: int, minimum: int = 0) -> int:
     return max(minimum, count)
 
 
+_OptionsModel = Options  # the class below names its own options model ``Options``
+
+
 class Plugin(ABC):  # noqa: B024 - each kind's base class declares the abstract methods
     """Base of every plugin class.
 
@@ -46,7 +49,7 @@ class Plugin(ABC):  # noqa: B024 - each kind's base class declares the abstract 
     name: ClassVar[str] = ""
     Options: ClassVar[type[Options]] = Options
 
-    def __init__(self, options: Options | None = None, **kwargs: Any) -> None:
+    def __init__(self, options: _OptionsModel | None = None, **kwargs: Any) -> None:
         if options is None:
             options = self.Options(**kwargs)
         elif kwargs:

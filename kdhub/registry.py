@@ -34,7 +34,7 @@ class Entry:
 
     kind: str
     name: str
-    cls: type
+    cls: type[Any]
     source: str
     version: str
 
@@ -98,7 +98,7 @@ class Registry:
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
 
-    def add(self, kind: str, cls: type, source: str = "", version: str = "") -> Entry:
+    def add(self, kind: str, cls: type[Any], source: str = "", version: str = "") -> Entry:
         base = KINDS[self._check_kind(kind)]
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise KdhubError(
@@ -141,7 +141,7 @@ class Registry:
             return table[base]
         raise PluginNotFoundError(f"unknown {kind} {name!r}{suggest(name, list(table))}")
 
-    def get(self, kind: str, name: str) -> type:
+    def get(self, kind: str, name: str) -> type[Any]:
         return self.entry(kind, name).cls
 
     def options(self, kind: str, name: str, options: dict[str, Any] | None = None, where: str = "") -> Any:

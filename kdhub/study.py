@@ -173,6 +173,7 @@ def run_study(study: StudyConfig, tracking_uri: str | None = None) -> dict[str, 
             tracking["run_name"] = f"{name}{f'[{label}]' if label else ''}-s{seed}"
             tracking["tags"] = {**tracking.get("tags", {}), "mlflow.parentRunId": parent_id, "kdhub.study": study.name}
             result = run(parse_config(config))
+            assert result.run_id is not None  # a tracked run
             run_ids[seed].setdefault(name, result.run_id)
             for key, value in (
                 ("run", name),
@@ -198,7 +199,7 @@ def _compare(study: StudyConfig, summary: dict[str, list[Any]], parent: Any, par
     spec = study.compare
     if spec is None:
         return {}
-    comparer = get_registry().create("command", "compare")  # the command plugin that compares runs
+    comparer: Any = get_registry().create("command", "compare")  # the command plugin that compares runs
     rows = list(zip(summary["run"], summary["grid"], summary["run_id"], strict=True))
     baseline = [run_id for name, _, run_id in rows if name == spec.baseline]
     comparisons = {}

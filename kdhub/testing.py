@@ -395,6 +395,7 @@ def check_metric(
     batch_sizes: tuple[int, ...] = (16, 7),
     world_sizes: tuple[int, ...] = (2, 3),
     batch_dependent: Callable[[str], bool] = lambda key: False,
+    split: str = "test",
     seed: int = 0,
 ) -> MetricResult:
     """Check a metric through the engine's evaluation; returns its result on one process, one batch.
@@ -425,6 +426,7 @@ def check_metric(
             world_size=world_size,
             taps=taps,
             num_classes=num_classes,
+            split=split,
         )
 
     whole = evaluate(num_samples, 1)

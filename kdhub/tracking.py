@@ -225,9 +225,9 @@ def run_params(config: RunConfig, options: dict[str, Any]) -> dict[str, str]:
         values = {"weight": weight, **options[f"methods.{i}"].model_dump(mode="json")}
         params.update(flatten(values, f"method.{ref.name}"))
     params.update(flatten({"name": config.policy.name, **options["policy"].model_dump(mode="json")}, "policy"))
-    for i, ref in enumerate(config.metrics):
-        values = {"split": ref.split, "every": ref.every, **options[f"metrics.{i}"].model_dump(mode="json")}
-        params.update(flatten(values, f"metric.{ref.name}"))
+    for i, metric in enumerate(config.metrics):
+        values = {"split": metric.split, "every": metric.every, **options[f"metrics.{i}"].model_dump(mode="json")}
+        params.update(flatten(values, f"metric.{metric.name}"))
     return params
 
 
