@@ -7,7 +7,15 @@ from typing import Any
 from kdhub.base import EpochOrFraction, Options, Plugin, resolve_epoch
 from kdhub.command import Command
 from kdhub.dataset import Augmentation, DataBundle, Dataset, TensorSplit
-from kdhub.errors import ConfigError, IncompatibleError, KdhubError, PluginLoadError, PluginNotFoundError
+from kdhub.errors import (
+    ConfigError,
+    DivergedError,
+    IncompatibleError,
+    KdhubError,
+    PluginLoadError,
+    PluginNotFoundError,
+    RunFailedError,
+)
 from kdhub.hookspecs import hookimpl
 from kdhub.method import LossValue, Method, SetupContext, StepOutputs
 from kdhub.metric import EvalBatch, Metric, MetricContext, MetricResult
@@ -30,6 +38,7 @@ __all__ = [
     "ConfigError",
     "DataBundle",
     "Dataset",
+    "DivergedError",
     "EpochAction",
     "EpochOrFraction",
     "EpochReport",
@@ -50,6 +59,7 @@ __all__ = [
     "PluginNotFoundError",
     "Policy",
     "PolicyContext",
+    "RunFailedError",
     "RunLog",
     "RunView",
     "SetupContext",

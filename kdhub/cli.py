@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from kdhub.errors import KdhubError
+from kdhub.errors import KdhubError, Terminated
 
 EXIT_USAGE = 2
 
@@ -37,6 +37,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run(config, resume_run_id=args.resume)
     if result.run_id is not None:  # only the logging process (rank 0) reports
         print(f"run {result.run_id}: test accuracy last {result.last_acc:.2f}%, best {result.best_acc:.2f}%")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from kdhub.tracking import running_runs
+
+    runs = [r for r in running_runs(args.tracking_uri, args.experiment) if not (args.stale and r["alive"])]
+    if not runs:
+        print("no stale run: every RUNNING run's process is alive" if args.stale else "no RUNNING run")
+        return 0
+    for run in runs:
+        state = "alive" if run["alive"] else f"stale; resume: kdhub run --resume {run['run_id']}"
+        print(f"{run['run_id']}  {run['name']}  ({run['why']})  {state}")
     return 0
 
 
@@ -138,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("runs", help="the RUNNING runs, and whether their process is alive or gone (stale)")
+    p.add_argument("--stale", action="store_true", help="only the runs whose process is gone (killed, machine lost)")
+    p.add_argument("--experiment", help="only this MLflow experiment (default: all)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.set_defaults(func=cmd_runs)
+
     p = sub.add_parser("plugins", help="list the installed plugins, what they register and load errors")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plugins)
@@ -191,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # loads the plugins: they may add commands
         return args.func(args)
     except KdhubError as err:
-        message = str(err)
-        print(f"kdhub: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"kdhub: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except Terminated:
+        print("kdhub: terminated (SIGTERM); the run can be resumed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("kdhub: interrupted", file=sys.stderr)
         return 130

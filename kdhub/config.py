@@ -123,6 +123,13 @@ class TrainConfig(_Strict):
     progress: bool = Field(True, description="show progress bars")
     deterministic: bool = Field(False, description="use deterministic algorithms (slower)")
     eval_every: int = Field(1, ge=1, description="evaluate test accuracy every N epochs (and at the end)")
+    finite_check_steps: int = Field(
+        100,
+        ge=0,
+        le=1_000_000,
+        description="stop a diverging run: check every N training steps (one host sync each) and at every epoch"
+        " end that the losses and weights are finite (0 = at epoch ends only)",
+    )
 
 
 class TrackingConfig(_Strict):

@@ -6,7 +6,10 @@ import json
 import math
 import os
 import re
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +89,15 @@ class Tracker:
         self.run_id = run.info.run_id
         return self.run_id
 
+    def beat(self) -> None:
+        """Record this process as the run's writer and keep its heartbeat tag fresh (a daemon thread)."""
+        assert self.run_id is not None
+        self.client.set_tag(self.run_id, HOST_TAG, socket.gethostname())
+        self.client.set_tag(self.run_id, PID_TAG, str(os.getpid()))
+        self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
+        self._heartbeat = _Heartbeat(self.uri, self.run_id, heartbeat_seconds())
+        self._heartbeat.start()
+
     # RunLog -----------------------------------------------------------------------------------
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
         import time
@@ -131,6 +143,9 @@ class Tracker:
         self.client.log_artifact(self.run_id, str(path), folder)
 
     def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        heartbeat = getattr(self, "_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.stop()
         if reason:
             self.client.set_tag(self.run_id, "kdhub.failure", reason[:5000])
         self.client.set_terminated(self.run_id, status=status)
@@ -159,6 +174,16 @@ def resolve_artifact(reference: str, uri: str | None, dest: Path) -> Path:
         return Path(client.download_artifacts(parts[0], parts[1], str(dest)))
     except Exception as err:
         raise KdhubError(f"{reference}: cannot fetch from {tracking_uri(uri)}: {str(err).splitlines()[0]}") from None
+
+
+def artifact_exists(run_id: str, path: str, uri: str | None = None) -> bool:
+    """Whether a run has the artifact ``path`` (e.g. ``checkpoints/last.pt``)."""
+    folder = path.rsplit("/", 1)[0] if "/" in path else ""
+    client = _client(tracking_uri(uri))
+    try:
+        return any(a.path == path for a in client.list_artifacts(run_id, folder or None))
+    except Exception:
+        return False
 
 
 def load_table(run_id: str, name: str, uri: str | None = None) -> Table:
@@ -254,3 +279,85 @@ def default_run_name(config: RunConfig) -> str:
         return f"{config.student.name}-{config.data.name}-s{config.seed}"
     methods = "+".join(m.name for m in config.methods) or "none"
     return f"{config.teacher.name}-{methods}-{config.student.name}-{config.data.name}-s{config.seed}"
+
+
+# liveness -----------------------------------------------------------------------------------------
+
+HOST_TAG, PID_TAG, HEARTBEAT_TAG = "kdhub.host", "kdhub.pid", "kdhub.heartbeat"
+STALE_BEATS = 4
+"""A RUNNING run whose heartbeat is older than this many intervals has lost its process."""
+
+
+def heartbeat_seconds() -> float:
+    """Seconds between heartbeats: ``$KDHUB_HEARTBEAT_SECONDS`` or 30."""
+    try:
+        return max(0.1, float(os.environ.get("KDHUB_HEARTBEAT_SECONDS", "30")))
+    except ValueError:
+        return 30.0
+
+
+class _Heartbeat(threading.Thread):
+    """Sets the run's heartbeat tag every ``interval`` seconds until stopped (a missed beat is harmless)."""
+
+    def __init__(self, uri: str, run_id: str, interval: float) -> None:
+        super().__init__(name="kdhub-heartbeat", daemon=True)
+        self.uri, self.run_id, self.interval = uri, run_id, interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        client = _client(self.uri)
+        while not self._stopped.wait(self.interval):
+            try:
+                client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
+            except Exception:
+                continue
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=5)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def liveness(info: dict[str, Any], now: float | None = None) -> tuple[bool, str]:
+    """Whether a RUNNING run's process is still alive (from :func:`run_info`), and why in words.
+
+    Alive: its heartbeat is fresh and, on this host, its process exists. A run killed with SIGKILL
+    (or whose machine died) stops beating and is stale after ``STALE_BEATS`` heartbeat intervals.
+    """
+    tags = info["tags"]
+    now = time.time() if now is None else now
+    try:
+        age = now - float(tags[HEARTBEAT_TAG])
+    except (KeyError, ValueError):
+        return False, "it has no heartbeat"
+    host, pid = tags.get(HOST_TAG, "?"), tags.get(PID_TAG, "?")
+    where = f"pid {pid} on {host}, last heartbeat {age:.0f} s ago"
+    if age > STALE_BEATS * heartbeat_seconds():
+        return False, where
+    if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+        return False, f"{where}; that process is gone"
+    return True, where
+
+
+def running_runs(uri: str | None = None, experiment: str | None = None) -> list[dict[str, Any]]:
+    """Every RUNNING run, newest first, with ``alive`` (its process is there) and ``why`` (pid, host, heartbeat)."""
+    client = _client(tracking_uri(uri))
+    experiments = [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
+    ids = [e.experiment_id for e in experiments if e is not None]
+    if not ids:
+        return []
+    found = []
+    for run in client.search_runs(ids, "attributes.status = 'RUNNING'", order_by=["attributes.start_time DESC"]):
+        info = {"run_id": run.info.run_id, "name": run.info.run_name, "tags": dict(run.data.tags)}
+        alive, why = liveness(info)
+        found.append({**info, "alive": alive, "why": why, "experiment_id": run.info.experiment_id})
+    return found

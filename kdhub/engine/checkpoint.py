@@ -20,7 +20,7 @@ from torch import nn
 
 from kdhub.errors import IncompatibleError
 
-__all__ = ["Checkpointer", "load", "load_weights", "rng_state", "save", "set_rng_state"]
+__all__ = ["Checkpointer", "load", "load_weights", "rng_state", "save", "set_rng_state", "to_cpu"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -40,6 +40,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def to_cpu(value: Any) -> Any:
+    """The same nested dicts, lists and tuples with every tensor moved to the CPU (for gathering)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
 
 
 def save(state: dict[str, Any], path: Path) -> Path:

@@ -29,10 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -48,6 +52,7 @@ from kdhub.engine.build import RunParts, build_run, pick_device, seed_everything
 from kdhub.engine.evaluate import Evaluation, Evaluator
 from kdhub.engine.losses import method_loss
 from kdhub.engine.schedule import make_optimizer, make_scheduler
+from kdhub.errors import DivergedError, KdhubError, Terminated
 from kdhub.metric import Metric, MetricContext, MetricResult
 from kdhub.outputs import StepOutputs
 from kdhub.policy import EpochAction, EpochReport
@@ -220,8 +225,11 @@ class Trainer:
         for t in self.teaching:
             t.method.train()
         sums: dict[str, Tensor] = {}
+        first_bad_term: dict[str, Tensor] = {}  # per loss term: the first step it was not finite (-1: never)
         zero = torch.zeros((), device=self.device)
         correct, seen = zero.clone(), zero.clone()
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first step with a non-finite loss
+        check_every = cfg.train.finite_check_steps
         start = time.perf_counter()
         step0 = (epoch - 1) * self.steps_per_epoch
         plan = None
@@ -236,7 +244,7 @@ class Trainer:
             if plan.ce_weight > 0:
                 ce = plan.ce_weight * F.cross_entropy(s_logits, y)
                 loss = loss + ce
-                sums["ce"] = sums.get("ce", zero) + ce.detach()
+                self._accumulate(sums, first_bad_term, "ce", ce.detach(), step)
             if teach:
                 out = StepOutputs(
                     student_logits=s_logits,
@@ -255,7 +263,7 @@ class Trainer:
                         weighted = (plan.kd_weight * t.weight) * value
                         loss = loss + weighted
                         key = f"{t.key}.{term}" if term else t.key
-                        sums[key] = sums.get(key, zero) + weighted.detach()
+                        self._accumulate(sums, first_bad_term, key, weighted.detach(), step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.dist.average_gradients(self.parts.method_params)
@@ -264,9 +272,16 @@ class Trainer:
             sums["total"] = sums.get("total", zero) + loss.detach()
             correct += (s_logits.argmax(1) == y).sum()
             seen += y.numel()
-        totals = torch.stack([v.float() for v in sums.values()] + [correct, seen])
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+            if check_every and (step - step0 + 1) % check_every == 0:
+                self._check_finite(epoch, first_bad, first_bad_term)  # one host sync every check_every steps
+        weights = torch.stack([p.detach().float().abs().sum() for p in self._trainable()]).sum()
+        bad = (first_bad >= 0).float()
+        totals = torch.stack([v.float() for v in sums.values()] + [correct, seen, bad, weights])
         self.dist.all_reduce_([totals])
-        *loss_sums, n_correct, n_seen = totals.tolist()  # the one host sync of the epoch
+        *loss_sums, n_correct, n_seen, n_bad, weight_sum = totals.tolist()  # the one host sync of the epoch
+        if n_bad or not math.isfinite(weight_sum):
+            self._check_finite(epoch, first_bad, first_bad_term, math.isfinite(weight_sum), synced=True)
         elapsed = time.perf_counter() - start  # after the sync, so queued device work is counted
         steps = self.steps_per_epoch * self.dist.world_size
         values = {f"loss/{k}": v / steps for k, v in zip(sums, loss_sums, strict=True)}
@@ -276,6 +291,49 @@ class Trainer:
         if plan is not None:
             values["weight/ce"], values["weight/kd"] = plan.ce_weight, plan.kd_weight
         return values
+
+    @staticmethod
+    def _accumulate(sums: dict[str, Tensor], first_bad: dict[str, Tensor], key: str, value: Tensor, step: int) -> None:
+        """Add a step's loss term to its sum, and remember (on the device) the first step it was not finite."""
+        sums[key] = sums[key] + value if key in sums else value.clone()
+        seen = first_bad.get(key)
+        if seen is None:
+            seen = torch.full((), -1, dtype=torch.long, device=value.device)
+        first_bad[key] = torch.where((seen < 0) & ~torch.isfinite(value), step, seen)
+
+    def _check_finite(
+        self,
+        epoch: int,
+        first_bad: Tensor,
+        first_bad_term: dict[str, Tensor],
+        weights_finite: bool = True,
+        synced: bool = False,
+    ) -> None:
+        """Stop a diverging run: raise DivergedError naming the epoch, the step and the loss terms.
+
+        ``first_bad`` is the first step of this process whose loss was not finite (-1: none), and
+        ``first_bad_term`` the same per loss term; unless ``synced``, the processes first agree
+        whether any of them saw one.
+        """
+        if not synced:
+            flag = (first_bad >= 0).float().reshape(1)
+            self.dist.all_reduce_([flag])  # every process stops together
+            if not flag.item():
+                return
+        step = int(first_bad.item())
+        if step >= 0:
+            terms = [k for k, v in first_bad_term.items() if int(v.item()) == step]
+            what = f"loss term {', '.join(repr(k) for k in terms)}" if terms else "the loss"
+            within = step - (epoch - 1) * self.steps_per_epoch + 1
+            where = f"epoch {epoch}, step {within} of {self.steps_per_epoch} (global step {step})"
+        elif not weights_finite:
+            what, where = "the weights", f"the end of epoch {epoch}"
+        else:
+            what, where = "the loss of another process", f"epoch {epoch}"
+        kept = f"the checkpoints of epochs up to {epoch - 1} are kept" if epoch > 1 else "no epoch had finished"
+        raise DivergedError(
+            f"training diverged: {what} became non-finite at {where}; {kept} (lower optim.lr or the loss weights)"
+        )
 
     def _progress(self, batches: Any, epoch: int) -> Any:
         if not (self.config.train.progress and self.dist.is_main and self.steps_per_epoch >= 50):
@@ -341,19 +399,32 @@ class Trainer:
         return logged
 
     # state ------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything resuming needs: models, methods, optimizer, schedule, policy, metrics, data and RNG."""
+    def _process_state(self) -> dict[str, Any]:
+        """What differs between torchrun's processes: methods' state (CRD's memory banks), metrics, data, RNG."""
         return {
-            "format": "kdhub-checkpoint-1",
-            "epoch": self.epoch,
-            "model": self.student.state_dict(),
             "methods": [t.method.state_dict() for t in self.teaching],
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "policy": self.policy.state_dict(),
             "metrics": [m.state_dict() for _, m in self.metrics],
             "data": self.data.state_dict(),
             "rng": checkpoint.rng_state(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything resuming needs: models, methods, optimizer, schedule, policy, metrics, data and RNG.
+
+        Under torchrun every process's own part is gathered (``processes``, by rank): a collective
+        call, made by every process; the full state is returned on rank 0 only (None elsewhere).
+        """
+        processes = self.dist.gather(checkpoint.to_cpu(self._process_state()))
+        if processes is None:
+            return {}
+        return {
+            "format": "kdhub-checkpoint-2",
+            "epoch": self.epoch,
+            "model": self.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "policy": self.policy.state_dict(),
+            "processes": processes,
             "best": dict(self.best),
             "last_acc": self.last_acc,
             "history": list(self.history),
@@ -361,16 +432,24 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # kdhub-checkpoint-1 (one process) kept these at the top level
+        processes = state.get("processes") or [{k: state[k] for k in ("methods", "metrics", "data", "rng")}]
+        if len(processes) != self.dist.world_size:
+            raise KdhubError(
+                f"the checkpoint was written by {len(processes)} process(es); resume it with as many"
+                f" (torchrun --nproc_per_node {len(processes)}), not {self.dist.world_size}"
+            )
+        own = processes[self.dist.rank]
         self.student.load_state_dict(state["model"])
-        for t, s in zip(self.teaching, state["methods"], strict=True):
+        for t, s in zip(self.teaching, own["methods"], strict=True):
             t.method.load_state_dict(s)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.policy.load_state_dict(state["policy"])
-        for (_, m), s in zip(self.metrics, state["metrics"], strict=True):
+        for (_, m), s in zip(self.metrics, own["metrics"], strict=True):
             m.load_state_dict(s)
-        self.data.load_state_dict(state["data"])
-        checkpoint.set_rng_state(state["rng"])
+        self.data.load_state_dict(own["data"])
+        checkpoint.set_rng_state(own["rng"])
         self.best, self.last_acc, self.history = dict(state["best"]), state["last_acc"], list(state["history"])
         self.epoch = state["epoch"]
         self.checkpoints.keep_best(state.get("best_state"))
@@ -441,13 +520,15 @@ class Trainer:
 
     def _checkpoint(self, epoch: int) -> None:
         """Epoch files first, then ``last.pt``, which commits the epoch (with its staged log values)."""
+        cfg = self.config.checkpoint
+        resumable = epoch % cfg.resume_every == 0 or epoch == self.config.epochs
+        state = self.state_dict() if resumable else {}  # every process takes part in gathering it
         if not self.dist.is_main:
             return
-        cfg = self.config.checkpoint
         if cfg.every and epoch % cfg.every == 0:
             self.checkpoints.save_epoch(epoch, self.student.state_dict())
-        if epoch % cfg.resume_every == 0 or epoch == self.config.epochs:
-            self.checkpoints.save_last(self.state_dict())
+        if resumable:
+            self.checkpoints.save_last(state)
 
     def _finish(self) -> RunResult:
         cfg = self.config
@@ -498,38 +579,87 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
     """Train one run from a config (a RunConfig or a dict), logging it to MLflow unless ``track`` is False.
 
     With ``resume_run_id``, the run's ``checkpoints/last.pt`` is loaded and training continues into
-    the same MLflow run.
+    the same MLflow run; a run stopped before its first checkpoint starts again from scratch in it.
+    A FINISHED run, or one whose process is still alive (its heartbeat is fresh), is not resumed.
+    SIGTERM stops a run as Ctrl-C does: KILLED, with the command that resumes it.
     """
-    import os
-
     if isinstance(config, dict):
         config = parse_config(config)
     from kdhub.tracking import Tracker, default_run_name, run_params, run_tags
 
-    env_rank = int(os.environ.get("RANK", "0"))
-    tracker = Tracker(config.tracking.uri, config.tracking.experiment) if track and env_rank == 0 else None
-    with Trainer(config, tracker, resume_run_id) as trainer:
-        if resume_run_id is not None:
-            trainer.load_state_dict(checkpoint.load(trainer.fetch(f"runs:/{resume_run_id}/checkpoints/last.pt")))
-        if tracker is not None:
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment) if track and rank0 else None
+    checkpoint_path = None
+    if resume_run_id is not None:
+        uri = tracker.uri if tracker is not None else config.tracking.uri
+        checkpoint_path = _resumable(resume_run_id, uri, check_alive=rank0)
+    with _sigterm_interrupts(), Trainer(config, tracker, resume_run_id) as trainer:
+        if checkpoint_path is not None:
+            trainer.load_state_dict(checkpoint.load(trainer.fetch(f"runs:/{resume_run_id}/{checkpoint_path}")))
+
+        def start() -> None:
+            assert tracker is not None
             trainer.run_id = tracker.start(
                 config.tracking.run_name or default_run_name(config), run_tags(config), resume_run_id
             )
+            tracker.beat()
             if resume_run_id is None:
                 tracker.params(run_params(config, trainer.options))
                 tracker.text("config.yaml", dump_config(config))
             else:
                 trainer.logged = tracker.logged_steps()
-        return _fit(trainer, tracker)
+
+        return _fit(trainer, tracker, start)
 
 
-def _fit(trainer: Trainer, tracker: Any) -> RunResult:
+def _resumable(run_id: str, uri: str | None, check_alive: bool = True) -> str | None:
+    """The checkpoint a run resumes from (None: from scratch); refuses a finished or still running run."""
+    from kdhub.tracking import artifact_exists, liveness, run_info
+
+    path = "checkpoints/last.pt"
+    if not check_alive:  # torchrun's other processes: rank 0 decides, and marks the run RUNNING
+        return path if artifact_exists(run_id, path, uri) else None
+    info = run_info(run_id, uri)
+    if info["status"] == "FINISHED":
+        raise KdhubError(f"--resume {run_id}: the run is FINISHED; nothing to resume (start a new run instead)")
+    if info["status"] == "RUNNING":
+        alive, why = liveness(info)
+        if alive:
+            raise KdhubError(f"--resume {run_id}: the run is still running ({why}); stop that process first")
+    return path if artifact_exists(run_id, path, uri) else None
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into :class:`kdhub.errors.Terminated` (a KeyboardInterrupt) while a run trains."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated("terminated by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fit(trainer: Trainer, tracker: Any, start: Callable[[], None]) -> RunResult:
+    started = False
+    try:
+        if tracker is not None:
+            start()
+            started = True
         result = trainer.fit()
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        if tracker is not None:
-            tracker.finish(status, f"{type(err).__name__}: {err} (resume with: kdhub run --resume {trainer.run_id})")
+        if started:
+            reason = f"{type(err).__name__}: {err}"
+            if not isinstance(err, DivergedError):
+                reason += f" (resume with: kdhub run --resume {trainer.run_id})"
+            tracker.finish(status, reason)
         plugins.notify("run_finished", run=trainer.view(), status=status, error=err)
         raise
     if tracker is not None:
