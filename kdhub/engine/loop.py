@@ -21,10 +21,11 @@ from torch import Tensor, nn
 
 from kdhub import plugins
 from kdhub.config import RunConfig, dump_config, parse_config, resolve_plugins
-from kdhub.engine import checkpoint
+from kdhub.engine import checkpoint, speed
 from kdhub.engine.data import DataSource, open_data
 from kdhub.engine.distributed import DistEnv, init_distributed
 from kdhub.engine.features import FeatureTaps, check_roles, dry_run_shapes
+from kdhub.engine.hostsync import training_steps
 from kdhub.engine.losses import method_loss, split_terms, total
 from kdhub.engine.schedule import make_optimizer, make_scheduler
 from kdhub.errors import ConfigError, IncompatibleError
@@ -83,6 +84,7 @@ class Trainer:
         self.dist: DistEnv = init_distributed(self.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        self.threads = speed.configure_process(config.train, self.device).count
         self.tracker = tracker
         self.log: RunLog = tracker if tracker is not None else MemoryLog()
         self.resume_run_id = resume_run_id
@@ -233,8 +235,14 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
-        if cfg.train.compile:
-            self.train_model = torch.compile(self.train_model)
+        self.train_model = speed.compile_model(
+            self.train_model, cfg.train.compile, f"student ({cfg.student.name})", cfg.train.compile_backend
+        )
+        self.teacher_forward = (
+            speed.TeacherForward(self.teacher, self.t_taps, cfg.train, self.device, cfg.teacher.name)
+            if self.teacher is not None and cfg.teacher is not None
+            else None
+        )
         self._new_optimizer(start_step=0)
         self.best = {"selection": -math.inf, "test_acc": -math.inf, "epoch": 0, "test_at_selection": math.nan}
         self.last_acc = math.nan
@@ -264,12 +272,10 @@ class Trainer:
         with self._autocast():
             s_logits = self.train_model(images)
             s_feats = self.s_taps.collect()
-            t_logits, t_feats = None, {}
-            if with_teacher and self.teacher is not None:
-                with torch.no_grad():
-                    t_logits = self.teacher(images)
-                    t_feats = self.t_taps.collect()
-        return s_logits.float(), s_feats, (t_logits.float() if t_logits is not None else None), t_feats
+        t_logits, t_feats = None, {}
+        if with_teacher and self.teacher_forward is not None:
+            t_logits, t_feats = self.teacher_forward(images)
+        return s_logits.float(), s_feats, t_logits, t_feats
 
     def _init_stage(self) -> None:
         """Initialisation stages of methods that declare them (AB, FT, FSP), before epoch 1."""
@@ -280,11 +286,12 @@ class Trainer:
             for init_epoch in range(1, t.method.init_epochs + 1):
                 total = torch.zeros((), device=self.device)
                 for step, (x, y, idx) in enumerate(
-                    self.data.train_batches(self.rank_batch, self.config.data.drop_last)
+                    training_steps(self.data.train_batches(self.rank_batch, self.config.data.drop_last))
                 ):
                     s_logits, s_feats, t_logits, t_feats = self._forward(x, True)
                     out = StepOutputs(s_logits, t_logits, y, idx, 0, step, None, s_feats, t_feats)
-                    loss = t.method.init_loss(out)
+                    with self._autocast():
+                        loss = t.method.init_loss(out)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -302,7 +309,7 @@ class Trainer:
         start = time.perf_counter()
         step0 = (epoch - 1) * self.steps_per_epoch
         plan = None
-        batches = self.data.train_batches(self.rank_batch, cfg.data.drop_last)
+        batches = training_steps(self.data.train_batches(self.rank_batch, cfg.data.drop_last))
         for step, (x, y, idx) in enumerate(self._progress(batches, epoch), start=step0):
             plan = self.policy.plan(epoch, step)
             teach = plan.kd_weight > 0 and bool(self.teaching)
@@ -316,13 +323,14 @@ class Trainer:
                 sums["ce"] = sums.get("ce", zero) + ce.detach()
             if teach:
                 out = StepOutputs(s_logits, t_logits, y, idx, epoch, step, plan.class_mask, s_feats, t_feats)
-                replacement = self.policy.replacement_loss(out) if plan.class_mask is not None else None
-                for t in self.teaching:
-                    for term, value in method_loss(t.method, out, replacement).items():
-                        weighted = (plan.kd_weight * t.weight) * value
-                        loss = loss + weighted
-                        key = f"{t.key}.{term}" if term else t.key
-                        sums[key] = sums.get(key, zero) + weighted.detach()
+                with self._autocast():  # methods' own layers (regressors, embeddings) in the forward's precision
+                    replacement = self.policy.replacement_loss(out) if plan.class_mask is not None else None
+                    for t in self.teaching:
+                        for term, value in method_loss(t.method, out, replacement).items():
+                            weighted = (plan.kd_weight * t.weight) * value
+                            loss = loss + weighted
+                            key = f"{t.key}.{term}" if term else t.key
+                            sums[key] = sums.get(key, zero) + weighted.detach()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.dist.average_gradients(self.method_params)
@@ -412,11 +420,14 @@ class Trainer:
                     out = StepOutputs(
                         s_logits, t_logits, y, idx, epoch, 0, None, batch.student_features, batch.teacher_features
                     )
-                    per_sample = [
-                        t.weight * total(split_terms(t.method.loss(out))) for t in self.teaching if t.method.per_sample
-                    ]
-                    method_losses = sum(per_sample[1:], per_sample[0]) if per_sample else None
-                    losses = self.policy.sample_losses(out, method_losses)
+                    with self._autocast():
+                        per_sample = [
+                            t.weight * total(split_terms(t.method.loss(out)))
+                            for t in self.teaching
+                            if t.method.per_sample
+                        ]
+                        method_losses = sum(per_sample[1:], per_sample[0]) if per_sample else None
+                        losses = self.policy.sample_losses(out, method_losses)
                     if losses is not None:
                         loss_sum += torch.bincount(y, weights=losses.double(), minlength=self.num_classes)
                         loss_count += torch.bincount(y, minlength=self.num_classes)
@@ -630,7 +641,7 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
             config.tracking.run_name or default_run_name(config), run_tags(config), resume_run_id
         )
         if resume_run_id is None:
-            tracker.params(run_params(config, trainer.options))
+            tracker.params({**run_params(config, trainer.options), "threads": str(trainer.threads)})
             tracker.text("config.yaml", dump_config(config))
     try:
         result = trainer.fit()
