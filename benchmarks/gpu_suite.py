@@ -14,9 +14,10 @@ Writes ``gpu_suite.json`` and ``gpu_suite.md`` to ``--out`` (default ``benchmark
     evaluation per epoch) from kdhub's best setting, and the same for a RepDistiller-style
     pipeline (PIL images through torchvision transforms in a DataLoader with workers, fp32, a
     ``loss.item()`` per step) measured on the same GPU for a few hundred steps;
-(c) every registered method and policy for 20 steps in bf16 through the engine: a crash or a
-    non-finite loss fails the suite (exit 1, the plugin named); CUDA's sync debug mode counts
-    the host synchronisations of each step;
+(c) every registered method and policy for 20 steps in bf16 through the engine (the random
+    teacher's BatchNorm statistics first taken from 10 batches, as a trained teacher's are): a
+    crash or a non-finite loss fails the suite (exit 1, the plugin named); CUDA's sync debug mode
+    counts the host synchronisations of the steps;
 (d) TLLM (5 % validation split) with the six light analysis metrics against plain KD, whole runs;
 (e) peak GPU memory (``torch.cuda.max_memory_allocated``, reset per case) everywhere;
 (f) the streaming data path on a folder of 224x224 JPEGs, when a dataset named ``image_folder``
@@ -542,6 +543,7 @@ class Suite:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 trainer = Trainer(parse_config(cfg))
+                calibrate_teacher(trainer, batches=2 if self.quick else 10)
                 guard = CudaSyncGuard("warn") if self.device.type == "cuda" else contextlib.nullcontext()
                 with guard:
                     trainer.fit()
@@ -745,6 +747,31 @@ class Suite:
         for failure in self.failures:
             print(f"FAILED: {failure}", file=sys.stderr)
         return 1 if self.failures else 0
+
+
+def calibrate_teacher(trainer: Trainer, batches: int) -> None:
+    """Give a random teacher the BatchNorm statistics of the data, as a trained one has.
+
+    In eval mode a random teacher's BatchNorm layers do not normalise (running mean 0, variance
+    1), so its activations grow to the hundreds through the residual stages and a method that
+    regresses them (FT's paraphraser) diverges in a few steps; a trained teacher's do not.
+    """
+    if trainer.teacher is None:
+        return
+    norms = [m for m in trainer.teacher.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the calibration batches
+    trainer.teacher.train()
+    with torch.no_grad():
+        for step, (images, _, _) in enumerate(trainer.data.train_batches(trainer.rank_batch, True)):
+            if step == batches:
+                break
+            trainer.teacher(images)
+    trainer.teacher.eval()
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
 
 
 class _Meter:

@@ -110,11 +110,13 @@ class CheckpointConfig(_Strict):
 
 class TrainConfig(_Strict):
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    amp: Literal["none", "bf16"] = Field("none", description="autocast precision for forward passes")
+    amp: Literal["none", "bf16"] = Field(
+        "none", description="autocast precision of the forward passes and losses (the teacher's: teacher_amp)"
+    )
     channels_last: bool = Field(False, description="use channels_last memory format")
     compile: bool = Field(False, description="torch.compile the student (falls back to eager with a warning)")
     compile_backend: Literal["inductor", "cudagraphs", "aot_eager", "eager"] = Field(
-        "inductor", description="torch.compile backend (aot_eager, eager: to debug a compile problem)"
+        "inductor", description="torch.compile backend (cudagraphs; aot_eager and eager to debug a compile problem)"
     )
     teacher_amp: Literal["none", "bf16"] | None = Field(
         None, description="autocast precision of the teacher's training forward (None = train.amp)"
