@@ -102,12 +102,12 @@ class Budget:
     compile_backend: str
 
 
-FULL = Budget(
+FULL = Budget(  # 430 s of sections + 50 s for imports, data and model builds
     total_s=480,
-    throughput_s=150,
+    throughput_s=130,
     compile_s=80,
-    pipeline_s=60,
-    plugins_s=100,
+    pipeline_s=50,
+    plugins_s=90,
     overhead_s=50,
     streaming_s=30,
     device="cuda",
@@ -162,9 +162,11 @@ QUICK = Budget(
 class Suite:
     """Runs the sections, keeps the clock and the results, prints progress."""
 
-    def __init__(self, budget: Budget, quick: bool) -> None:
+    def __init__(self, budget: Budget, quick: bool, enforce_budget: bool | None = None) -> None:
         self.b = budget
         self.quick = quick
+        # --quick runs every case whatever the machine's load (CI checks the code paths, not the clock)
+        self.enforce_budget = not quick if enforce_budget is None else enforce_budget
         self.device = torch.device(budget.device)
         self.start = time.perf_counter()
         self.failures: list[str] = []
@@ -176,7 +178,7 @@ class Suite:
         return time.perf_counter() - self.start
 
     def left(self) -> float:
-        return self.b.total_s - self.elapsed()
+        return self.b.total_s - self.elapsed() if self.enforce_budget else math.inf
 
     def say(self, message: str) -> None:
         print(f"[{self.elapsed():6.1f}s] {message}", flush=True)
