@@ -55,6 +55,7 @@ def main() -> None:
         "ratio": statistics.median(ours) / statistics.median(theirs),
         "kdhub_version": kdhub.__version__,
     }
+    trainer.close()
     print(json.dumps(result, indent=2))
 
 

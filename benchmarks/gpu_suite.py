@@ -224,7 +224,7 @@ class Suite:
         hand = HandLoop(trainer)
         hand.epoch()
         images_per_s = hand.epoch()
-        del trainer, hand
+        trainer.close()
         return batch / images_per_s
 
     def throughput(self) -> dict[str, Any]:
@@ -289,7 +289,7 @@ class Suite:
         )
         if compiled is not None and not all(compiled.values()):
             self.notes.append(f"(a) batch {batch} {setting}: torch.compile fell back to eager ({compiled})")
-        del trainer, hand
+        trainer.close()
         return case
 
     def reserve(self, section: str) -> float:
@@ -336,7 +336,7 @@ class Suite:
         trainer.evaluate("test", [], 2)
         sync(self.device)
         eval_s = (time.perf_counter() - begin) * RECIPE["test_images"] / test_images
-        del trainer
+        trainer.close()
         train_epoch_s = RECIPE["train_images"] / images_per_s
         warmup = next(
             (
@@ -576,7 +576,7 @@ class Suite:
             record["traceback"] = traceback.format_exc(limit=6)
         finally:
             if trainer is not None:
-                shutil.rmtree(trainer.workdir, ignore_errors=True)
+                trainer.close()
         if "error" in record:
             self.failures.append(f"(c) {label}: {record['error'].splitlines()[0]}")
         syncs = record.get("host_syncs")
@@ -625,7 +625,7 @@ class Suite:
                     sync(self.device)
                 seconds[name].append(time.perf_counter() - begin)
                 peak[name] = self.peak_mb()
-                shutil.rmtree(trainer.workdir, ignore_errors=True)
+                trainer.close()
                 del trainer
         median = {k: statistics.median(v) for k, v in seconds.items()}
         ratio = median["kd+tllm+light_metrics"] / median["kd"]
@@ -685,7 +685,7 @@ class Suite:
                 kdhub_epoch(trainer, 1)  # warm-up: workers, decoder, cuDNN autotuning
                 record["streaming_images_per_s"] = round(kdhub_epoch(trainer, 2), 1)
                 record["peak_mb"] = self.peak_mb()
-                shutil.rmtree(trainer.workdir, ignore_errors=True)
+                trainer.close()
                 del trainer
                 # the same models and images per epoch from memory (synthetic tensors of the same shape)
                 memory = {**cfg, "data": self.config(batch, b.jpeg_count // batch, "bf16")["data"]}
@@ -695,7 +695,7 @@ class Suite:
                 kdhub_epoch(trainer, 1)
                 record["in_memory_images_per_s"] = round(kdhub_epoch(trainer, 2), 1)
                 record["in_memory_peak_mb"] = self.peak_mb()
-                shutil.rmtree(trainer.workdir, ignore_errors=True)
+                trainer.close()
                 del trainer
             record["ratio"] = round(record["streaming_images_per_s"] / record["in_memory_images_per_s"], 4)
             self.say(
@@ -767,7 +767,7 @@ def calibrate_teacher(trainer: Trainer, batches: int) -> None:
         m.momentum = None  # a cumulative average over the calibration batches
     trainer.teacher.train()
     with torch.no_grad():
-        for step, (images, _, _) in enumerate(trainer.data.train_batches(trainer.rank_batch, True)):
+        for step, (images, _, _) in enumerate(trainer.data.train_batches(trainer.parts.rank_batch, True)):
             if step == batches:
                 break
             trainer.teacher(images)

@@ -61,6 +61,7 @@ def main() -> None:
         "ratio_to_1_thread": {c: round(m / median[counts[0]], 3) for c, m in median.items()},
         "kdhub_version": kdhub.__version__,
     }
+    trainer.close()
     print(json.dumps(result, indent=2))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC
 from typing import Annotated, Any, ClassVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
@@ -29,18 +30,26 @@ def resolve_epoch(value: int | float, total: int, minimum: int = 0) -> int:
     return max(minimum, count)
 
 
-class Plugin:
+_OptionsModel = Options  # the class below names its own options model ``Options``
+
+
+class Plugin(ABC):  # noqa: B024 - each kind's base class declares the abstract methods
     """Base of every plugin class.
 
     Subclasses set ``name`` (the registry key) and may replace ``Options`` with their own
-    pydantic model; the class docstring is what ``kdhub show`` prints.
+    pydantic model; the class docstring is what ``kdhub show`` prints. ``kind`` is set once by
+    each kind's base class (``"method"``, ``"policy"`` ...): the registry's list of kinds.
+    Methods marked abstract by a kind's base class must be implemented, or registering the
+    class fails with their names.
     """
 
     kind: ClassVar[str] = ""
+    CAPABILITIES: ClassVar[tuple[str, ...]] = ()
+    """Names of the capabilities ``kdhub show`` prints (each kind's base class lists its own)."""
     name: ClassVar[str] = ""
     Options: ClassVar[type[Options]] = Options
 
-    def __init__(self, options: Options | None = None, **kwargs: Any) -> None:
+    def __init__(self, options: _OptionsModel | None = None, **kwargs: Any) -> None:
         if options is None:
             options = self.Options(**kwargs)
         elif kwargs:

@@ -1,4 +1,4 @@
-"""The ``kdhub`` command: run configs, look plugins up, run the demo, compare runs."""
+"""The ``kdhub`` command: run configs and studies, look plugins up, run the demo; plugins add more commands."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import sys
 from typing import Any
 
-from kdhub.compare import add_compare_parser
 from kdhub.errors import KdhubError
 
 EXIT_USAGE = 2
@@ -80,57 +79,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _type_text(annotation: Any) -> str:
-    import types
-    from typing import Annotated, Literal, Union, get_args, get_origin
-
-    origin = get_origin(annotation)
-    if origin is Literal:
-        return " | ".join(str(a) for a in get_args(annotation))
-    if origin is Annotated:
-        return _type_text(get_args(annotation)[0])
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_text(a) for a in get_args(annotation))
-    if annotation is type(None):
-        return "None"
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def option_rows(options_model: type) -> list[tuple[str, str, str, str, str]]:
-    """(name, type, default, bounds, description) for every field of a pydantic options model."""
-    rows = []
-    for name, field in options_model.model_fields.items():
-        annotation = _type_text(field.annotation)
-        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
-        bounds = []
-        for meta in field.metadata:
-            for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "len >=")):
-                value = getattr(meta, attr, None)
-                if value is not None:
-                    bounds.append(f"{symbol} {value}")
-        rows.append((name, annotation, default, ", ".join(bounds), field.description or ""))
-    return rows
-
-
 def cmd_show(args: argparse.Namespace) -> int:
+    from kdhub.reference import capabilities, option_rows
+
     entry = _registry().entry(args.kind, args.name)
     cls = entry.cls
     print(f"{args.kind} {entry.name}  (from {entry.origin}, {cls.__module__}.{cls.__name__})\n")
     print((cls.__doc__ or "").strip().replace("\n    ", "\n"))
-    facts = []
-    for attr in (
-        "per_sample",
-        "output_based",
-        "feature_roles",
-        "needs_teacher",
-        "default_weight",
-        "wants_class_losses",
-    ):
-        if hasattr(cls, attr):
-            facts.append(f"{attr}={getattr(cls, attr)!r}")
+    facts = capabilities(cls)
     if facts:
-        print("\n" + "  ".join(facts))
-    rows = option_rows(cls.Options)
+        print("\n" + "  ".join(f"{k}={v!r}" for k, v in facts.items()))
+    rows = [(r.name, r.type, r.default, r.bounds, r.description) for r in option_rows(cls.Options)]
     print("\noptions:" if rows else "\noptions: none")
     widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else []
     for row in rows:
@@ -207,14 +166,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     p.set_defaults(func=cmd_demo)
 
-    add_compare_parser(sub)
+    _add_plugin_commands(sub)
     return parser
 
 
+def _add_plugin_commands(sub: Any) -> None:
+    """A subcommand for every registered command plugin (``kdhub compare`` ...); built-in names win."""
+    taken = set(sub.choices)
+    for entry in _registry().entries("command"):
+        if entry.name in taken:
+            print(
+                f"kdhub: warning: command {entry.name!r} from {entry.origin} clashes with a built-in command; skipped",
+                file=sys.stderr,
+            )
+            continue
+        command = entry.cls()
+        p = sub.add_parser(entry.name, help=entry.cls.help or entry.cls.summary())
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # loads the plugins: they may add commands
         return args.func(args)
     except KdhubError as err:
         message = str(err)

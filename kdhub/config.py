@@ -53,8 +53,8 @@ class MethodRef(PluginRef):
 
 
 class MetricRef(PluginRef):
-    split: Literal["train", "val", "test"] = Field(
-        "test", description="evaluated on this split (train: no augmentation)"
+    split: Literal["train", "val", "holdout", "test"] = Field(
+        "test", description="evaluated on this split (train: no augmentation; val / holdout need their fraction > 0)"
     )
     every: int = Field(0, ge=0, description="also evaluate every N epochs (0 = only at the end)")
     at: list[int] = Field(default_factory=list, description="also evaluate after these epochs")
@@ -76,6 +76,13 @@ class DataConfig(PluginRef):
     eval_batch_size: int = Field(512, ge=1, le=65536, description="evaluation batch size")
     val_fraction: float = Field(
         0.0, ge=0, lt=1, description="class-balanced fraction of the training set held out for validation"
+    )
+    holdout_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="class-balanced fraction of the remaining training set held out as a second, nested validation"
+        " split 'holdout' (searches score on it, so the validation split stays the policy's)",
     )
     drop_last: bool = Field(False, description="drop the last partial training batch")
     train_fraction: float = Field(
@@ -261,9 +268,13 @@ def _deepcopy(data: Any) -> Any:
 
 
 def resolve_plugins(config: RunConfig, registry: Registry) -> dict[str, Any]:
-    """Validate every plugin name and its options; returns the options objects by config path.
+    """Validate every plugin name and its options, and everything about the run that needs no data.
 
-    Raises a ConfigError naming the YAML path and the plugin for an unknown name or bad option.
+    Returns the options objects by config path. Raises a ConfigError naming the YAML path and the
+    plugin for an unknown name, a bad option, or a combination that cannot run: a method or metric
+    that needs a teacher without one, a split or policy that needs a held-out split without its
+    fraction, a policy that needs methods without any, feature roles a named model does not
+    provide. Plugins' capabilities are read from instances made with the run's options.
     """
     refs: list[tuple[str, str, PluginRef]] = [("data", "dataset", config.data), ("student", "model", config.student)]
     if config.teacher is not None:
@@ -272,21 +283,54 @@ def resolve_plugins(config: RunConfig, registry: Registry) -> dict[str, Any]:
     refs.append(("policy", "policy", config.policy))
     refs += [(f"metrics.{i}", "metric", ref) for i, ref in enumerate(config.metrics)]
     resolved: dict[str, Any] = {}
+    plugins: dict[str, Any] = {}
     for path, kind, ref in refs:
         try:
-            registry.entry(kind, ref.name)
+            cls = registry.get(kind, ref.name)
         except KdhubError as err:
             raise ConfigError(f"{path}.name: {err}") from None
         resolved[path] = registry.options(kind, ref.name, ref.options, where=f"{path}.options")
-    if config.methods and config.teacher is None:
-        needing = [r.name for r in config.methods if getattr(registry.get("method", r.name), "needs_teacher", True)]
-        if needing:
-            raise ConfigError(f"teacher: required by method {needing[0]!r} (no teacher = plain supervised training)")
+        plugins[path] = cls(resolved[path])
+    _check_run(config, plugins)
+    return resolved
+
+
+def _check_run(config: RunConfig, plugins: dict[str, Any]) -> None:
     names = [r.name for r in config.methods]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"methods: {duplicates[0]!r} is listed twice")
-    return resolved
+    methods = [
+        (f"methods.{i}", f"method {ref.name!r}", plugins[f"methods.{i}"]) for i, ref in enumerate(config.methods)
+    ]
+    metrics = [
+        (f"metrics.{i}", f"metric {ref.name!r}", plugins[f"metrics.{i}"]) for i, ref in enumerate(config.metrics)
+    ]
+    if config.teacher is None:
+        for path, who, plugin in methods + metrics:
+            if plugin.needs_teacher:
+                raise ConfigError(f"teacher: required by {who} at {path} (no teacher = plain supervised training)")
+    policy, policy_name = plugins["policy"], f"policy {config.policy.name!r}"
+    if policy.needs_methods and not config.methods:
+        raise ConfigError(f"methods: {policy_name} selects what a teacher teaches; add a method (methods: [kd])")
+    if policy.needs_validation and config.data.val_fraction <= 0:
+        raise ConfigError(f"data.val_fraction: {policy_name} needs a validation split (set it > 0, e.g. 0.05)")
+    for i, ref in enumerate(config.metrics):
+        for split, key in (("val", "val_fraction"), ("holdout", "holdout_fraction")):
+            if ref.split == split and getattr(config.data, key) <= 0:
+                raise ConfigError(f"metrics.{i}.split: {split!r} needs data.{key} > 0 (metric {ref.name!r})")
+    sides = [("student", config.student.name, plugins["student"])]
+    if config.teacher is not None:
+        sides.append(("teacher", config.teacher.name, plugins["teacher"]))
+    for path, who, plugin in methods + metrics:
+        for side, model_name, model in sides:
+            provided = model.feature_roles
+            missing = [r for r in plugin.feature_roles if provided is not None and r not in provided]
+            if missing:
+                raise ConfigError(
+                    f"{path}: {who} needs {', '.join(repr(m) for m in missing)} features, which {side} model"
+                    f" {model_name!r} does not provide (it provides: {', '.join(provided) or 'none'})"
+                )
 
 
 def dump_config(config: RunConfig) -> str:
@@ -295,6 +339,8 @@ def dump_config(config: RunConfig) -> str:
 
 def config_reference() -> str:
     """Markdown reference of every run-config key, generated from the pydantic models."""
+    from kdhub.reference import option_rows
+
     lines = [
         "# Run config reference",
         "",
@@ -303,38 +349,21 @@ def config_reference() -> str:
         "`kdhub show KIND NAME`. Override any value from the command line with `--set dotted.path=value`",
         "(`--set methods.0.options.temperature=2`).",
         "",
-        "| key | type | default | description |",
-        "| --- | --- | --- | --- |",
+        "| key | type | default | bounds | description |",
+        "| --- | --- | --- | --- | --- |",
     ]
 
     def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            key = f"{prefix}{name}"
+        for row, field in zip(option_rows(model, prefix), model.model_fields.values(), strict=True):
             inner = inner_model(field.annotation)
-            kind = (
-                "list" if "list[" in str(field.annotation) else ("mapping" if inner else _type_name(field.annotation))
-            )
-            default = "required" if field.is_required() else _default(field)
-            lines.append(f"| `{key}` | {kind} | {default} | {field.description or ''} |")
+            kind = "list" if "list[" in str(field.annotation) else ("mapping" if inner else row.type)
+            cells = [f"`{row.name}`", kind.replace("|", "\\|"), f"`{row.default}`", row.bounds, row.description]
+            lines.append("| " + " | ".join(cells) + " |")
             if inner is not None and inner is not PluginRef:
-                walk(inner, f"{key}{'[i]' if kind == 'list' else ''}.")
+                walk(inner, f"{row.name}{'[i]' if kind == 'list' else ''}.")
 
     walk(RunConfig, "")
     return "\n".join(lines) + "\n"
-
-
-def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    return text.replace("typing.", "").replace("|", "\\|")
-
-
-def _default(field: Any) -> str:
-    value = field.get_default(call_default_factory=True)
-    if isinstance(value, BaseModel):
-        return "see below"
-    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
-        return "`" + ", ".join(v.name for v in value) + "`"
-    return f"`{value!r}`"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -72,5 +73,9 @@ class Dataset(Plugin):
 
     kind: ClassVar[str] = "dataset"
 
+    @abstractmethod
     def load(self) -> DataBundle:
-        raise NotImplementedError
+        """The train and test splits (uint8 images on the CPU) with classes, normalisation and augmentation.
+
+        Raise :class:`kdhub.KdhubError` with one line naming the file or folder for bad data.
+        """

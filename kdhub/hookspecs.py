@@ -48,6 +48,11 @@ def kdhub_register_datasets(register: Register) -> None:
 
 
 @hookspec
+def kdhub_register_commands(register: Register) -> None:
+    """Register ``kdhub`` subcommands (subclasses of ``kdhub.Command``)."""
+
+
+@hookspec
 def kdhub_run_started(run: Any) -> None:
     """A run is about to train. ``run`` has ``config``, ``run_id`` and ``epoch`` (0, or the resumed epoch)."""
 
@@ -68,4 +73,5 @@ REGISTER_HOOKS: dict[str, str] = {
     "metric": "kdhub_register_metrics",
     "model": "kdhub_register_models",
     "dataset": "kdhub_register_datasets",
+    "command": "kdhub_register_commands",
 }

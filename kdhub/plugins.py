@@ -28,7 +28,6 @@ from kdhub.registry import Registry
 __all__ = [
     "LoadFailure",
     "PluginInfo",
-    "get_manager",
     "get_registry",
     "load_failures",
     "loaded_plugins",
@@ -139,7 +138,7 @@ def _register(state: _State, module: Any, name: str, dist: str, version: str) ->
             continue
         added: list[str] = []
 
-        def register(cls: type, kind: str = kind, added: list[str] = added) -> None:
+        def register(cls: type[Any], kind: str = kind, added: list[str] = added) -> None:
             state.registry.add(kind, cls, dist, version)
             added.append(cls.name)
 
@@ -167,10 +166,6 @@ def get_registry() -> Registry:
     return _get().registry
 
 
-def get_manager() -> pluggy.PluginManager:
-    return _get().manager
-
-
 def load_failures() -> list[LoadFailure]:
     return list(_get().failures)
 
@@ -187,7 +182,7 @@ def reset() -> None:
 
 def register_module(module: Any, name: str | None = None, distribution: str = "local") -> None:
     """Register a module or object with hook implementations by hand (notebooks, tests)."""
-    _register(_get(), module, name or getattr(module, "__name__", repr(module)), distribution, "")
+    _register(_get(), module, name or str(getattr(module, "__name__", repr(module))), distribution, "")
 
 
 def unregister(name: str, distribution: str = "local") -> None:
@@ -201,7 +196,7 @@ def notify(hook: str, **kwargs: Any) -> None:
     getattr(_get().manager.hook, f"kdhub_{hook}")(**kwargs)
 
 
-def plugin_classes(package: str | ModuleType, base: type) -> Iterator[type]:
+def plugin_classes(package: str | ModuleType, base: type[Any]) -> Iterator[type[Any]]:
     """Every named subclass of ``base`` defined in the submodules of ``package``, by module name.
 
     Built-in plugin packages use it in their register hooks so that a new module is picked up
@@ -213,5 +208,5 @@ def plugin_classes(package: str | ModuleType, base: type) -> Iterator[type]:
             continue
         module = importlib.import_module(f"{pkg.__name__}.{info.name}")
         for _, obj in inspect.getmembers(module, inspect.isclass):
-            if issubclass(obj, base) and obj.__module__ == module.__name__ and getattr(obj, "name", ""):
+            if issubclass(obj, base) and obj.__module__ == module.__name__ and obj.__dict__.get("name"):
                 yield obj

@@ -10,6 +10,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ValidationError
 
 from kdhub.base import Plugin
+from kdhub.command import Command
 from kdhub.dataset import Dataset
 from kdhub.errors import ConfigError, KdhubError, PluginNotFoundError
 from kdhub.method import Method
@@ -19,13 +20,8 @@ from kdhub.policy import Policy
 
 __all__ = ["KINDS", "DuplicatePluginError", "Entry", "Registry", "format_validation_error", "suggest"]
 
-KINDS: dict[str, type] = {
-    "method": Method,
-    "policy": Policy,
-    "metric": Metric,
-    "model": Model,
-    "dataset": Dataset,
-}
+KINDS: dict[str, type[Plugin]] = {base.kind: base for base in (Method, Policy, Metric, Model, Dataset, Command)}
+"""Every plugin kind, by the ``kind`` its base class declares."""
 
 
 class DuplicatePluginError(KdhubError):
@@ -38,7 +34,7 @@ class Entry:
 
     kind: str
     name: str
-    cls: type
+    cls: type[Any]
     source: str
     version: str
 
@@ -102,7 +98,7 @@ class Registry:
     def __init__(self) -> None:
         self._entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
 
-    def add(self, kind: str, cls: type, source: str = "", version: str = "") -> Entry:
+    def add(self, kind: str, cls: type[Any], source: str = "", version: str = "") -> Entry:
         base = KINDS[self._check_kind(kind)]
         if not (isinstance(cls, type) and issubclass(cls, base)):
             raise KdhubError(
@@ -111,6 +107,12 @@ class Registry:
         name = getattr(cls, "name", "")
         if not name or not isinstance(name, str):
             raise KdhubError(f"{source or 'a plugin'} registered {cls.__name__} without a name")
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        if missing:
+            raise KdhubError(
+                f"{source or 'a plugin'} registered {kind} {name!r} ({cls.__name__}), which does not implement"
+                f" {', '.join(m + '()' for m in missing)}"
+            )
         existing = self._entries[kind].get(name)
         if existing is not None:
             if existing.cls is cls:
@@ -139,7 +141,7 @@ class Registry:
             return table[base]
         raise PluginNotFoundError(f"unknown {kind} {name!r}{suggest(name, list(table))}")
 
-    def get(self, kind: str, name: str) -> type:
+    def get(self, kind: str, name: str) -> type[Any]:
         return self.entry(kind, name).cls
 
     def options(self, kind: str, name: str, options: dict[str, Any] | None = None, where: str = "") -> Any:

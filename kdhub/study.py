@@ -3,7 +3,7 @@
 A later run may use an earlier run of the same study (same seed) as its teacher by writing
 ``${<run name>}`` where a run id goes: ``teacher.weights: runs:/${teacher}/checkpoints/final.pt``.
 An optional ``compare:`` section compares runs with a baseline run per class after the runs
-(:func:`kdhub.compare.compare_runs`, seeds averaged), logged as runs nested under the study.
+(the ``compare`` command's comparison, seeds averaged), logged as runs nested under the study.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from kdhub.config import apply_overrides, parse_config, resolve_plugins
 from kdhub.errors import ConfigError
 from kdhub.plugins import get_registry
 from kdhub.registry import format_validation_error
+from kdhub.tables import PER_CLASS_ACCURACY
 
 __all__ = ["StudyCompare", "StudyConfig", "StudyRun", "expand", "load_study", "run_study"]
 
@@ -115,8 +116,8 @@ def expand(study: StudyConfig) -> list[tuple[str, str, int, dict[str, Any]]]:
 
 
 def _check_compare(spec: StudyCompare, study: StudyConfig, expanded: list[tuple[str, str, int, dict]]) -> None:
-    from kdhub.compare import ACCURACY_TABLE
-
+    table = PER_CLASS_ACCURACY
+    registry = get_registry()
     by_name = {r.name: r for r in study.runs}
     for where, name in [("compare.baseline", spec.baseline)] + [
         (f"compare.runs.{i}", n) for i, n in enumerate(spec.runs)
@@ -125,10 +126,10 @@ def _check_compare(spec: StudyCompare, study: StudyConfig, expanded: list[tuple[
             raise ConfigError(f"{where}: {name!r} names no run of the study")
         # the metric of the same name logs the table the comparison reads
         config = parse_config(next(c for n, _, _, c in expanded if n == name))
-        if not any(m.name == ACCURACY_TABLE and m.split == spec.split for m in config.metrics):
+        if not any(table in registry.get("metric", m.name).tables and m.split == spec.split for m in config.metrics):
             raise ConfigError(
-                f"{where}: run {name!r} does not evaluate {ACCURACY_TABLE} on split {spec.split!r};"
-                f" add {{name: {ACCURACY_TABLE}, split: {spec.split}}} to its metrics"
+                f"{where}: run {name!r} has no metric logging the {table.name} table on split {spec.split!r};"
+                f" add {{name: {table.name}, split: {spec.split}}} to its metrics"
             )
     if by_name[spec.baseline].grid:
         raise ConfigError(f"compare.baseline: run {spec.baseline!r} has a grid; a baseline must be one run")
@@ -172,6 +173,7 @@ def run_study(study: StudyConfig, tracking_uri: str | None = None) -> dict[str, 
             tracking["run_name"] = f"{name}{f'[{label}]' if label else ''}-s{seed}"
             tracking["tags"] = {**tracking.get("tags", {}), "mlflow.parentRunId": parent_id, "kdhub.study": study.name}
             result = run(parse_config(config))
+            assert result.run_id is not None  # a tracked run
             run_ids[seed].setdefault(name, result.run_id)
             for key, value in (
                 ("run", name),
@@ -194,18 +196,17 @@ def run_study(study: StudyConfig, tracking_uri: str | None = None) -> dict[str, 
 
 def _compare(study: StudyConfig, summary: dict[str, list[Any]], parent: Any, parent_id: str) -> dict[str, Any]:
     """One comparison per compared run (per grid point), all seeds averaged, nested under the parent run."""
-    from kdhub.compare import compare_runs
-
     spec = study.compare
     if spec is None:
         return {}
+    comparer: Any = get_registry().create("command", "compare")  # the command plugin that compares runs
     rows = list(zip(summary["run"], summary["grid"], summary["run_id"], strict=True))
     baseline = [run_id for name, _, run_id in rows if name == spec.baseline]
     comparisons = {}
     for name in spec.runs:
         for label in dict.fromkeys(lab for n, lab, _ in rows if n == name):
             key = f"{name}[{label}]" if label else name
-            comparison = compare_runs(
+            comparison = comparer.compare(
                 baseline,
                 [run_id for n, lab, run_id in rows if n == name and lab == label],
                 uri=parent.uri,

@@ -72,7 +72,6 @@ class Tracker:
         self.client = _client(self.uri)
         self.experiment = experiment
         self.run_id: str | None = None
-        self._step: int | None = None
 
     def start(self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None) -> str:
         if resume_run_id:
@@ -87,10 +86,6 @@ class Tracker:
         self.run_id = run.info.run_id
         return self.run_id
 
-    def at_step(self, step: int | None) -> None:
-        """The default step (epoch) for values logged by plugins without one."""
-        self._step = step
-
     # RunLog -----------------------------------------------------------------------------------
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
         import time
@@ -98,7 +93,6 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        step = self._step if step is None else step
         items = [
             Metric(_safe_key(k), float(v), now, step or 0)
             for k, v in values.items()
@@ -106,6 +100,11 @@ class Tracker:
         ]
         for i in range(0, len(items), 900):
             self.client.log_batch(self.run_id, metrics=items[i : i + 900])
+
+    def logged_steps(self) -> dict[str, int]:
+        """The last step logged for each metric key of the run (what a resumed run must not log again)."""
+        keys = self.client.get_run(self.run_id).data.metrics
+        return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in keys}
 
     def params(self, values: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -115,10 +114,6 @@ class Tracker:
         for i in range(0, len(items), 90):
             self.client.log_batch(self.run_id, params=items[i : i + 90])
 
-    def tags(self, values: dict[str, str]) -> None:
-        for key, value in values.items():
-            self.client.set_tag(self.run_id, key, str(value))
-
     def table(self, name: str, data: Table) -> None:
         columns = list(data)
         rows = [list(r) for r in zip(*(data[c] for c in columns), strict=True)]
@@ -126,10 +121,7 @@ class Tracker:
         self.client.log_dict(self.run_id, payload, f"tables/{name}.json")
 
     def figure(self, name: str, figure: Any) -> None:
-        import matplotlib.pyplot as plt
-
         self.client.log_figure(self.run_id, figure, f"figures/{name}.png")
-        plt.close(figure)
 
     def text(self, name: str, text: str) -> None:
         self.client.log_text(self.run_id, text, name)
@@ -150,8 +142,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def resolve_artifact(reference: str, uri: str | None = None) -> Path:
-    """A local path for a file path or an MLflow ``runs:/<run_id>/<artifact path>`` reference."""
+def resolve_artifact(reference: str, uri: str | None, dest: Path) -> Path:
+    """A local path for a file path, or for an MLflow ``runs:/<run_id>/<artifact path>`` reference
+    downloaded into ``dest`` (the caller owns that folder and removes it)."""
     if not reference.startswith("runs:/"):
         path = Path(reference).expanduser()
         if not path.exists():
@@ -162,15 +155,17 @@ def resolve_artifact(reference: str, uri: str | None = None) -> Path:
         raise KdhubError(f"{reference}: expected runs:/<run_id>/<artifact path>")
     client = _client(tracking_uri(uri))
     try:
-        return Path(client.download_artifacts(parts[0], parts[1], tempfile.mkdtemp(prefix="kdhub-")))
+        dest.mkdir(parents=True, exist_ok=True)
+        return Path(client.download_artifacts(parts[0], parts[1], str(dest)))
     except Exception as err:
         raise KdhubError(f"{reference}: cannot fetch from {tracking_uri(uri)}: {str(err).splitlines()[0]}") from None
 
 
 def load_table(run_id: str, name: str, uri: str | None = None) -> Table:
     """A table a run logged with ``RunLog.table`` (e.g. ``test/per_class_accuracy``), as columns."""
-    path = resolve_artifact(f"runs:/{run_id}/tables/{name}.json", uri)
-    payload = json.loads(path.read_text())
+    with tempfile.TemporaryDirectory(prefix="kdhub-") as folder:
+        path = resolve_artifact(f"runs:/{run_id}/tables/{name}.json", uri, Path(folder))
+        payload = json.loads(path.read_text())
     columns = payload["columns"]
     return {c: [row[i] if row[i] is not None else math.nan for row in payload["data"]] for i, c in enumerate(columns)}
 
@@ -178,7 +173,8 @@ def load_table(run_id: str, name: str, uri: str | None = None) -> Table:
 def load_run_config(run_id: str, uri: str | None = None) -> dict[str, Any]:
     import yaml
 
-    return yaml.safe_load(resolve_artifact(f"runs:/{run_id}/config.yaml", uri).read_text())
+    with tempfile.TemporaryDirectory(prefix="kdhub-") as folder:
+        return yaml.safe_load(resolve_artifact(f"runs:/{run_id}/config.yaml", uri, Path(folder)).read_text())
 
 
 def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
@@ -229,9 +225,9 @@ def run_params(config: RunConfig, options: dict[str, Any]) -> dict[str, str]:
         values = {"weight": weight, **options[f"methods.{i}"].model_dump(mode="json")}
         params.update(flatten(values, f"method.{ref.name}"))
     params.update(flatten({"name": config.policy.name, **options["policy"].model_dump(mode="json")}, "policy"))
-    for i, ref in enumerate(config.metrics):
-        values = {"split": ref.split, "every": ref.every, **options[f"metrics.{i}"].model_dump(mode="json")}
-        params.update(flatten(values, f"metric.{ref.name}"))
+    for i, metric in enumerate(config.metrics):
+        values = {"split": metric.split, "every": metric.every, **options[f"metrics.{i}"].model_dump(mode="json")}
+        params.update(flatten(values, f"metric.{metric.name}"))
     return params
 
 

@@ -1,8 +1,16 @@
-"""Checkpoints: the resumable state of a run, and the trained network on its own."""
+"""Checkpoints: the resumable state of a run, and the trained network on its own.
+
+One :class:`Checkpointer` per run writes every checkpoint: ``last.pt`` (everything needed to
+resume, every ``checkpoint.resume_every`` epochs and at the end), ``epoch_XXX.pt`` (the student
+alone, every ``checkpoint.every`` epochs), ``final.pt`` (the student at the end) and the best
+student so far (by validation accuracy, or test accuracy without a validation split), kept in
+the run's work folder and inside ``last.pt`` so that resuming keeps it.
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +20,7 @@ from torch import nn
 
 from kdhub.errors import IncompatibleError
 
-__all__ = ["load", "load_weights", "rng_state", "save", "set_rng_state"]
+__all__ = ["Checkpointer", "load", "load_weights", "rng_state", "save", "set_rng_state"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -61,3 +69,56 @@ def load_weights(net: nn.Module, path: Path, who: str) -> dict[str, Any]:
         first = "; ".join(lines[1:3] if len(lines) > 1 else lines)[:300]
         raise IncompatibleError(f"{who}: the weights in {path} do not fit the model ({first})") from None
     return state if isinstance(state, dict) else {}
+
+
+class Checkpointer:
+    """Writes a run's checkpoints into ``folder`` and hands each file to ``publish`` (MLflow artifacts).
+
+    ``model_spec`` (the student's plugin name, options and class count) goes into every file that
+    holds the student, so a checkpoint says what network it is.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        model_spec: dict[str, Any],
+        publish: Callable[[Path, str], None] | None = None,
+    ) -> None:
+        self.folder = folder
+        self.model_spec = model_spec
+        self.publish = publish
+        self._best = folder / "best.pt"
+
+    def _write(self, name: str, state: dict[str, Any], published: bool = True) -> Path:
+        path = save(state, self.folder / name)
+        if published and self.publish is not None:
+            self.publish(path, "checkpoints")
+        return path
+
+    def _student(self, model: dict[str, Any], epoch: int) -> dict[str, Any]:
+        return {"model": model, "epoch": epoch, "model_spec": self.model_spec}
+
+    def save_last(self, state: dict[str, Any]) -> Path:
+        """The resumable state (``checkpoints/last.pt``), with the best student inside."""
+        return self._write("last.pt", {**state, "model_spec": self.model_spec, "best_state": self.best()})
+
+    def save_epoch(self, epoch: int, model: dict[str, Any]) -> Path:
+        """The student after ``epoch`` (``checkpoints/epoch_XXX.pt``): a teacher for later runs (ESKD)."""
+        return self._write(f"epoch_{epoch:03d}.pt", self._student(model, epoch))
+
+    def save_final(self, epoch: int, model: dict[str, Any]) -> Path:
+        """The student at the end of the run (``checkpoints/final.pt``)."""
+        return self._write("final.pt", self._student(model, epoch))
+
+    def save_best(self, epoch: int, model: dict[str, Any], methods: list[dict[str, Any]]) -> None:
+        """Keep the best student (and the methods' trainable parts) so far; not published on its own."""
+        self._write("best.pt", {**self._student(model, epoch), "methods": methods}, published=False)
+
+    def best(self) -> dict[str, Any] | None:
+        """The best state kept by :meth:`save_best` (None before the first)."""
+        return load(self._best) if self._best.exists() else None
+
+    def keep_best(self, state: dict[str, Any] | None) -> None:
+        """Put back the best state that a resumed ``last.pt`` carried."""
+        if state is not None:
+            self._write("best.pt", state, published=False)

@@ -40,7 +40,7 @@ class DataSource(Protocol):
     image_size: int
 
     def has(self, split: str) -> bool:
-        """Whether the split exists (``val`` only with ``data.val_fraction > 0``)."""
+        """Whether the split exists (``val`` / ``holdout`` only with ``data.val_fraction`` / ``holdout_fraction``)."""
         ...
 
     def size(self, split: str) -> int:
@@ -123,6 +123,7 @@ class DeviceData:
         rank: int = 0,
         world_size: int = 1,
         train_fraction: float = 1.0,
+        holdout_fraction: float = 0.0,
     ) -> None:
         self.bundle = bundle
         self.device = device
@@ -132,6 +133,7 @@ class DeviceData:
         self.image_size = bundle.image_size
         split_gen = torch.Generator().manual_seed(seed)
         kept, held = class_balanced_split(bundle.train.labels, val_fraction, split_gen)
+        kept, holdout = _hold_out(bundle.train.labels, kept, holdout_fraction, split_gen)
         if train_fraction < 1:
             _, used = class_balanced_split(bundle.train.labels[kept], train_fraction, split_gen)
             kept = kept[used]
@@ -139,8 +141,9 @@ class DeviceData:
             "train": _to(bundle.train.subset(kept), device),
             "test": _to(bundle.test, device),
         }
-        if len(held):
-            self.splits["val"] = _to(bundle.train.subset(held), device)
+        for name, index in (("val", held), ("holdout", holdout)):
+            if len(index):
+                self.splits[name] = _to(bundle.train.subset(index), device)
         self.mean = torch.tensor(bundle.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(bundle.std, device=device).view(1, -1, 1, 1)
         self.generator = torch.Generator(device=device).manual_seed(seed + 1)
@@ -204,11 +207,25 @@ def open_data(
     seed: int,
     rank: int = 0,
     world_size: int = 1,
+    holdout_fraction: float = 0.0,
 ) -> DataSource:
-    """The data source for what a dataset plugin's ``load()`` returned."""
+    """The data source for what a dataset plugin's ``load()`` returned.
+
+    The engine holds out, by the run seed and class-balanced: ``val`` (``val_fraction`` of the
+    training set), then ``holdout`` (``holdout_fraction`` of what is left: a second, nested
+    validation split for searches), then keeps ``train_fraction`` of the rest for training.
+    """
     if isinstance(loaded, DataBundle):
-        return DeviceData(loaded, device, val_fraction, seed, rank, world_size, train_fraction)
+        return DeviceData(loaded, device, val_fraction, seed, rank, world_size, train_fraction, holdout_fraction)
     raise TypeError(f"a dataset's load() returned {type(loaded).__name__}; expected a kdhub.DataBundle")
+
+
+def _hold_out(labels: Tensor, kept: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A second class-balanced split (``holdout``) out of the training data left after validation."""
+    if fraction <= 0:
+        return kept, torch.empty(0, dtype=torch.long)
+    rest, held = class_balanced_split(labels[kept], fraction, generator)
+    return kept[rest], kept[held]
 
 
 def _to(split: TensorSplit, device: torch.device) -> TensorSplit:

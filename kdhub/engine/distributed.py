@@ -42,10 +42,6 @@ class DistEnv:
                 dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
                 param.grad.div_(self.world_size)
 
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
 
 def init_distributed(device: torch.device) -> DistEnv:
     """Join the process group that torchrun describes in the environment (one process: nothing)."""

@@ -58,7 +58,7 @@ class NoStep(Exception):
     """Raised inside the observers when the batches ran out: that region was not a step."""
 
 
-def _observed(batches: Iterable[T], observers: tuple[StepObserver, ...]) -> Iterator[T]:
+def _observed(batches: Iterable[T], observers: tuple[StepObserver, ...]) -> Generator[T, None, None]:
     iterator = iter(batches)
     while True:
         try:

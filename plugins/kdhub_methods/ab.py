@@ -61,7 +61,7 @@ class AB(kdhub.Method):
     """
 
     name = "ab"
-    feature_roles: ClassVar[tuple[str, ...]] = ("preact_stages",)
+    feature_roles = ("preact_stages",)
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Heo et al. 2019"
 

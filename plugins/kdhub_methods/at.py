@@ -53,7 +53,7 @@ class AT(kdhub.Method):
     """
 
     name = "at"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages",)
+    feature_roles = ("stages",)
     default_weight: ClassVar[float] = 1000.0
     paper: ClassVar[str] = "Zagoruyko & Komodakis 2017"
 

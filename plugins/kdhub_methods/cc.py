@@ -71,7 +71,7 @@ class CC(kdhub.Method):
 
     name = "cc"
     per_sample: ClassVar[bool] = False
-    feature_roles: ClassVar[tuple[str, ...]] = ("pooled",)
+    feature_roles = ("pooled",)
     default_weight: ClassVar[float] = 0.02
     paper: ClassVar[str] = "Peng et al. 2019"
 

@@ -88,7 +88,7 @@ class CRD(kdhub.Method):
     """
 
     name = "crd"
-    feature_roles: ClassVar[tuple[str, ...]] = ("pooled",)
+    feature_roles = ("pooled",)
     default_weight: ClassVar[float] = 0.8
     paper: ClassVar[str] = "Tian et al. 2020"
 

@@ -44,7 +44,7 @@ class FitNet(kdhub.Method):
     """
 
     name = "fitnet"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages",)
+    feature_roles = ("stages",)
     default_weight: ClassVar[float] = 100.0
     paper: ClassVar[str] = "Romero et al. 2015"
 

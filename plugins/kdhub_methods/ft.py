@@ -96,7 +96,7 @@ class FT(kdhub.Method):
     """
 
     name = "ft"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages",)
+    feature_roles = ("stages",)
     default_weight: ClassVar[float] = 200.0
     paper: ClassVar[str] = "Kim et al. 2018"
 

@@ -36,7 +36,7 @@ class LabelSmoothing(kdhub.Method):
     """
 
     name = "label_smoothing"
-    needs_teacher: ClassVar[bool] = False
+    needs_teacher = False
     output_based: ClassVar[bool] = False
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Szegedy et al. CVPR 2016"

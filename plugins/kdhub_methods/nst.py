@@ -62,7 +62,7 @@ class NST(kdhub.Method):
     """
 
     name = "nst"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages",)
+    feature_roles = ("stages",)
     default_weight: ClassVar[float] = 50.0
     paper: ClassVar[str] = "Huang & Wang 2017"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +102,6 @@ class ReviewKD(kdhub.Method):
     """
 
     name = "reviewkd"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages", "preact_stages", "pooled")
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Chen et al. 2021"
 
@@ -113,11 +112,10 @@ class ReviewKD(kdhub.Method):
         )
         max_mid_channels: int = Field(512, ge=1, description="upper bound of the ABF's hidden channels")
 
-    def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
+    @property
+    def feature_roles(self) -> tuple[str, ...]:
         # the post-ReLU-only variant must not demand pre-ReLU taps of the models
-        if not self.options.teacher_preact:
-            self.feature_roles = ("stages", "pooled")
+        return ("stages", "preact_stages", "pooled") if self.options.teacher_preact else ("stages", "pooled")
 
     @property
     def teacher_role(self) -> str:

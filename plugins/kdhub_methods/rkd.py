@@ -76,7 +76,7 @@ class RKD(kdhub.Method):
 
     name = "rkd"
     per_sample: ClassVar[bool] = False
-    feature_roles: ClassVar[tuple[str, ...]] = ("pooled",)
+    feature_roles = ("pooled",)
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Park et al. 2019"
 

@@ -50,7 +50,7 @@ class SP(kdhub.Method):
 
     name = "sp"
     per_sample: ClassVar[bool] = False
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages",)
+    feature_roles = ("stages",)
     default_weight: ClassVar[float] = 3000.0
     paper: ClassVar[str] = "Tung & Mori 2019"
 

@@ -11,8 +11,8 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 import kdhub
+from kdhub.functional import kl_per_sample
 from kdhub_methods._feature_common import MaskedBatchNorm2d, require_vectors, role_shapes, taught_weight
-from kdhub_methods.kd import kl_per_sample
 
 
 class SRRL(kdhub.Method):
@@ -49,7 +49,7 @@ class SRRL(kdhub.Method):
     """
 
     name = "srrl"
-    feature_roles: ClassVar[tuple[str, ...]] = ("pooled",)
+    feature_roles = ("pooled",)
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Yang et al. 2021"
 

@@ -72,7 +72,7 @@ class VID(kdhub.Method):
     """
 
     name = "vid"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages",)
+    feature_roles = ("stages",)
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Ahn et al. 2019"
 

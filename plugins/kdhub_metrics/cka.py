@@ -11,8 +11,10 @@ from pydantic import Field, NonNegativeInt
 from torch import Tensor
 
 import kdhub
+from kdhub.figures import new_figure
+from kdhub.functional import nanmean
 
-from ._support import SampleBuffer, nanmean, new_figure, role_shapes
+from ._support import SampleBuffer, role_shapes
 
 _CHUNK_BYTES = 64 * 2**20  # float64 working set of one column chunk of a Gram matrix
 
@@ -190,13 +192,15 @@ class CKA(kdhub.Metric):
         )
         seed: int = Field(0, ge=0, description="seed of the subsample (fixed, so runs compare on the same samples)")
 
+    @property
     def feature_roles(self) -> tuple[str, ...]:
         return (self.options.role,)
 
     def reset(self, ctx: kdhub.MetricContext) -> None:
         super().reset(ctx)
         self.pairs: list[tuple[int, int]] = []
-        self.batch_size = 0
+        # the evaluation's batch size (a smaller last batch is left out, whichever process gets it)
+        self.batch_size = min(ctx.batch_size, ctx.num_samples) if ctx.batch_size and ctx.num_samples else 0
         self.hsic: Tensor | None = None
         self.batches = torch.zeros((), dtype=torch.float64, device=ctx.device)
         self.full: SampleBuffer | None = None
@@ -248,7 +252,7 @@ class CKA(kdhub.Metric):
         if self.hsic is None:
             self._allocate([tuple(f.shape[1:]) for f in fs], [tuple(f.shape[1:]) for f in ft])
         if not self.batch_size:
-            self.batch_size = b  # the first batch fixes the minibatch size
+            self.batch_size = b  # no batch size on the context: the first batch fixes it
         s_layers, t_layers = self._layers()
         if self.options.minibatch and b == self.batch_size and b >= 4:
             grams_s = {i: gram(fs[i]) for i in s_layers}

@@ -6,8 +6,9 @@ import torch
 from pydantic import Field
 
 import kdhub
+from kdhub.figures import new_figure
 
-from ._support import SampleBuffer, fit_line, new_figure
+from ._support import SampleBuffer, fit_line
 
 
 def logit_confidence(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 import kdhub
-
-from ._support import new_figure
+from kdhub.figures import new_figure
 
 
 def first_layer(net: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:

@@ -9,8 +9,9 @@ import torch
 from pydantic import Field, NonNegativeInt
 
 import kdhub
+from kdhub.figures import new_figure
 
-from ._support import SampleBuffer, new_figure, role_shapes
+from ._support import SampleBuffer, role_shapes
 
 
 def tsne_2d(
@@ -76,6 +77,7 @@ class Embedding(kdhub.Metric):
         pca_dims: int = Field(50, ge=0, le=10_000, description="PCA components before t-SNE (0 = none)")
         seed: int = Field(0, ge=0, description="seed of the subsample and of t-SNE")
 
+    @property
     def feature_roles(self) -> tuple[str, ...]:
         return (self.options.role,)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 import kdhub
+from kdhub.figures import new_figure
+from kdhub.functional import nanmean, nanmin
 
 
 class PerClassAccuracy(kdhub.Metric):
@@ -20,6 +20,7 @@ class PerClassAccuracy(kdhub.Metric):
     """
 
     name = "per_class_accuracy"
+    tables = (kdhub.PER_CLASS_ACCURACY,)
 
     def reset(self, ctx: kdhub.MetricContext) -> None:
         super().reset(ctx)
@@ -49,35 +50,20 @@ class PerClassAccuracy(kdhub.Metric):
             "count": [int(n) for n in counts.tolist()],
             "student": student,
         }
-        scalars = {"mean_class_acc": _nanmean(student), "worst_class_acc": _nanmin(student)}
+        scalars = {"mean_class_acc": nanmean(student), "worst_class_acc": nanmin(student)}
         if self.ctx.has_teacher:
             table["teacher"] = (100 * self.teacher_correct.cpu() / counts).tolist()
-            scalars["teacher_mean_class_acc"] = _nanmean(table["teacher"])
+            scalars["teacher_mean_class_acc"] = nanmean(table["teacher"])
         return kdhub.MetricResult(
             scalars=scalars,
-            tables={"per_class_accuracy": table},
+            tables={kdhub.PER_CLASS_ACCURACY.name: table},
             figures={"per_class_accuracy": _figure(table)},
         )
 
 
-def _nanmean(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
-
-
-def _nanmin(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return min(kept) if kept else math.nan
-
-
 def _figure(table: kdhub.Table):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = len(table["class"])
-    fig, ax = plt.subplots(figsize=(max(6, 0.25 * n + 2), 3.5))
+    fig, (ax,) = new_figure(width=max(6, 0.25 * n + 2), height=3.5)
     xs = list(range(n))
     width = 0.4 if "teacher" in table else 0.8
     ax.bar([x - width / 2 if "teacher" in table else x for x in xs], table["student"], width, label="student")
@@ -90,5 +76,4 @@ def _figure(table: kdhub.Table):
     ax.set_ylim(0, 100)
     ax.set_title("per-class accuracy", loc="left")
     ax.legend(loc="lower left", bbox_to_anchor=(1.0, 0.0), frameon=False)
-    fig.tight_layout()
     return fig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,8 @@ from pydantic import Field
 from torch import Tensor
 
 import kdhub
+from kdhub.figures import new_figure
+from kdhub.functional import kl_per_sample
 
 
 class TLLM(kdhub.Policy):
@@ -60,8 +62,9 @@ class TLLM(kdhub.Policy):
     """
 
     name = "tllm"
-    wants_class_losses: ClassVar[bool] = True
-    needs_validation: ClassVar[bool] = True
+    wants_class_losses = True
+    needs_validation = True
+    needs_methods = True
 
     class Options(kdhub.Options):
         mode: Literal["sliding", "fixed"] = Field(
@@ -266,12 +269,9 @@ class TLLM(kdhub.Policy):
 
     def figure(self) -> Any:
         """The teaching curves, stopped classes in colour with their stop epoch marked."""
-        from matplotlib.figure import Figure  # Agg canvas, not registered with pyplot
-
         ctx = self._require_setup()
         epochs = sorted(self.curves)
-        fig = Figure(figsize=(7, 4))
-        ax = fig.subplots()
+        fig, (ax,) = new_figure(7, 4)
         for m in range(ctx.num_classes):
             ys = [self.curves[e][m] for e in epochs]
             if m in self.stopped:
@@ -288,7 +288,6 @@ class TLLM(kdhub.Policy):
         ax.set_title(f"TLLM teaching curves: {len(self.stopped)} of {ctx.num_classes} classes stopped")
         if 0 < len(self.stopped) <= 20:
             ax.legend(fontsize="small")
-        fig.tight_layout()
         return fig
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -314,6 +313,4 @@ def _kd_per_sample(student: Tensor, teacher: Tensor | None, temperature: float) 
     """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) per sample, from log-softmax on both sides."""
     if teacher is None:
         raise kdhub.KdhubError("tllm: the teaching curve needs the teacher's logits")
-    log_p_s = F.log_softmax(student.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher.float() / temperature, dim=1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1) * (temperature * temperature)
+    return kl_per_sample(student, teacher, temperature) * (temperature * temperature)

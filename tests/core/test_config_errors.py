@@ -50,7 +50,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
         ({"teacher": None}, "teacher: required by method 'kd'"),
         (
             {"metrics": [{"name": "accuracy", "split": "dev"}]},
-            "metrics.0.split: Input should be 'train', 'val' or 'test'",
+            "metrics.0.split: Input should be 'train', 'val', 'holdout' or 'test'",
         ),
     ],
 )

@@ -70,8 +70,7 @@ def config(
 def fit_counting(cfg: dict[str, Any]) -> tuple[Trainer, HostSyncCounter]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random teachers, CRD's clamped negatives
-        trainer = Trainer(parse_config(cfg))
-        with HostSyncCounter() as syncs:
+        with Trainer(parse_config(cfg)) as trainer, HostSyncCounter() as syncs:
             trainer.fit()
     return trainer, syncs
 
@@ -188,8 +187,7 @@ def test_cuda_method_steps_pass_sync_debug_mode_error(method):
     cfg["train"]["amp"] = "bf16"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = Trainer(parse_config(cfg))
-        with CudaSyncGuard("error") as guard:
+        with Trainer(parse_config(cfg)) as trainer, CudaSyncGuard("error") as guard:
             trainer.fit()
     assert guard.steps >= trainer.steps_per_epoch
 
@@ -202,8 +200,7 @@ def test_cuda_policy_steps_pass_sync_debug_mode_error(policy):
     cfg["train"]["amp"] = "bf16"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = Trainer(parse_config(cfg))
-        with CudaSyncGuard("error") as guard:
+        with Trainer(parse_config(cfg)) as trainer, CudaSyncGuard("error") as guard:
             trainer.fit()
     assert guard.steps == 3 * trainer.steps_per_epoch
     assert torch.cuda.get_sync_debug_mode() == 0

@@ -27,6 +27,8 @@ import kdhub
 class FakeKD(kdhub.Method):
     '''Claims the built-in name.'''
     name = "kd"
+    def loss(self, out):
+        return out.student_logits.sum(1) * 0
 @kdhub.hookimpl
 def kdhub_register_methods(register):
     register(FakeKD)

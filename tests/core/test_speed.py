@@ -81,8 +81,8 @@ def test_a_run_sets_and_logs_its_thread_count(tiny_config, monkeypatch, restore_
     assert params["threads"] == "2"
     assert params["train.threads"] == "2"
     monkeypatch.setenv("KDHUB_THREADS", "1")  # the environment overrides the config
-    trainer = Trainer(parse_config(config))
-    assert trainer.threads == 1 == torch.get_num_threads()
+    with Trainer(parse_config(config)) as trainer:
+        assert trainer.threads == 1 == torch.get_num_threads()
 
 
 # torch.compile ---------------------------------------------------------------------------------
@@ -192,8 +192,8 @@ def _compile_config(**train):
 
 
 def _fit(cfg) -> Trainer:
-    trainer = Trainer(parse_config(cfg))
-    trainer.fit()
+    with Trainer(parse_config(cfg)) as trainer:
+        trainer.fit()
     return trainer
 
 

@@ -62,11 +62,13 @@ def test_zero_when_student_equals_teacher_and_shift_invariant() -> None:
     torch.manual_seed(0)
     z = torch.randn(6, 10) * 3
     labels = torch.arange(6)
-    out = kdhub.StepOutputs(z, z.clone(), labels, labels, epoch=30)
+    out = kdhub.StepOutputs(student_logits=z, teacher_logits=z.clone(), labels=labels, indices=labels, epoch=30)
     terms = kdhub.create("method", "dkd").loss(out)
     assert terms["tckd"].abs().max() < 1e-6
     assert terms["nckd"].abs().max() < 1e-6
-    shifted = kdhub.StepOutputs(z + 5.0, z.clone(), labels, labels, epoch=30)
+    shifted = kdhub.StepOutputs(
+        student_logits=z + 5.0, teacher_logits=z.clone(), labels=labels, indices=labels, epoch=30
+    )
     terms = kdhub.create("method", "dkd").loss(shifted)  # float32 round-off x T^2 x beta
     assert terms["tckd"].abs().max() < 1e-4
     assert terms["nckd"].abs().max() < 1e-4
@@ -76,7 +78,9 @@ def test_extreme_logits_stay_finite() -> None:
     # a teacher probability that underflows must not give NaN (mdistiller logs summed probabilities)
     z_s = torch.tensor([[200.0, -200.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
     z_t = torch.tensor([[-300.0, 300.0, 0.0], [1e4, -1e4, 0.0]])
-    out = kdhub.StepOutputs(z_s, z_t, torch.tensor([0, 1]), torch.tensor([0, 1]), epoch=20)
+    out = kdhub.StepOutputs(
+        student_logits=z_s, teacher_logits=z_t, labels=torch.tensor([0, 1]), indices=torch.tensor([0, 1]), epoch=20
+    )
     terms = kdhub.create("method", "dkd", temperature=1.0).loss(out)
     total = sum(v.sum() for v in terms.values())
     assert torch.isfinite(total)

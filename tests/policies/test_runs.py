@@ -12,6 +12,7 @@ import yaml
 import kdhub
 from kdhub.config import apply_overrides, parse_config
 from kdhub.engine.loop import Trainer, run
+from kdhub.testing import interrupt_after
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -60,7 +61,17 @@ def test_tllm_stops_classes_in_a_real_run():
     # the decisions follow from the logged curves: replay them on a fresh policy
     table = log.tables["tllm_curves"]
     replay = kdhub.create("policy", "tllm", **options)
-    replay.setup(kdhub.PolicyContext(5, 1, 10, 0.1, policy.ctx.device, True, method_names=["kd"]))
+    replay.setup(
+        kdhub.PolicyContext(
+            epochs=5,
+            steps_per_epoch=1,
+            num_classes=10,
+            ce_weight=0.1,
+            device=policy.ctx.device,
+            has_validation=True,
+            method_names=["kd"],
+        )
+    )
     for row, epoch in enumerate(table["epoch"]):
         losses = [table[str(m)][row] for m in range(10)]
         assert all(math.isfinite(v) for v in losses)
@@ -171,8 +182,6 @@ def test_tllm_resume_gives_the_same_decisions(tmp_path, monkeypatch):
     """Interrupt a TLLM run after epoch 4, resume it from MLflow: same curves and stops as a straight run."""
     import mlflow
 
-    from kdhub_policies.tllm import TLLM
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = {
         **BASE,
@@ -183,17 +192,8 @@ def test_tllm_resume_gives_the_same_decisions(tmp_path, monkeypatch):
         "tracking": {"uri": uri, "experiment": "resume"},
     }
     straight = run(config)
-    original = TLLM.epoch_ended
-
-    def interrupted(self, report):
-        if report.epoch == 5:
-            raise KeyboardInterrupt
-        return original(self, report)
-
-    monkeypatch.setattr(TLLM, "epoch_ended", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_after(4), pytest.raises(KeyboardInterrupt):
         run(config)
-    monkeypatch.setattr(TLLM, "epoch_ended", original)
     client = mlflow.MlflowClient(uri)
     broken = next(
         r
@@ -211,10 +211,10 @@ def test_tllm_resume_gives_the_same_decisions(tmp_path, monkeypatch):
     assert load_table(straight.run_id, "tllm_stopped", uri)["class"], "no class was stopped"
 
 
-def test_tllm_without_methods_fails_at_setup():
-    config = {**BASE, "epochs": 1, "policy": {"name": "tllm"}}
-    del config["teacher"]
-    with pytest.raises(kdhub.ConfigError, match="no methods"):
-        Trainer(parse_config(config))
-    with pytest.raises(kdhub.ConfigError, match="val_fraction"):
+def test_tllm_without_methods_or_validation_is_refused_before_building():
+    config = {**BASE, "epochs": 1, "policy": {"name": "tllm"}, "methods": ["kd"]}
+    no_methods = {k: v for k, v in config.items() if k not in ("teacher", "methods")}
+    with pytest.raises(kdhub.ConfigError, match=r"^methods: policy 'tllm' .* add a method"):
+        Trainer(parse_config(no_methods))
+    with pytest.raises(kdhub.ConfigError, match=r"^data.val_fraction: policy 'tllm' needs a validation split"):
         Trainer(parse_config({**config, "data": {"name": "digits", "val_fraction": 0.0}}))
