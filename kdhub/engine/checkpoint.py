@@ -118,6 +118,16 @@ class Checkpointer:
         """The best state kept by :meth:`save_best` (None before the first)."""
         return load(self._best) if self._best.exists() else None
 
+    def restore_best(self, student: nn.Module, methods: list[nn.Module]) -> int | None:
+        """Load the best student (and methods' parts) kept so far into the run; its epoch, or None if none yet."""
+        state = self.best()
+        if state is None:
+            return None
+        student.load_state_dict(state["model"])
+        for method, method_state in zip(methods, state["methods"], strict=True):
+            method.load_state_dict(method_state)
+        return int(state["epoch"])
+
     def keep_best(self, state: dict[str, Any] | None) -> None:
         """Put back the best state that a resumed ``last.pt`` carried."""
         if state is not None:

@@ -385,14 +385,6 @@ class Trainer:
         self.checkpoints.keep_best(state.get("best_state"))
         self.epoch_log.pending = {step: dict(values) for step, values in state.get("pending_log", {}).items()}
 
-    def _restore_best(self) -> None:
-        state = self.checkpoints.best()
-        if state is None:
-            return
-        self.student.load_state_dict(state["model"])
-        for t, s in zip(self.teaching, state["methods"], strict=True):
-            t.method.load_state_dict(s)
-
     # the run ----------------------------------------------------------------------------------
     def fit(self) -> RunResult:
         """Train from the current epoch to the last, evaluate, log and checkpoint (see the module docstring)."""
@@ -450,8 +442,9 @@ class Trainer:
 
     def _apply(self, action: EpochAction, epoch: int) -> None:
         if action.restore_best:
-            self._restore_best()
-            self.epoch_log.metrics({"policy/restored_best_epoch": self.best["epoch"]})
+            restored = self.checkpoints.restore_best(self.student, [t.method for t in self.teaching])
+            if restored is not None:
+                self.epoch_log.metrics({"policy/restored_best_epoch": restored})
         if action.reset_optimizer:
             self._new_optimizer(start_step=epoch * self.steps_per_epoch)
 
