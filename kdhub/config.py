@@ -117,9 +117,30 @@ class CheckpointConfig(_Strict):
 
 class TrainConfig(_Strict):
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
-    amp: Literal["none", "bf16"] = Field("none", description="autocast precision for forward passes")
+    amp: Literal["none", "bf16"] = Field(
+        "none", description="autocast precision of the forward passes and losses (the teacher's: teacher_amp)"
+    )
     channels_last: bool = Field(False, description="use channels_last memory format")
-    compile: bool = Field(False, description="torch.compile the student")
+    compile: bool = Field(False, description="torch.compile the student (falls back to eager with a warning)")
+    compile_backend: Literal["inductor", "cudagraphs", "aot_eager", "eager"] = Field(
+        "inductor", description="torch.compile backend (cudagraphs; aot_eager and eager to debug a compile problem)"
+    )
+    teacher_amp: Literal["none", "bf16"] | None = Field(
+        None, description="autocast precision of the teacher's training forward (None = train.amp)"
+    )
+    teacher_compile: bool | None = Field(None, description="torch.compile the teacher (None = train.compile)")
+    teacher_grad_mode: Literal["no_grad", "inference_mode"] = Field(
+        "no_grad",
+        description="the teacher's training forward under torch.no_grad or torch.inference_mode "
+        "(inference_mode: its outputs are copied once per step so that losses can save them)",
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="torch intra-op CPU threads (None = $OMP_NUM_THREADS if set, else the cores available "
+        "to the process / processes per machine); $KDHUB_THREADS overrides",
+    )
     progress: bool = Field(True, description="show progress bars")
     deterministic: bool = Field(False, description="use deterministic algorithms (slower)")
     eval_every: int = Field(1, ge=1, description="evaluate test accuracy every N epochs (and at the end)")

@@ -156,7 +156,8 @@ class Evaluator:
             student_features=batch.student_features,
             teacher_features=batch.teacher_features,
         )
-        losses = self.policy.sample_losses(out, sample_distillation_loss(self.teaching, out))
+        with self.autocast():  # methods' own layers in the forward's precision
+            losses = self.policy.sample_losses(out, sample_distillation_loss(self.teaching, out))
         if losses is not None:
             tally.loss_sum.index_add_(0, batch.labels, losses.double())
             tally.loss_count.index_add_(0, batch.labels, torch.ones_like(losses, dtype=torch.float64))

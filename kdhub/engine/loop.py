@@ -39,7 +39,7 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +47,10 @@ from torch import Tensor, nn
 
 from kdhub import plugins
 from kdhub.config import RunConfig, dump_config, parse_config, resolve_plugins
-from kdhub.engine import checkpoint
+from kdhub.engine import checkpoint, speed
 from kdhub.engine.build import RunParts, build_run, pick_device, seed_everything
 from kdhub.engine.evaluate import Evaluation, Evaluator
+from kdhub.engine.hostsync import training_steps
 from kdhub.engine.losses import method_loss
 from kdhub.engine.schedule import make_optimizer, make_scheduler
 from kdhub.errors import DivergedError, KdhubError, Terminated
@@ -80,6 +81,7 @@ class Trainer:
         self.config = config
         self.registry = plugins.get_registry()
         self.options = resolve_plugins(config, self.registry)
+        self.threads = speed.configure_process(config.train, pick_device(config.train.device)).count
         self.tracker = tracker
         self.resume_run_id = resume_run_id
         self.run_id: str | None = None
@@ -118,12 +120,18 @@ class Trainer:
             batch_size=config.data.eval_batch_size,
             autocast=self._autocast,
         )
-        self.train_model: nn.Module = p.student
+        model: nn.Module = p.student
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(p.student, device_ids=ids)
-        if config.train.compile:
-            self.train_model = cast(nn.Module, torch.compile(self.train_model))
+            model = nn.parallel.DistributedDataParallel(p.student, device_ids=ids)
+        self.train_model = speed.compile_model(
+            model, config.train.compile, f"student ({config.student.name})", config.train.compile_backend
+        )
+        self.teacher_forward = (
+            speed.TeacherForward(p.teacher, p.teacher_recorder, config.train, self.device, config.teacher.name)
+            if p.teacher is not None and config.teacher is not None
+            else None
+        )
         self._new_optimizer(start_step=0)
         self.best = {"selection": -math.inf, "test_acc": -math.inf, "epoch": 0, "test_at_selection": math.nan}
         self.last_acc = math.nan
@@ -184,12 +192,11 @@ class Trainer:
         with self._autocast():
             s_logits = self.train_model(images)
             s_feats = s_rec.collect()
-            t_logits, t_feats = None, {}
-            if with_teacher and self.teacher is not None and t_rec is not None:
-                with torch.no_grad():
-                    t_logits = self.teacher(images)
-                    t_feats = t_rec.collect()
-        return s_logits.float(), s_feats, (t_logits.float() if t_logits is not None else None), t_feats
+        t_logits: Tensor | None = None
+        t_feats: dict[str, list[Tensor]] = {}
+        if with_teacher and self.teacher_forward is not None and t_rec is not None:
+            t_logits, t_feats = self.teacher_forward(images)
+        return s_logits.float(), s_feats, t_logits, t_feats
 
     def _init_stages(self) -> None:
         """Initialisation stages of methods that declare them (AB, FT, FSP), before epoch 1."""
@@ -199,7 +206,7 @@ class Trainer:
             optimizer = make_optimizer(self._trainable(), self.config.optim)
             for init_epoch in range(1, t.method.init_epochs + 1):
                 loss_sum = torch.zeros((), device=self.device)
-                batches = self.data.train_batches(self.parts.rank_batch, self.config.data.drop_last)
+                batches = training_steps(self.data.train_batches(self.parts.rank_batch, self.config.data.drop_last))
                 for step, (x, y, idx) in enumerate(batches):
                     s_logits, s_feats, t_logits, t_feats = self._forward(x, True)
                     out = StepOutputs(
@@ -212,7 +219,8 @@ class Trainer:
                         student_features=s_feats,
                         teacher_features=t_feats,
                     )
-                    loss = t.method.init_loss(out)
+                    with self._autocast():
+                        loss = t.method.init_loss(out)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -233,7 +241,7 @@ class Trainer:
         start = time.perf_counter()
         step0 = (epoch - 1) * self.steps_per_epoch
         plan = None
-        batches = self.data.train_batches(self.parts.rank_batch, cfg.data.drop_last)
+        batches = training_steps(self.data.train_batches(self.parts.rank_batch, cfg.data.drop_last))
         for step, (x, y, idx) in enumerate(self._progress(batches, epoch), start=step0):
             plan = self.policy.plan(epoch, step)
             teach = plan.kd_weight > 0 and bool(self.teaching)
@@ -257,13 +265,14 @@ class Trainer:
                     student_features=s_feats,
                     teacher_features=t_feats,
                 )
-                replacement = self.policy.replacement_loss(out) if plan.class_mask is not None else None
-                for t in self.teaching:
-                    for term, value in method_loss(t.method, out, replacement).items():
-                        weighted = (plan.kd_weight * t.weight) * value
-                        loss = loss + weighted
-                        key = f"{t.key}.{term}" if term else t.key
-                        self._accumulate(sums, first_bad_term, key, weighted.detach(), step)
+                with self._autocast():  # methods' own layers (regressors, embeddings) in the forward's precision
+                    replacement = self.policy.replacement_loss(out) if plan.class_mask is not None else None
+                    for t in self.teaching:
+                        for term, value in method_loss(t.method, out, replacement).items():
+                            weighted = (plan.kd_weight * t.weight) * value
+                            loss = loss + weighted
+                            key = f"{t.key}.{term}" if term else t.key
+                            self._accumulate(sums, first_bad_term, key, weighted.detach(), step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.dist.average_gradients(self.parts.method_params)
@@ -604,7 +613,7 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
             )
             tracker.beat()
             if resume_run_id is None:
-                tracker.params(run_params(config, trainer.options))
+                tracker.params({**run_params(config, trainer.options), "threads": str(trainer.threads)})
                 tracker.text("config.yaml", dump_config(config))
             else:
                 trainer.logged = tracker.logged_steps()

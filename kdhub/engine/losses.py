@@ -52,7 +52,9 @@ def method_loss(method: Method, out: StepOutputs, replacement: Tensor | None = N
     Per-sample losses ``l_i`` reduce to ``sum_i taught_i * l_i / B`` (divided by the batch size,
     so stopping classes does not up-weight the others); for an output-based method,
     ``replacement`` (per sample) stands in for the untaught samples. Batch-relational losses are
-    computed on the taught samples only and are 0 when fewer than 2 remain.
+    computed on the taught samples only and are 0 when fewer than 2 remain; selecting them waits
+    for the device once per step (their count decides the shapes): the one host sync a training
+    step makes, and only for a batch-relational method under a policy's class mask.
     """
     taught = out.taught()
     if method.per_sample:
