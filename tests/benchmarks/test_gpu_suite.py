@@ -161,8 +161,9 @@ def test_a_non_finite_loss_or_a_crash_fails_the_suite_naming_the_plugin(gpu_suit
             suite.plugin_run(f"method {name}", suite.plugin_config(name, "constant", {}, 1))
             for name in ("not_finite_for_test", "crashing_for_test", "kd")
         )
-    assert nan["error"].startswith("non-finite loss {")
-    assert "'loss/not_finite_for_test@1': nan" in nan["error"]
+    # the engine itself stops a diverging run, naming the term and the step
+    assert nan["error"].startswith("DivergedError: training diverged: loss term 'not_finite_for_test'")
+    assert "epoch 1, step 1 of" in nan["error"]
     assert crash["error"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
     assert "error" not in fine
     assert suite.failures == [
@@ -181,7 +182,7 @@ def test_a_non_finite_loss_or_a_crash_fails_the_suite_naming_the_plugin(gpu_suit
         }
     )
     assert "| method crashing_for_test | FAILED: RuntimeError: CUDA error" in md
-    assert "- FAILED: (c) method not_finite_for_test: non-finite loss" in md
+    assert "- FAILED: (c) method not_finite_for_test: DivergedError: training diverged" in md
 
 
 def test_gpu_decode_option_is_found_by_name(gpu_suite):
