@@ -27,7 +27,7 @@ from kdhub.engine.distributed import DistEnv, init_distributed
 from kdhub.engine.features import FeatureTaps, check_roles, dry_run_shapes
 from kdhub.engine.losses import method_loss, split_terms, total
 from kdhub.engine.schedule import make_optimizer, make_scheduler
-from kdhub.errors import ConfigError, IncompatibleError
+from kdhub.errors import ConfigError, IncompatibleError, plugin_errors
 from kdhub.method import Method, SetupContext, StepOutputs
 from kdhub.metric import EvalBatch, Metric, MetricContext, MetricResult
 from kdhub.policy import EpochReport, Policy, PolicyContext
@@ -101,7 +101,8 @@ class Trainer:
 
     def _build(self) -> None:
         cfg = self.config
-        bundle = self._plugin("dataset", "data", cfg.data.name).load()
+        with plugin_errors("data", "dataset", cfg.data.name):
+            bundle = self._plugin("dataset", "data", cfg.data.name).load()
         self.data = DeviceData(
             bundle,
             self.device,
@@ -116,25 +117,28 @@ class Trainer:
         per_rank_batch = max(1, cfg.data.batch_size // self.dist.world_size)
         self.batch_size, self.rank_batch = cfg.data.batch_size, per_rank_batch
         self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size, cfg.data.drop_last)
-        if self.steps_per_epoch == 0:
+        if self.batch_size > self.data.num_train:  # every step would see fewer images than asked for
             raise ConfigError(
-                f"data.batch_size: {self.batch_size} is larger than the {self.data.num_train} training images"
+                f"data.batch_size: {self.batch_size} is larger than the {self.data.num_train:,} training images "
+                f"of {cfg.data.name!r} (after val_fraction / train_fraction); lower it"
             )
 
         model_plugin = self._plugin("model", "student", cfg.student.name)
-        self.student = model_plugin.build(self.num_classes, bundle.in_channels, bundle.image_size).to(self.device)
+        with plugin_errors("student", "model", cfg.student.name):
+            self.student = model_plugin.build(self.num_classes, bundle.in_channels, bundle.image_size).to(self.device)
         self.student_taps = model_plugin.taps(self.student)
         self.teacher: nn.Module | None = None
         self.teacher_taps: dict[str, list[str]] = {}
         if cfg.teacher is not None:
             t_plugin = self._plugin("model", "teacher", cfg.teacher.name)
-            self.teacher = t_plugin.build(self.num_classes, bundle.in_channels, bundle.image_size).to(self.device)
+            with plugin_errors("teacher", "model", cfg.teacher.name):
+                self.teacher = t_plugin.build(self.num_classes, bundle.in_channels, bundle.image_size).to(self.device)
             self.teacher_taps = t_plugin.taps(self.teacher)
             if cfg.teacher.weights:
                 from kdhub.tracking import resolve_artifact
 
                 uri = self.tracker.uri if self.tracker is not None else cfg.tracking.uri
-                path = resolve_artifact(cfg.teacher.weights, uri)
+                path = resolve_artifact(cfg.teacher.weights, uri, "teacher.weights")
                 checkpoint.load_weights(self.teacher, path, f"teacher.weights ({cfg.teacher.weights})")
             else:
                 log.warning("teacher has no weights: distilling from a randomly initialised %s", cfg.teacher.name)
@@ -310,8 +314,9 @@ class Trainer:
             if plan.teacher_scale is not None and t_logits is not None:
                 t_logits = t_logits * plan.teacher_scale
             loss = zero
-            if plan.ce_weight > 0:
-                ce = plan.ce_weight * F.cross_entropy(s_logits, y)
+            ce_weight = cfg.ce_weight if plan.ce_weight is None else plan.ce_weight  # None: the run's
+            if ce_weight > 0:
+                ce = ce_weight * F.cross_entropy(s_logits, y)
                 loss = loss + ce
                 sums["ce"] = sums.get("ce", zero) + ce.detach()
             if teach:
@@ -341,7 +346,8 @@ class Trainer:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["images_per_s"] = n_seen / max(elapsed, 1e-9)
         if plan is not None:
-            values["weight/ce"], values["weight/kd"] = plan.ce_weight, plan.kd_weight
+            values["weight/ce"] = cfg.ce_weight if plan.ce_weight is None else plan.ce_weight
+            values["weight/kd"] = plan.kd_weight
         return values
 
     def _progress(self, batches: Any, epoch: int) -> Any:
@@ -683,7 +689,8 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
     trainer = Trainer(config, tracker, resume_run_id)
     if resume_run_id is not None:
         uri = tracker.uri if tracker is not None else config.tracking.uri
-        trainer.load_state_dict(checkpoint.load(resolve_artifact(f"runs:/{resume_run_id}/checkpoints/last.pt", uri)))
+        last = resolve_artifact(f"runs:/{resume_run_id}/checkpoints/last.pt", uri, f"--resume {resume_run_id}")
+        trainer.load_state_dict(checkpoint.load(last, f"--resume {resume_run_id}: checkpoints/last.pt"))
     if tracker is not None:
         trainer.run_id = tracker.start(
             config.tracking.run_name or default_run_name(config), run_tags(config), resume_run_id

@@ -58,9 +58,11 @@ class DIST(kdhub.Method):
     paper: ClassVar[str] = "Huang et al. NeurIPS 2022"
 
     class Options(kdhub.Options):
-        beta: float = Field(1.0, ge=0, description="weight of the inter-class relation term")
-        gamma: float = Field(1.0, ge=0, description="weight of the intra-class relation term")
-        temperature: float = Field(1.0, gt=0, le=100, description="softmax temperature T (loss scaled by T^2)")
+        beta: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e6, description="weight of the inter-class relation term")
+        gamma: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e6, description="weight of the intra-class relation term")
+        temperature: kdhub.FiniteFloat = Field(
+            1.0, gt=0, le=100, description="softmax temperature T (loss scaled by T^2)"
+        )
 
     def loss(self, out: kdhub.StepOutputs) -> dict[str, torch.Tensor]:
         o = self.options

@@ -79,10 +79,12 @@ class DKD(kdhub.Method):
     paper: ClassVar[str] = "Zhao et al. CVPR 2022"
 
     class Options(kdhub.Options):
-        alpha: float = Field(1.0, ge=0, description="weight of the target-class term TCKD")
-        beta: float = Field(8.0, ge=0, description="weight of the non-target-class term NCKD")
-        temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature T")
-        warmup: int = Field(20, ge=0, description="epochs of linear warm-up min(epoch / warmup, 1); 0 = none")
+        alpha: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e4, description="weight of the target-class term TCKD")
+        beta: kdhub.FiniteFloat = Field(8.0, ge=0, le=1e4, description="weight of the non-target-class term NCKD")
+        temperature: kdhub.FiniteFloat = Field(4.0, gt=0, le=100, description="softmax temperature T")
+        warmup: int = Field(
+            20, ge=0, le=100_000, description="epochs of linear warm-up min(epoch / warmup, 1); 0 = none"
+        )
 
     def warmup_factor(self, epoch: int) -> float:
         """``min(epoch / warmup, 1)`` (epochs from 1); 1 when the warm-up is off."""

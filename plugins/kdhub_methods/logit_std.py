@@ -55,7 +55,9 @@ class LogitStd(kdhub.Method):
     paper: ClassVar[str] = "Sun et al. CVPR 2024"
 
     class Options(kdhub.Options):
-        temperature: float = Field(2.0, gt=0, le=100, description="base temperature T applied to the z-scored logits")
+        temperature: kdhub.FiniteFloat = Field(
+            2.0, gt=0, le=100, description="base temperature T applied to the z-scored logits"
+        )
 
     def loss(self, out: kdhub.StepOutputs) -> torch.Tensor:
         t = self.options.temperature

@@ -54,12 +54,14 @@ class SRRL(kdhub.Method):
     paper: ClassVar[str] = "Yang et al. 2021"
 
     class Options(kdhub.Options):
-        fm_weight: float = Field(1.0, ge=0, description="weight of the feature-matching term L_FM")
-        sr_weight: float = Field(1.0, ge=0, description="weight of the softmax-regression term L_SR")
+        fm_weight: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e6, description="weight of the feature-matching term L_FM")
+        sr_weight: kdhub.FiniteFloat = Field(
+            1.0, ge=0, le=1e6, description="weight of the softmax-regression term L_SR"
+        )
         sr_loss: Literal["mse", "kl"] = Field(
             "mse", description="mse: squared error of the logits (the paper's L2); kl: KD's softened KL"
         )
-        temperature: float | None = Field(
+        temperature: kdhub.FiniteFloat | None = Field(
             None, gt=0, le=100, description="softmax temperature of sr_loss=kl (default 1; not allowed with mse)"
         )
 

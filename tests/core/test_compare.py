@@ -190,9 +190,9 @@ def base_config(mlflow_uri: str, seed: int, width: int, epochs: int = 2) -> dict
 def test_a_teacher_without_methods_is_evaluation_only(tmp_path):
     """A vanilla baseline with the teacher attached trains exactly as one without it (the teacher only evaluates)."""
     teacher = tmp_path / "teacher.pt"
-    torch.save(run(base_config("unused", 1, 8, epochs=1), track=False).student.state_dict(), teacher)
-    plain = run(base_config("unused", 0, 4), track=False)
-    config = base_config("unused", 0, 4)
+    torch.save(run(base_config("sqlite:///unused.db", 1, 8, epochs=1), track=False).student.state_dict(), teacher)
+    plain = run(base_config("sqlite:///unused.db", 0, 4), track=False)
+    config = base_config("sqlite:///unused.db", 0, 4)
     config.update(
         teacher={"name": "cnn", "options": {"width": 8}, "weights": str(teacher)},
         metrics=["per_class_accuracy", "agreement"],

@@ -89,7 +89,8 @@ def test_plan_is_lean_and_keeps_weights(make_ctx):
     policy = make_tllm(make_ctx, kd_weight=0.5)
     first = policy.plan(1, 0)
     assert policy.plan(3, 17) is first
-    assert (first.ce_weight, first.kd_weight, first.class_mask, first.teacher_scale) == (0.1, 0.5, None, None)
+    # ce_weight None: the run's ce_weight, left alone by TLLM
+    assert (first.ce_weight, first.kd_weight, first.class_mask, first.teacher_scale) == (None, 0.5, None, None)
 
 
 class FeatureStyleKD(kdhub.Method):
