@@ -46,21 +46,23 @@ def prepare_run(config_file: str | None, overrides: list[str], resume: str | Non
         problem = uri_problem(uri)
         if problem:
             raise KdhubError(f"--tracking-uri: {problem}")
-    logged = None
-    if resume:
-        check_resumable(resume, uri)
-        logged = load_run_config(resume, uri)
-    if config_file:
-        config = load_config(config_file, overrides)
-    elif logged is not None:
-        config = parse_config(apply_overrides(logged, overrides), "resumed run")
-    else:
+    if not config_file and not resume:
         raise KdhubError("run: give a CONFIG file, or --resume RUN_ID")
-    if uri:
+    config = load_config(config_file, overrides) if config_file else None
+    if config is not None and uri:
         config.tracking.uri = uri
-    resolve_plugins(config, _registry())
-    if resume and logged is not None:
+    if resume:
+        store = uri or (config.tracking.uri if config is not None else None)
+        check_resumable(resume, store)
+        logged = load_run_config(resume, store)
+        if config is None:
+            config = parse_config(apply_overrides(logged, overrides), "resumed run")
+            if uri:
+                config.tracking.uri = uri
         check_resume(config, logged, resume)
+    if config is None:  # unreachable: a config file or --resume was given
+        raise KdhubError("run: give a CONFIG file, or --resume RUN_ID")
+    resolve_plugins(config, _registry())
     if config.teacher is not None and config.teacher.weights:
         check_reference(config.teacher.weights, config.tracking.uri, "teacher.weights")
     return config

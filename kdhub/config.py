@@ -379,6 +379,11 @@ def parse_yaml(text: str, source: str = "config") -> Any:
     loader = ConfigLoader(text)
     try:
         return loader.get_single_data()
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = " ".join(p for p in (err.context, err.problem) if p)
+        raise ConfigError(f"{source}: invalid YAML: {where}{what}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: invalid YAML: {err}".replace("\n", " ")) from None
     except RecursionError:
@@ -552,27 +557,46 @@ RESUMABLE = (
 """Keys a resumed run may change (``epochs`` may only grow); any other change is refused."""
 
 
+_UNSET = object()
+
+
+def _differences(old: Any, new: Any, path: str) -> list[tuple[str, Any, Any]]:
+    """(dotted path, old, new) of every difference; lists of different lengths differ as a whole."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in dict.fromkeys([*old, *new]):
+            out += _differences(old.get(key, _UNSET), new.get(key, _UNSET), f"{path}.{key}" if path else str(key))
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new, strict=True)) for d in _differences(a, b, f"{path}.{i}")]
+    return [] if old == new else [(path, old, new)]
+
+
+def _brief(value: Any) -> str:
+    if value is _UNSET:
+        return "unset"
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def check_resume(config: RunConfig, logged: dict[str, Any], run_id: str) -> None:
     """Refuse resuming run ``run_id`` (whose config was ``logged``) with a config that changes it.
 
     Only the :data:`RESUMABLE` keys may differ: anything else (method, options, lr, data ...) would be
     half-applied, since the checkpoint holds the state built from the logged config.
     """
-    from kdhub.tracking import flatten
-
     try:
         before = parse_config(logged, "the run's logged config").model_dump(mode="json")
     except ConfigError:
         before = logged if isinstance(logged, dict) else {}
-    old, new = flatten(before), flatten(config.model_dump(mode="json"))
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-    refused = [k for k in changed if not any(k == r or k.startswith(f"{r}.") for r in RESUMABLE)]
+    changed = _differences(before, config.model_dump(mode="json"), "")
+    refused = [(k, a, b) for k, a, b in changed if not any(k == r or k.startswith(f"{r}.") for r in RESUMABLE)]
     if refused:
-        key = refused[0]
+        key, old, new = refused[0]
         more = f" and {len(refused) - 1} more key{'s' if len(refused) > 2 else ''}" if len(refused) > 1 else ""
         raise ConfigError(
-            f"--resume {run_id}: the config changes {key} ({old.get(key, '(unset)')} -> {new.get(key, '(unset)')})"
-            f"{more}; a resumed run keeps its config except {', '.join(RESUMABLE)} (start a new run instead)"
+            f"--resume {run_id}: the config changes {key} ({_brief(old)} -> {_brief(new)}){more}; a resumed run "
+            f"keeps its config except {', '.join(RESUMABLE)} (start a new run instead)"
         )
     if config.epochs < int(before.get("epochs", 0) or 0):
         raise ConfigError(

@@ -163,6 +163,14 @@ def _store_lock(uri: str) -> Iterator[None]:
 _READY: set[str] = set()
 
 
+def _existing_client(uri: str, what: str) -> Any:
+    """A client for a store that must already exist (reading a run never creates an empty store)."""
+    path = _sqlite_path(uri)
+    if path is not None and not Path(path).exists():
+        raise KdhubError(f"{what}: there is no MLflow store at {uri} (give --tracking-uri or tracking.uri)")
+    return _client(uri)
+
+
 def _client(uri: str) -> Any:
     """An MlflowClient whose store is usable: one line naming the URI otherwise (no traceback, no hang)."""
     import logging
@@ -361,7 +369,7 @@ def check_resumable(run_id: str, uri: str | None = None) -> None:
     resolved = tracking_uri(uri)
     if not _RUN_ID.match(run_id):
         raise KdhubError(f"--resume {run_id!r}: not an MLflow run id")
-    _refuse_finished(_get_run(_client(resolved), run_id, resolved, "--resume"), run_id)
+    _refuse_finished(_get_run(_existing_client(resolved, "--resume"), run_id, resolved, "--resume"), run_id)
 
 
 def _local(reference: str, where: str) -> Path:
@@ -388,8 +396,9 @@ def check_reference(reference: str, uri: str | None = None, where: str = "") -> 
         return
     run_id, artifact = _split_reference(reference, where)
     resolved = tracking_uri(uri)
-    client = _client(resolved)
-    _get_run(client, run_id, resolved, f"{where}: {reference}" if where else reference)
+    label = f"{where}: {reference}" if where else reference
+    client = _existing_client(resolved, label)
+    _get_run(client, run_id, resolved, label)
     folder = posixpath.dirname(artifact) or None
     try:
         listed = {f.path for f in client.list_artifacts(run_id, folder)}
@@ -412,8 +421,8 @@ def resolve_artifact(reference: str, uri: str | None = None, where: str = "") ->
         return _local(reference, where)
     run_id, artifact = _split_reference(reference, where)
     resolved = tracking_uri(uri)
-    client = _client(resolved)
     label = f"{where}: {reference}" if where else reference
+    client = _existing_client(resolved, label)
     _get_run(client, run_id, resolved, label)
     target = Path(tempfile.mkdtemp(prefix="kdhub-"))
     try:
@@ -446,7 +455,7 @@ def load_run_config(run_id: str, uri: str | None = None) -> dict[str, Any]:
 
 def run_info(run_id: str, uri: str | None = None) -> dict[str, Any]:
     """Status, name, experiment (id and name), tags, params and latest metrics of a run."""
-    client = _client(tracking_uri(uri))
+    client = _existing_client(tracking_uri(uri), f"run {run_id}")
     try:
         run = client.get_run(run_id)
     except Exception as err:

@@ -121,10 +121,14 @@ _WHAT_TO_DO = (
 )
 
 
-def load(path: Path, who: str | None = None) -> dict[str, Any]:
+_RESUME_ADVICE = "the checkpoint cannot be used: start the run again without --resume"
+
+
+def load(path: Path, who: str | None = None, *, advice: str = _RESUME_ADVICE) -> dict[str, Any]:
     """A kdhub checkpoint (or any file of tensors) read without running pickled code.
 
-    ``who`` names the file in errors (default: its path); every failure is a one-line CheckpointError.
+    ``who`` names the file in errors (default: its path); every failure is a one-line CheckpointError
+    ending with ``advice`` (what to do).
     """
     path = Path(path)
     who = who or str(path)
@@ -133,7 +137,7 @@ def load(path: Path, who: str | None = None) -> dict[str, Any]:
         with _allowed_globals():
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{who}: {_why(err)}; {_WHAT_TO_DO}") from None
+        raise CheckpointError(f"{who}: {_why(err)}; {advice}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{who}: holds a {type(state).__name__}, not a checkpoint or a state_dict")
     return state
@@ -164,7 +168,7 @@ def read_weights(path: Path, who: str) -> tuple[dict[str, torch.Tensor], dict[st
                 f"{who}: not a readable safetensors file ({type(err).__name__}: {str(err)[:160]})"
             ) from None
         return dict(weights), {}
-    state = load(path, who)
+    state = load(path, who, advice=_WHAT_TO_DO)
     weights = state["model"] if isinstance(state.get("model"), dict) else state
     tensors = {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}
     if not tensors or len(tensors) != len(weights) or not all(isinstance(k, str) for k in weights):
@@ -179,10 +183,39 @@ def load_weights(net: nn.Module, path: Path, who: str) -> dict[str, Any]:
     """Load a kdhub checkpoint (its ``model`` entry), a bare state_dict or a safetensors file into ``net``."""
     weights, state = read_weights(path, who)
     weights = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in weights.items()}
+    problem = fit_problem(net, weights)
+    if problem:
+        raise IncompatibleError(f"{who}: the weights do not fit the {type(net).__name__} built here: {problem}")
     try:
         net.load_state_dict(weights)
     except RuntimeError as err:
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         first = "; ".join(lines[1:3] if len(lines) > 1 else lines)[:300]
-        raise IncompatibleError(f"{who}: the weights in {path} do not fit the model ({first})") from None
+        raise IncompatibleError(f"{who}: the weights do not fit the model ({first})") from None
     return state
+
+
+def fit_problem(net: nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``weights`` from loading into ``net`` (missing / unexpected keys, shapes), in one line."""
+    expected = net.state_dict()
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key{'s' if len(missing) > 1 else ''} ({few(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key{'s' if len(unexpected) > 1 else ''} ({few(unexpected)})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch{'es' if len(shapes) > 1 else ''} ({few(shapes)})")
+    if not parts:
+        return None
+    return "; ".join(parts) + " (saved from another model, options or number of classes?)"

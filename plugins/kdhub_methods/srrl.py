@@ -39,13 +39,16 @@ class SRRL(kdhub.Method):
     never a submodule of the method. The connector's BatchNorm takes its batch statistics from the
     taught samples only.
 
-    Reference recipe (CIFAR-100, SimKD's scripts): CE weight 1, SRRL weight 1::
+    Reference recipe (CIFAR-100, SimKD's ``scripts/run_distill.sh``: ``--distill srrl -c 1 -d 1 -b 1``
+    with ``--kd_T 4``, and ``helper/loops.py``'s ``cls * CE + div * KD + beta * SRRL``): CE weight 1,
+    SRRL weight 1, plus a KD term at T = 4 with weight 1::
 
         ce_weight: 1.0
         methods:
           - name: srrl
             weight: 1.0
             options: {fm_weight: 1.0, sr_weight: 1.0, sr_loss: mse}
+          - {name: kd, weight: 1.0, options: {temperature: 4.0}}
     """
 
     name = "srrl"

@@ -56,8 +56,10 @@ class VID(kdhub.Method):
     ``mid_channels``, default the teacher's channel count as in RepDistiller) and per-channel
     variance ``sigma_c^2 = softplus(alpha_c) + eps``, ``alpha`` initialised so that
     ``sigma^2 = init_variance``. Per sample: ``l_i = sum_stages mean_{c,h,w} 0.5 * ((mu - t)^2 /
-    sigma_c^2 + log sigma_c^2)``. The ``alpha_c`` are registered parameters and are trained
-    (RepDistiller's pitfall of unregistered variances is avoided).
+    sigma_c^2 + log sigma_c^2)``. The ``alpha_c`` are registered parameters and are
+    trained, as in RepDistiller (``distiller_zoo/VID.py`` registers ``log_scale`` in the trained
+    ``VIDLoss`` module); mdistiller's ``distillers/VID.py`` keeps them in a plain list left out of
+    ``get_learnable_parameters``, so its variances stay at their initial value.
 
     kdhub's reading: maps of different spatial size are matched by average-pooling the larger
     (RepDistiller); ``stages`` defaults to all (``feat[1:-1]``).

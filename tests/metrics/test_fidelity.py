@@ -33,7 +33,7 @@ def numpy_kl(zs: np.ndarray, zt: np.ndarray) -> np.ndarray:
 def test_test_batch(fake) -> None:
     out = test_batch()
     result = run([kdhub.EvalBatch(out.student_logits, out.teacher_logits, out.labels, out.indices)], 3, fake)
-    assert result.scalars["kl"] == pytest.approx(0.708319, abs=1e-6)  # ALGORITHMS.md: [1.150421, 0.266217]
+    assert result.scalars["kl"] == pytest.approx(0.708319, abs=1e-6)  # docs/reference-values.md: [1.150421, 0.266217]
     assert result.scalars["agreement"] == pytest.approx(0.5)
     table = result.tables["fidelity"]
     assert table["kl"][2] == pytest.approx(1.150421, abs=1e-6)

@@ -138,8 +138,7 @@ class Timm(kdhub.Model):
         except TypeError as err:
             if "unexpected keyword argument" in str(err):
                 raise kdhub.ConfigError(
-                    f"options.kwargs: timm model {o.variant!r} does not take {str(err).rsplit(' ', 1)[-1]} "
-                    f"({', '.join(sorted(o.kwargs)) or 'no kwargs given'})"
+                    f"options.kwargs: timm model {o.variant!r} does not take {str(err).rsplit(' ', 1)[-1]}"
                 ) from None
             raise
         except (OSError, RuntimeError, ValueError) as err:
