@@ -11,7 +11,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeInt,
     ValidationError,
     ValidationInfo,
     WrapValidator,
@@ -58,15 +57,19 @@ def _is_numeric_only(annotation: Any) -> bool:
     return bool(kinds & {int, float}) and not kinds & {bool, object, str}
 
 
-def _bool_for_number(annotation: Any, value: Any) -> str | None:
+def _bool_for_number(annotation: Any, value: Any, where: str = "") -> str | None:
+    """Why ``value`` (or an item of it, in nested lists) is a boolean where ``annotation`` wants a number."""
     if isinstance(value, bool):
-        return f"expected a number, got a boolean ({str(value).lower()})" if _is_numeric_only(annotation) else None
+        if _is_numeric_only(annotation):
+            return f"{where}expected a number, got a boolean ({str(value).lower()})"
+        return None
     if isinstance(value, (list, tuple)):
         element = _element_annotation(annotation)
         if element is not None:
             for i, item in enumerate(value):
-                if isinstance(item, bool) and _is_numeric_only(element):
-                    return f"item {i}: expected a number, got a boolean ({str(item).lower()})"
+                problem = _bool_for_number(element, item, f"{where}item {i}: ")
+                if problem:
+                    return problem
     return None
 
 
@@ -109,14 +112,16 @@ def _epoch_or_fraction(value: Any, handler: Any) -> Any:
     except ValidationError:
         shown = "NaN" if isinstance(value, float) and math.isnan(value) else repr(value)
         raise ValueError(
-            f"expected an epoch count (integer >= 0) or a fraction of the run (0 < x < 1), got {shown}"
+            f"expected an epoch count (integer 0 .. {MAX_EPOCH:,}) or a fraction of the run (0 < x < 1), got {shown}"
         ) from None
 
 
+MAX_EPOCH = 100_000
+
 EpochOrFraction = Annotated[
-    Union[NonNegativeInt, Annotated[float, Field(gt=0, lt=1)]],
+    Union[Annotated[int, Field(ge=0, le=MAX_EPOCH)], Annotated[float, Field(gt=0, lt=1)]],
     WrapValidator(_epoch_or_fraction),
-    Field(description="an epoch count (int >= 0) or a fraction of the run (0 < float < 1)"),
+    Field(description="an epoch count (int 0 .. 100,000) or a fraction of the run (0 < float < 1)"),
 ]
 """An epoch count or a fraction of the run, resolved once at run start by :func:`resolve_epoch`."""
 
