@@ -113,8 +113,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print("  (registers nothing and implements no hook)")
     for failure in failures:
         print(f"FAILED {failure.distribution} [{failure.entry_point}]: {failure.error}")
-        if os.environ.get("KDHUB_TRACE_PLUGINS", "") not in ("", "0", "false", "False") and failure.detail:
-            print(failure.detail.rstrip())
     return 1 if failures else 0
 
 

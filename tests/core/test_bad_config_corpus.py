@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import subprocess
 import sys
 import types
@@ -28,6 +29,7 @@ from kdhub.plugins import get_registry
 NAN, INF = math.nan, math.inf
 HUGE_INT = 10**30
 HUGE_FLOAT = 1e300
+INTERNAL = re.compile(r"instance of|\b\w+(Ref|Config|Options)\b|function-|\.int\b|\.float\b")
 HUGE_TEXT = "x" * 10_001  # above every string limit (MLflow tag values: 8,000)
 
 BASE: dict[str, Any] = {"student": {"name": "cnn", "options": {"width": 4}}, "epochs": 2, "train": {"progress": False}}
@@ -266,6 +268,8 @@ def _check(cases, tmp_path, capsys, where) -> list[str]:
             problems.append(f"{where} {label}: not an error line: {err[-300:]!r}")
         elif any(expect not in line for line in lines):  # one line per problem, each naming its key
             problems.append(f"{where} {label}: {expect!r} not named in {err[:300]!r}")
+        elif INTERNAL.search(err):
+            problems.append(f"{where} {label}: names an internal class: {err[:300]!r}")
     return problems
 
 

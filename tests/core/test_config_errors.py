@@ -381,3 +381,39 @@ def test_batch_size_larger_than_the_training_set(tmp_path):
     config = parse_config({"student": {"name": "cnn", "options": {"width": 4}}, "data": {"batch_size": 4096}})
     with pytest.raises(ConfigError, match=r"data\.batch_size: 4096 is larger than the 1,347 training images"):
         Trainer(config)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--dpi", "0"], "--dpi: 0 is outside 10 .. 1200"),
+        (["--dpi", "1000000"], "--dpi: 1000000 is outside 10 .. 1200"),
+        (["--tol", "nan"], "--tol: nan is not a finite number >= 0"),
+        (["--figures", "{file}/figures/"], "is not a writable folder"),
+    ],
+)
+def test_compare_refuses_bad_output_options_before_reading_runs(capsys, tmp_path, extra, expected):
+    (tmp_path / "file").write_text("a file where a folder should be")
+    extra = [e.format(file=tmp_path / "file") for e in extra]
+    code, err = run_cli(
+        capsys, "compare", "--baseline", "a", "b", *extra, "--tracking-uri", f"sqlite:///{tmp_path}/m.db"
+    )
+    assert code == 2
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_third_party_options_refuse_nan_inf_and_booleans_by_default():
+    from pydantic import Field, ValidationError
+
+    import kdhub
+
+    class Options(kdhub.Options):  # a third party's options, no bounds given
+        scale: float = Field(1.0, description="unbounded float")
+        count: int = Field(1, description="unbounded int")
+        flag: bool = Field(False, description="a switch")
+
+    for bad in ({"scale": float("nan")}, {"scale": float("inf")}, {"count": True}, {"scale": False}):
+        with pytest.raises(ValidationError):
+            Options(**bad)
+    assert Options(scale="1e-3", count=2, flag=True).scale == 0.001  # YAML's 1e-3 is a string: still a number
