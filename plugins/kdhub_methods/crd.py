@@ -100,7 +100,9 @@ class CRD(kdhub.Method):
             le=10_000_000,
             description="negatives K per anchor (clamped to the pool size of small data sets)",
         )
-        nce_temperature: kdhub.FiniteFloat = Field(0.07, gt=0, le=10, description="temperature tau of the NCE scores")
+        nce_temperature: kdhub.FiniteFloat = Field(
+            0.07, ge=1e-3, le=10, description="temperature tau of the NCE scores"
+        )
         momentum: kdhub.FiniteFloat = Field(0.5, ge=0, lt=1, description="momentum of the memory-bank update")
         negatives: Literal["other_classes", "uniform"] = Field(
             "other_classes",

@@ -65,7 +65,7 @@ class DIST(kdhub.Method):
         beta: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e6, description="weight of the inter-class relation term")
         gamma: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e6, description="weight of the intra-class relation term")
         temperature: kdhub.FiniteFloat = Field(
-            1.0, gt=0, le=100, description="softmax temperature T (loss scaled by T^2)"
+            1.0, ge=0.01, le=100, description="softmax temperature T (loss scaled by T^2)"
         )
 
     def loss(self, out: kdhub.StepOutputs) -> dict[str, torch.Tensor]:

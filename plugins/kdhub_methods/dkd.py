@@ -89,7 +89,7 @@ class DKD(kdhub.Method):
     class Options(kdhub.Options):
         alpha: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e4, description="weight of the target-class term TCKD")
         beta: kdhub.FiniteFloat = Field(8.0, ge=0, le=1e4, description="weight of the non-target-class term NCKD")
-        temperature: kdhub.FiniteFloat = Field(4.0, gt=0, le=100, description="softmax temperature T")
+        temperature: kdhub.FiniteFloat = Field(4.0, ge=0.01, le=100, description="softmax temperature T")
         warmup: int = Field(
             20, ge=0, le=100_000, description="epochs of linear warm-up min(epoch / warmup, 1); 0 = none"
         )

@@ -57,7 +57,7 @@ class LogitStd(kdhub.Method):
 
     class Options(kdhub.Options):
         temperature: kdhub.FiniteFloat = Field(
-            2.0, gt=0, le=100, description="base temperature T applied to the z-scored logits"
+            2.0, ge=0.01, le=100, description="base temperature T applied to the z-scored logits"
         )
 
     def loss(self, out: kdhub.StepOutputs) -> torch.Tensor:

@@ -65,7 +65,7 @@ class SRRL(kdhub.Method):
             "mse", description="mse: squared error of the logits (the paper's L2); kl: KD's softened KL"
         )
         temperature: kdhub.FiniteFloat | None = Field(
-            None, gt=0, le=100, description="softmax temperature of sr_loss=kl (default 1; not allowed with mse)"
+            None, ge=0.01, le=100, description="softmax temperature of sr_loss=kl (default 1; not allowed with mse)"
         )
 
         @model_validator(mode="after")

@@ -89,7 +89,10 @@ class TLLM(kdhub.Policy):
             0.1, ge=0, le=1, description="label-smoothing alpha of the replacement loss"
         )
         temperature: kdhub.FiniteFloat = Field(
-            4.0, gt=0, le=100, description="KD temperature of the teaching curve when every method is batch-relational"
+            4.0,
+            ge=0.01,
+            le=100,
+            description="KD temperature of the teaching curve when every method is batch-relational",
         )
         kd_weight: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e6, description="factor on every method's weight")
 

@@ -38,7 +38,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
         ({"methods": [{"name": "kdd"}]}, "methods.0.name: unknown method 'kdd'; did you mean 'kd'"),
         (
             {"methods": [{"name": "kd", "options": {"temperature": -1}}]},
-            "methods.0.options.temperature: Input should be greater than 0, got -1 (method 'kd')",
+            "methods.0.options.temperature: Input should be greater than or equal to 0.01, got -1 (method 'kd')",
         ),
         (
             {"methods": [{"name": "kd", "options": {"temprature": 2}}]},
