@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdhub.base import EpochOrFraction, Options, Plugin, resolve_epoch
+from kdhub.base import EpochOrFraction, FiniteFloat, Options, Plugin, resolve_epoch
 from kdhub.command import Command
 from kdhub.dataset import Augmentation, DataBundle, Dataset, TensorSplit
 from kdhub.errors import (
@@ -43,6 +43,7 @@ __all__ = [
     "EpochOrFraction",
     "EpochReport",
     "EvalBatch",
+    "FiniteFloat",
     "IncompatibleError",
     "KdhubError",
     "LossValue",

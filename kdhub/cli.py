@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -19,21 +20,59 @@ def _registry() -> Any:
     return get_registry()
 
 
+def _warn_load_failures() -> None:
+    """One line per plugin that failed to load (``kdhub plugins`` tells why)."""
+    from kdhub.plugins import load_failures
+
+    for failure in load_failures():
+        print(
+            f"kdhub: warning: plugin {failure.entry_point!r} from {failure.distribution} failed to load "
+            f"({failure.error.splitlines()[0][:160]}); `kdhub plugins` for details",
+            file=sys.stderr,
+        )
+
+
+def prepare_run(config_file: str | None, overrides: list[str], resume: str | None, uri: str | None) -> Any:
+    """The validated RunConfig of ``kdhub run``, checked before any data is loaded or run started.
+
+    With ``resume``, the run must exist, not be deleted or FINISHED, and a config (file or
+    ``--set``) may change only the resumable keys (:data:`kdhub.config.RESUMABLE`).
+    """
+    from kdhub.config import apply_overrides, check_resume, load_config, parse_config, resolve_plugins
+    from kdhub.tracking import check_reference, check_resumable, load_run_config, uri_problem
+
+    if uri is not None:
+        problem = uri_problem(uri)
+        if problem:
+            raise KdhubError(f"--tracking-uri: {problem}")
+    if not config_file and not resume:
+        raise KdhubError("run: give a CONFIG file, or --resume RUN_ID")
+    config = load_config(config_file, overrides) if config_file else None
+    if config is not None and uri:
+        config.tracking.uri = uri
+    if resume:
+        store = uri or (config.tracking.uri if config is not None else None)
+        check_resumable(resume, store)
+        logged = load_run_config(resume, store)
+        if config is None:
+            config = parse_config(apply_overrides(logged, overrides), "resumed run")
+            if uri:
+                config.tracking.uri = uri
+        check_resume(config, logged, resume)
+    if config is None:  # unreachable: a config file or --resume was given
+        raise KdhubError("run: give a CONFIG file, or --resume RUN_ID")
+    resolve_plugins(config, _registry())
+    if config.teacher is not None and config.teacher.weights:
+        check_reference(config.teacher.weights, config.tracking.uri, "teacher.weights")
+    return config
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from kdhub.config import load_config, parse_config
     from kdhub.engine.loop import run
 
-    if args.config:
-        config = load_config(args.config, args.set)
-    elif args.resume:
-        from kdhub.config import apply_overrides
-        from kdhub.tracking import load_run_config
-
-        config = parse_config(apply_overrides(load_run_config(args.resume, args.tracking_uri), args.set), "resumed run")
-    else:
-        raise KdhubError("run: give a CONFIG file, or --resume RUN_ID")
-    if args.tracking_uri:
-        config.tracking.uri = args.tracking_uri
+    _registry()
+    _warn_load_failures()
+    config = prepare_run(args.config, args.set, args.resume, args.tracking_uri)
     result = run(config, resume_run_id=args.resume)
     if result.run_id is not None:  # only the logging process (rank 0) reports
         print(f"run {result.run_id}: test accuracy last {result.last_acc:.2f}%, best {result.best_acc:.2f}%")
@@ -66,6 +105,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                     "version": i.version,
                     "module": i.module,
                     "registers": i.registered,
+                    "hooks": i.hooks,
                 }
                 for i in infos
             ],
@@ -74,14 +114,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             ],
         }
         print(json.dumps(payload, indent=2))
-        return 0
+        return 1 if failures else 0
     for info in infos:
         print(f"{info.distribution} {info.version}  [{info.name} = {info.module}]")
         for kind, names in info.registered.items():
             print(f"  {kind}: {', '.join(names)}")
+        if info.hooks:
+            print(f"  hooks: {', '.join(h.removeprefix('kdhub_') for h in info.hooks)}")
+        if not info.registered and not info.hooks:
+            print("  (registers nothing and implements no hook)")
     for failure in failures:
         print(f"FAILED {failure.distribution} [{failure.entry_point}]: {failure.error}")
-    return 0
+    return 1 if failures else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -207,17 +251,26 @@ def _add_plugin_commands(sub: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)  # loads the plugins: they may add commands
-        return args.func(args)
-    except KdhubError as err:
-        print(f"kdhub: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except Terminated:
-        print("kdhub: terminated (SIGTERM); the run can be resumed", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("kdhub: interrupted", file=sys.stderr)
-        return 130
+        try:
+            args = build_parser().parse_args(argv)  # loads the plugins: they may add commands
+            code = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+            return code
+        except KdhubError as err:
+            print(f"kdhub: error: {err}", file=sys.stderr)
+            return err.exit_code
+        except Terminated:
+            print("kdhub: terminated (SIGTERM); the run can be resumed", file=sys.stderr)
+            return 143
+        except KeyboardInterrupt:
+            print("kdhub: interrupted", file=sys.stderr)
+            return 130
+    except BrokenPipeError:
+        # the reader (``| head``) went away: stop quietly, and keep Python from complaining at exit
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class KdhubError(Exception):
     """Base of every user-facing kdhub error."""
@@ -40,3 +43,30 @@ class DivergedError(RunFailedError):
 
 class Terminated(KeyboardInterrupt):
     """The process received SIGTERM (a scheduler's or ``kill``'s stop): handled like Ctrl-C, the run ends KILLED."""
+
+
+@contextlib.contextmanager
+def plugin_errors(path: str, kind: str, name: str) -> Iterator[None]:
+    """Name the config path of a plugin in what its ``load()`` / ``build()`` raises.
+
+    A KdhubError whose message starts with ``options.`` gets the path prepended
+    (``student.options.pretrained: ...``); any other one is prefixed with ``path: ``. Any other
+    exception becomes a one-line KdhubError naming the plugin (the original is its ``__cause__``).
+    """
+    try:
+        yield
+    except KdhubError as err:
+        message = str(err)
+        if message.startswith(f"{path}.") or message.startswith(f"{path}:"):
+            raise
+        prefixed = f"{path}.{message}" if message.startswith("options.") else f"{path}: {message}"
+        try:
+            renamed = type(err)(prefixed)
+        except TypeError:
+            renamed = KdhubError(prefixed)
+        raise renamed from None
+    except MemoryError:
+        raise KdhubError(f"{path}: {kind} {name!r} ran out of memory (choose smaller options)") from None
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise KdhubError(f"{path}: {kind} {name!r} failed: {type(err).__name__}: {first}") from err

@@ -20,12 +20,13 @@ __all__ = ["EpochAction", "EpochReport", "Policy", "PolicyContext", "StepPlan"]
 class StepPlan:
     """A policy's decision for one step.
 
-    ``kd_weight`` multiplies every method's weight; ``class_mask`` (bool ``[C]`` on the training
-    device, None = all) selects the taught classes; ``teacher_scale`` multiplies the teacher's
-    logits before the methods see them.
+    ``ce_weight`` is the weight of the cross-entropy term (None, the default: the run's
+    ``ce_weight``); ``kd_weight`` multiplies every method's weight; ``class_mask`` (bool ``[C]`` on
+    the training device, None = all) selects the taught classes; ``teacher_scale`` multiplies the
+    teacher's logits before the methods see them. A bare ``StepPlan()`` trains as the run says.
     """
 
-    ce_weight: float = 1.0
+    ce_weight: float | None = None
     kd_weight: float = 1.0
     class_mask: Tensor | None = None
     teacher_scale: float | None = None

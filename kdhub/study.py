@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kdhub.config import apply_overrides, parse_config, resolve_plugins
+from kdhub.config import apply_overrides, parse_config, read_yaml, resolve_plugins
 from kdhub.errors import ConfigError
 from kdhub.plugins import get_registry
 from kdhub.registry import format_validation_error
@@ -63,14 +63,9 @@ class StudyConfig(BaseModel):
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{path}: no such study file")
+    data = read_yaml(path, "study file") or {}  # kdhub's safe loader: no tags, no alias bombs
     try:
-        data = yaml.safe_load(file.read_text()) or {}
         study = StudyConfig.model_validate(data)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}".replace("\n", " ")) from None
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, StudyConfig)) from None
     if overrides:

@@ -85,7 +85,7 @@ TINY_TAPS: dict[str, list[str]] = {
 
 
 def test_batch() -> StepOutputs:
-    """ALGORITHMS.md's batch TB: z_s = [[1,2,3],[0,0,0]], z_t = [[3,2,1],[1,0,-1]], y = [2,0]."""
+    """Reference batch TB (docs/reference-values.md): z_s = [[1,2,3],[0,0,0]], z_t = [[3,2,1],[1,0,-1]], y = [2,0]."""
     return StepOutputs(
         student_logits=torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]),
         teacher_logits=torch.tensor([[3.0, 2.0, 1.0], [1.0, 0.0, -1.0]]),

@@ -25,7 +25,7 @@ from kdhub.engine.data import DataSource, open_data
 from kdhub.engine.distributed import DistEnv, init_distributed
 from kdhub.engine.features import FeatureTaps, check_roles, dry_run_shapes
 from kdhub.engine.losses import Teaching
-from kdhub.errors import ConfigError, IncompatibleError
+from kdhub.errors import ConfigError, IncompatibleError, plugin_errors
 from kdhub.method import SetupContext
 from kdhub.metric import Metric
 from kdhub.policy import Policy, PolicyContext
@@ -93,10 +93,10 @@ def build_run(
     config: RunConfig,
     registry: Registry,
     options: dict[str, Any],
-    fetch: Callable[[str], Path],
+    fetch: Callable[[str, str], Path],
 ) -> RunParts:
     """Build the run's parts; ``options`` are the validated plugin options by config path and
-    ``fetch`` turns a teacher-weights reference (file or ``runs:/``) into a local file."""
+    ``fetch(reference, where)`` turns a teacher-weights reference (file or ``runs:/``) into a local file."""
     device = pick_device(config.train.device)
     dist = init_distributed(device)
     if dist.enabled and device.type == "cuda":
@@ -108,23 +108,30 @@ def build_run(
     def plugin(kind: str, path: str, name: str) -> Any:
         return registry.get(kind, name)(options[path])
 
-    data = _load_data(config, plugin("dataset", "data", config.data.name), device, dist)
+    with plugin_errors("data", "dataset", config.data.name):
+        data = _load_data(config, plugin("dataset", "data", config.data.name), device, dist)
     batch_size = config.data.batch_size
+    if batch_size > data.size("train"):  # every step would see fewer images than asked for
+        raise ConfigError(
+            f"data.batch_size: {batch_size} is larger than the {data.size('train'):,} training images "
+            f"of {config.data.name!r} (after val_fraction / holdout_fraction / train_fraction); lower it"
+        )
     steps = data.steps_per_epoch(batch_size, config.data.drop_last)
-    if steps == 0:
-        raise ConfigError(f"data.batch_size: {batch_size} is larger than the {data.size('train')} training images")
 
     student_plugin = plugin("model", "student", config.student.name)
-    student = student_plugin.build(data.num_classes, data.in_channels, data.image_size).to(device)
+    with plugin_errors("student", "model", config.student.name):
+        student = student_plugin.build(data.num_classes, data.in_channels, data.image_size).to(device)
     student_taps = student_plugin.taps(student)
     teacher, teacher_taps = None, {}
     if config.teacher is not None:
         teacher_plugin = plugin("model", "teacher", config.teacher.name)
-        teacher = teacher_plugin.build(data.num_classes, data.in_channels, data.image_size).to(device)
+        with plugin_errors("teacher", "model", config.teacher.name):
+            teacher = teacher_plugin.build(data.num_classes, data.in_channels, data.image_size).to(device)
         teacher_taps = teacher_plugin.taps(teacher)
         if config.teacher.weights:
             reference = config.teacher.weights
-            checkpoint.load_weights(teacher, fetch(reference), f"teacher.weights ({reference})")
+            path = fetch(reference, "teacher.weights")
+            checkpoint.load_weights(teacher, path, f"teacher.weights ({reference})")
         else:
             log.warning("teacher has no weights: distilling from a randomly initialised %s", config.teacher.name)
         teacher.eval().requires_grad_(False)

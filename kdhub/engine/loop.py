@@ -139,14 +139,15 @@ class Trainer:
         self.logged: dict[str, int] = {}  # key -> last step already in MLflow (a resumed run)
 
     # helpers ----------------------------------------------------------------------------------
-    def fetch(self, reference: str) -> Path:
-        """A local file for a path or ``runs:/`` reference, downloaded once into the work folder."""
+    def fetch(self, reference: str, where: str = "") -> Path:
+        """A local file for a path or ``runs:/`` reference, downloaded once into the work folder;
+        ``where`` (a config path) names it in errors."""
         from kdhub.tracking import resolve_artifact
 
         if reference not in self.fetched:
             uri = self.tracker.uri if self.tracker is not None else self.config.tracking.uri
             folder = self.workdir / "downloads" / str(len(self.fetched))
-            self.fetched[reference] = resolve_artifact(reference, uri, folder)
+            self.fetched[reference] = resolve_artifact(reference, uri, folder, where)
         return self.fetched[reference]
 
     def _publish(self, path: Path, folder: str) -> None:
@@ -249,8 +250,9 @@ class Trainer:
             if plan.teacher_scale is not None and t_logits is not None:
                 t_logits = t_logits * plan.teacher_scale
             loss = zero
-            if plan.ce_weight > 0:
-                ce = plan.ce_weight * F.cross_entropy(s_logits, y)
+            ce_weight = cfg.ce_weight if plan.ce_weight is None else plan.ce_weight  # None: the run's
+            if ce_weight > 0:
+                ce = ce_weight * F.cross_entropy(s_logits, y)
                 loss = loss + ce
                 self._accumulate(sums, first_bad_term, "ce", ce.detach(), step)
             if teach:
@@ -298,7 +300,8 @@ class Trainer:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["images_per_s"] = n_seen / max(elapsed, 1e-9)
         if plan is not None:
-            values["weight/ce"], values["weight/kd"] = plan.ce_weight, plan.kd_weight
+            values["weight/ce"] = cfg.ce_weight if plan.ce_weight is None else plan.ce_weight
+            values["weight/kd"] = plan.kd_weight
         return values
 
     @staticmethod
@@ -601,10 +604,12 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
     checkpoint_path = None
     if resume_run_id is not None:
         uri = tracker.uri if tracker is not None else config.tracking.uri
-        checkpoint_path = _resumable(resume_run_id, uri, check_alive=rank0)
+        checkpoint_path = _resumable(config, resume_run_id, uri, check_alive=rank0)
     with _sigterm_interrupts(), Trainer(config, tracker, resume_run_id) as trainer:
         if checkpoint_path is not None:
-            trainer.load_state_dict(checkpoint.load(trainer.fetch(f"runs:/{resume_run_id}/{checkpoint_path}")))
+            where = f"--resume {resume_run_id}"
+            path = trainer.fetch(f"runs:/{resume_run_id}/{checkpoint_path}", where)
+            trainer.load_state_dict(checkpoint.load(path, f"{where}: {checkpoint_path}"))
 
         def start() -> None:
             assert tracker is not None
@@ -621,16 +626,18 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
         return _fit(trainer, tracker, start)
 
 
-def _resumable(run_id: str, uri: str | None, check_alive: bool = True) -> str | None:
-    """The checkpoint a run resumes from (None: from scratch); refuses a finished or still running run."""
-    from kdhub.tracking import artifact_exists, liveness, run_info
+def _resumable(config: RunConfig, run_id: str, uri: str | None, check_alive: bool = True) -> str | None:
+    """The checkpoint a run resumes from (None: from scratch); refuses a finished or still running run,
+    and a config that changes more than the resumable keys."""
+    from kdhub.config import check_resume
+    from kdhub.tracking import artifact_exists, check_resumable, liveness, load_run_config, run_info
 
     path = "checkpoints/last.pt"
     if not check_alive:  # torchrun's other processes: rank 0 decides, and marks the run RUNNING
         return path if artifact_exists(run_id, path, uri) else None
+    check_resumable(run_id, uri)  # exists, not deleted, not FINISHED
+    check_resume(config, load_run_config(run_id, uri), run_id)
     info = run_info(run_id, uri)
-    if info["status"] == "FINISHED":
-        raise KdhubError(f"--resume {run_id}: the run is FINISHED; nothing to resume (start a new run instead)")
     if info["status"] == "RUNNING":
         alive, why = liveness(info)
         if alive:

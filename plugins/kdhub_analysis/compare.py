@@ -479,12 +479,34 @@ def save_figures(comparison: Comparison, prefix: str, dpi: int = 100) -> list[Pa
         stem = ""
     else:
         folder, stem = folder.parent, folder.name
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, figure in comparison.figures().items():
-        paths.append(folder / f"{stem}{name}.png")
-        figure.savefig(paths[-1], dpi=dpi)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, figure in comparison.figures().items():
+            paths.append(folder / f"{stem}{name}.png")
+            figure.savefig(paths[-1], dpi=dpi)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise KdhubError(f"--figures {prefix}: cannot write the figures: {reason}") from None
     return paths
+
+
+MAX_DPI = 1200
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Refuse bad --dpi / --tol / --figures before anything is read or logged."""
+    if not 10 <= args.dpi <= MAX_DPI:
+        raise KdhubError(f"--dpi: {args.dpi} is outside 10 .. {MAX_DPI}")
+    if not (math.isfinite(args.tol) and args.tol >= 0):
+        raise KdhubError(f"--tol: {args.tol} is not a finite number >= 0")
+    if args.figures:
+        folder = Path(args.figures)
+        if not (args.figures.endswith(("/", os.sep)) or folder.is_dir()):
+            folder = folder.parent
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise KdhubError(f"--figures {args.figures}: {existing} is not a writable folder")
 
 
 class CompareCommand(kdhub.Command):
@@ -525,6 +547,7 @@ class CompareCommand(kdhub.Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
+        _check_output(args)
         comparison = compare_runs(
             _ids(args.baseline),
             _ids(args.runs),

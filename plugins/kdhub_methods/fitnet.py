@@ -50,7 +50,10 @@ class FitNet(kdhub.Method):
 
     class Options(kdhub.Options):
         stage: int = Field(
-            1, description="index into the 'stages' features of both models (negative counts from the end)"
+            1,
+            ge=-64,
+            le=63,
+            description="index into the 'stages' features of both models (negative counts from the end)",
         )
 
     def setup(self, ctx: kdhub.SetupContext) -> None:

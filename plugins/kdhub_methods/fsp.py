@@ -67,7 +67,9 @@ class FSP(kdhub.Method):
     paper: ClassVar[str] = "Yim et al. 2017"
 
     class Options(kdhub.Options):
-        init_epochs: int = Field(30, ge=0, description="epochs of the initialisation stage trained with the FSP loss")
+        init_epochs: int = Field(
+            30, ge=0, le=10_000, description="epochs of the initialisation stage trained with the FSP loss"
+        )
         include_stem: bool = Field(True, description="start the chain of features at the stem (RepDistiller)")
         main_loss: bool = Field(
             False, description="also add the FSP loss in the main stage (the paper and RepDistiller do not)"

@@ -36,7 +36,7 @@ class KD(kdhub.Method):
     paper: ClassVar[str] = "Hinton et al. 2015"
 
     class Options(kdhub.Options):
-        temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature T")
+        temperature: kdhub.FiniteFloat = Field(4.0, ge=0.01, le=100, description="softmax temperature T")
         reduction: Literal["batchmean", "per_class_mean"] = Field(
             "batchmean", description="batchmean = true KL; per_class_mean also divides by C (DeiT/TAKD)"
         )

@@ -42,7 +42,9 @@ class LabelSmoothing(kdhub.Method):
     paper: ClassVar[str] = "Szegedy et al. CVPR 2016"
 
     class Options(kdhub.Options):
-        alpha: float = Field(0.1, ge=0, le=1, description="smoothing mass alpha: q = (1 - alpha) onehot + alpha / C")
+        alpha: kdhub.FiniteFloat = Field(
+            0.1, ge=0, le=1, description="smoothing mass alpha: q = (1 - alpha) onehot + alpha / C"
+        )
 
     def loss(self, out: kdhub.StepOutputs) -> torch.Tensor:
         return F.cross_entropy(

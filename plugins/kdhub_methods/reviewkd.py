@@ -106,11 +106,11 @@ class ReviewKD(kdhub.Method):
     paper: ClassVar[str] = "Chen et al. 2021"
 
     class Options(kdhub.Options):
-        warmup_epochs: int = Field(20, ge=0, description="epochs of linear warm-up of the loss (0 = none)")
+        warmup_epochs: int = Field(20, ge=0, le=100_000, description="epochs of linear warm-up of the loss (0 = none)")
         teacher_preact: bool = Field(
             True, description="match the teacher's pre-ReLU stages (true, as the reference codes) or its stages"
         )
-        max_mid_channels: int = Field(512, ge=1, description="upper bound of the ABF's hidden channels")
+        max_mid_channels: int = Field(512, ge=1, le=65536, description="upper bound of the ABF's hidden channels")
 
     @property
     def feature_roles(self) -> tuple[str, ...]:

@@ -76,21 +76,28 @@ class TLLM(kdhub.Policy):
         window: kdhub.EpochOrFraction = Field(
             0.05, description="K: window length in epochs (int) or as a fraction of the run (at least 1 epoch)"
         )
-        eta: float = Field(0.0, ge=0, description="stop a class when its loss fell by <= eta over the window")
+        eta: kdhub.FiniteFloat = Field(
+            0.0, ge=0, le=1e6, description="stop a class when its loss fell by <= eta over the window"
+        )
         end: kdhub.EpochOrFraction | None = Field(
             None, description="no new stops after this epoch (int) or fraction of the run (None = never)"
         )
-        max_stopped_fraction: float = Field(
+        max_stopped_fraction: kdhub.FiniteFloat = Field(
             1.0, ge=0, le=1, description="at most floor(fraction * classes) classes are ever stopped"
         )
         replacement: Literal["label_smoothing", "none"] = Field(
             "label_smoothing", description="loss standing in for output-based methods on stopped classes"
         )
-        smoothing: float = Field(0.1, ge=0, le=1, description="label-smoothing alpha of the replacement loss")
-        temperature: float = Field(
-            4.0, gt=0, le=100, description="KD temperature of the teaching curve when every method is batch-relational"
+        smoothing: kdhub.FiniteFloat = Field(
+            0.1, ge=0, le=1, description="label-smoothing alpha of the replacement loss"
         )
-        kd_weight: float = Field(1.0, ge=0, description="factor on every method's weight")
+        temperature: kdhub.FiniteFloat = Field(
+            4.0,
+            ge=0.01,
+            le=100,
+            description="KD temperature of the teaching curve when every method is batch-relational",
+        )
+        kd_weight: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e6, description="factor on every method's weight")
 
     def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -134,7 +141,7 @@ class TLLM(kdhub.Policy):
             host = torch.ones(ctx.num_classes, dtype=torch.bool)
             host[list(self.stopped)] = False
             mask = host.to(ctx.device)
-        self._plan = kdhub.StepPlan(ce_weight=ctx.ce_weight, kd_weight=self.options.kd_weight, class_mask=mask)
+        self._plan = kdhub.StepPlan(kd_weight=self.options.kd_weight, class_mask=mask)
 
     # -- per step ----------------------------------------------------------------------------
 

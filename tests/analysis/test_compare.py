@@ -33,7 +33,7 @@ NAN = math.nan
 
 
 def per_class_acc(y: list[int], pred: list[int], num_classes: int) -> list[float]:
-    """acc_m in % with numpy, NaN for an empty class (ALGORITHMS.md, per_class_accuracy)."""
+    """acc_m in % with numpy, NaN for an empty class (docs/reference-values.md, per-class accuracy)."""
     y, pred = np.asarray(y), np.asarray(pred)
     with np.errstate(invalid="ignore"):
         return [100 * float(np.mean(pred[y == m] == m)) if (y == m).any() else NAN for m in range(num_classes)]
@@ -42,7 +42,7 @@ def per_class_acc(y: list[int], pred: list[int], num_classes: int) -> list[float
 # the pure comparison ------------------------------------------------------------------------------
 
 
-def test_algorithms_md_example():
+def test_reference_values_example():  # docs/reference-values.md, the comparison's worked example
     # y = [0,0,1,1,2]; run predicts [0,1,1,1,0] -> acc [1/2, 2/2, 0/1]; baseline [0,0,1,0,2] -> [2/2, 1/2, 1/1]
     y = [0, 0, 1, 1, 2]
     run_acc = per_class_acc(y, [0, 1, 1, 1, 0], 3)
@@ -192,9 +192,9 @@ def base_config(mlflow_uri: str, seed: int, width: int, epochs: int = 2) -> dict
 def test_a_teacher_without_methods_is_evaluation_only(tmp_path):
     """A vanilla baseline with the teacher attached trains exactly as one without it (the teacher only evaluates)."""
     teacher = tmp_path / "teacher.pt"
-    torch.save(run(base_config("unused", 1, 8, epochs=1), track=False).student.state_dict(), teacher)
-    plain = run(base_config("unused", 0, 4), track=False)
-    config = base_config("unused", 0, 4)
+    torch.save(run(base_config("sqlite:///unused.db", 1, 8, epochs=1), track=False).student.state_dict(), teacher)
+    plain = run(base_config("sqlite:///unused.db", 0, 4), track=False)
+    config = base_config("sqlite:///unused.db", 0, 4)
     config.update(
         teacher={"name": "cnn", "options": {"width": 8}, "weights": str(teacher)},
         metrics=["per_class_accuracy", "agreement"],

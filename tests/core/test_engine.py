@@ -135,7 +135,7 @@ def test_a_failing_run_is_marked_failed_with_the_reason(tiny_config, monkeypatch
 
     plugins.register_module(Boom(), name="boom")
     try:
-        with pytest.raises(RuntimeError):
+        with pytest.raises(plugins.PluginHookError, match="plugin 'boom' from local: kdhub_run_started raised"):
             run(tiny_config)
     finally:
         plugins.unregister("boom")

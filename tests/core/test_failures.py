@@ -18,6 +18,7 @@ import kdhub
 from kdhub import plugins
 from kdhub.cli import main
 from kdhub.engine.loop import run
+from kdhub.tracking import Tracker
 
 
 class NaNAfter(kdhub.Method):
@@ -124,6 +125,7 @@ def long_run(tmp_path):
     }
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(config))
+    Tracker(uri, "signals")  # create the store first: the test polls it while the run's process writes
     return path, uri
 
 
@@ -163,7 +165,7 @@ def test_a_run_killed_with_sigkill_is_listed_stale_and_taken_over(long_run, caps
     steps = sorted(m.step for m in client.get_metric_history(run_id, "loss/total"))
     assert steps == list(range(1, 13))
     assert main(["run", "--resume", run_id, "--tracking-uri", uri]) == 2  # FINISHED: nothing to resume
-    assert "is FINISHED" in capsys.readouterr().err
+    assert "the run already FINISHED" in capsys.readouterr().err
 
 
 def test_a_run_stopped_before_its_first_checkpoint_restarts_from_scratch(tiny_config, mlflow_uri):

@@ -74,7 +74,7 @@ def test_a_run_sets_and_logs_its_thread_count(tiny_config, monkeypatch, restore_
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     torch.set_num_threads(1)
     config = {**tiny_config, "epochs": 1, "train": {**tiny_config["train"], "threads": 2}}
-    config["data"] = {**config["data"], "train_fraction": 0.05}  # two threads crawl on a busy machine
+    config["data"] = {**config["data"], "train_fraction": 0.05, "batch_size": 32}  # two threads crawl when busy
     result = run(config)
     assert torch.get_num_threads() == 2
     params = mlflow.MlflowClient(tiny_config["tracking"]["uri"]).get_run(result.run_id).data.params

@@ -1,4 +1,4 @@
-"""mse_logits: ALGORITHMS.md's annealing golden value, TB by hand, contract."""
+"""mse_logits: the annealing golden value of docs/reference-values.md, TB by hand, contract."""
 
 from __future__ import annotations
 

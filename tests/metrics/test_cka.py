@@ -1,4 +1,4 @@
-"""cka: linear, debiased and minibatch CKA (exact numbers from ALGORITHMS.md), per-sample CKA, the metric."""
+"""cka: linear, debiased and minibatch CKA (exact numbers from docs/reference-values.md), per-sample CKA, the metric."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from kdhub_metrics.cka import debiased_cka, gram, linear_cka, minibatch_cka, per
 
 @pytest.fixture
 def xy() -> tuple[torch.Tensor, torch.Tensor]:
-    np.random.seed(1337)  # NumPy's legacy RNG, as ALGORITHMS.md states
+    np.random.seed(1337)  # NumPy's legacy RNG, as docs/reference-values.md states
     x = np.random.randn(100, 10)
     y = np.random.randn(100, 10) + x
     return torch.from_numpy(x), torch.from_numpy(y)

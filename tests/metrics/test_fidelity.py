@@ -44,7 +44,7 @@ def test_test_batch(fake) -> None:
         3,
         fake,
     )
-    assert result.scalars["kl"] == pytest.approx(0.708319, abs=1e-6)  # ALGORITHMS.md: [1.150421, 0.266217]
+    assert result.scalars["kl"] == pytest.approx(0.708319, abs=1e-6)  # docs/reference-values.md: [1.150421, 0.266217]
     assert result.scalars["agreement"] == pytest.approx(0.5)
     table = result.tables["fidelity"]
     assert table["kl"][2] == pytest.approx(1.150421, abs=1e-6)
