@@ -274,7 +274,9 @@ def test_a_hostile_artifact_of_another_run_is_refused(tmp_path, two_runs):
     artifacts = Path(two_runs["client"].get_run(two_runs["finished"]).info.artifact_uri.removeprefix("file://"))
     (artifacts / "poisoned").mkdir(exist_ok=True)
     shutil.copy(hostile_files(tmp_path, marker)["legacy pickle"], artifacts / "poisoned" / "final.pt")
-    path = resolve_artifact(f"runs:/{two_runs['finished']}/poisoned/final.pt", two_runs["uri"], tmp_path / "dl", "teacher.weights")
+    path = resolve_artifact(
+        f"runs:/{two_runs['finished']}/poisoned/final.pt", two_runs["uri"], tmp_path / "dl", "teacher.weights"
+    )
     with pytest.raises(CheckpointError, match="refused"):
         read_weights(path, "teacher.weights")
     assert not marker.exists()
