@@ -178,3 +178,23 @@ def test_a_resumed_run_logs_every_step_once(teacher_run, mlflow_uri, monkeypatch
         assert len(logged) == len(set(logged)), f"{key} logged twice at a step: {logged}"
     files = {a.path for a in client.list_artifacts(resumed.run_id, "checkpoints")}
     assert {f"checkpoints/epoch_{e:03d}.pt" for e in (1, 2, 3)} <= files
+
+
+def test_each_metric_is_logged_once_per_step(tiny_config, mlflow_uri):
+    """Metrics due every epoch, the summary and the final evaluation never repeat a step's point."""
+    config = {
+        **tiny_config,
+        "epochs": 3,
+        "metrics": [
+            {"name": "accuracy", "every": 1},
+            {"name": "per_class_accuracy", "every": 1},
+            {"name": "per_class_accuracy", "split": "val", "at": [2]},
+        ],
+    }
+    result = run(config)
+    steps = _steps_by_key(mlflow.MlflowClient(mlflow_uri), result.run_id)
+    for key, logged in steps.items():
+        assert len(logged) == len(set(logged)), f"{key} logged twice at a step: {logged}"
+    assert steps["test/accuracy/acc"] == [1, 2, 3]
+    assert steps["val/per_class_accuracy/mean_class_acc"] == [2, 3]
+    assert steps["test/acc_best"] == [1, 2, 3]
