@@ -1,4 +1,4 @@
-"""The ``kdhub`` command: run configs, look plugins up, run the demo, compare runs."""
+"""The ``kdhub`` command: run configs, look plugins up, run the demo, compare, export and evaluate runs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 from typing import Any
 
+from kdhub import evaluate, export
 from kdhub.compare import add_compare_parser
 from kdhub.errors import KdhubError
 
@@ -208,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     add_compare_parser(sub)
+    export.add_parser(sub)
+    evaluate.add_parser(sub)
     return parser
 
 

@@ -337,10 +337,13 @@ def compare_runs(
 
     Reads ``<split>/per_class_accuracy`` (required) and ``<split>/agreement`` (optional) of every
     run from MLflow. With ``log``, records the comparison as a new MLflow run (in ``experiment``,
-    default the first run's) holding the table ``compare/per_class``, the scalars
-    ``undistillable_count``, ``mean_delta_acc``, ``pearson_r``, ``pearson_p``, the figures and the
-    text report; ``tags`` are added to its tags (``mlflow.parentRunId`` nests it).
+    default ``<first run's experiment>-compare``, so it does not crowd the training charts) holding
+    the table ``compare/per_class``, the scalars ``undistillable_count``, ``mean_delta_acc``,
+    ``pearson_r``, ``pearson_p``, the figures and the text report; ``tags`` are added to its tags
+    (``mlflow.parentRunId`` nests it).
     """
+    from kdhub.tracking import compare_experiment
+
     if tol < 0 or not math.isfinite(tol):
         raise CompareError(f"tol must be a finite number >= 0, got {tol}")
     baseline_ids = [baseline] if isinstance(baseline, str) else list(baseline)
@@ -367,7 +370,7 @@ def compare_runs(
         comparison.run_id = _log(
             comparison,
             uri,
-            experiment or run_side.infos[0]["experiment"],
+            experiment or compare_experiment(run_side.infos[0]["experiment"]),
             run_name or f"compare-{_label(run_side.infos)}-vs-{_label(base_side.infos)}",
             tags or {},
         )
@@ -375,10 +378,11 @@ def compare_runs(
 
 
 def _log(comparison: Comparison, uri: str | None, experiment: str, run_name: str, tags: dict[str, str]) -> str:
-    from kdhub.tracking import Tracker
+    from kdhub.tracking import KIND_TAG, Tracker
 
     tracker = Tracker(uri, experiment)
     run_tags = {
+        KIND_TAG: "compare",
         "kdhub.compare": "true",
         "kdhub.baseline": ",".join(comparison.baseline_ids),
         "kdhub.runs": ",".join(comparison.run_ids),
@@ -536,7 +540,9 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split of the tables (test)")
     p.add_argument("--tol", type=float, default=0.0, help="undistillable iff ΔACC < −tol, in points (0)")
     p.add_argument("--no-log", action="store_true", help="do not log the comparison as an MLflow run")
-    p.add_argument("--experiment", help="MLflow experiment of the comparison run (default: the first run's)")
+    p.add_argument(
+        "--experiment", help="MLflow experiment of the comparison run (default: <the first run's experiment>-compare)"
+    )
     p.add_argument(
         "--figures",
         metavar="PREFIX",

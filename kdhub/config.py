@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -118,14 +119,40 @@ class TrainConfig(_Strict):
     eval_every: int = Field(1, ge=1, description="evaluate test accuracy every N epochs (and at the end)")
 
 
-class TrackingConfig(_Strict):
-    uri: str | None = Field(
-        None, description="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
-    )
-    experiment: str = Field("kdhub", min_length=1, description="MLflow experiment name")
-    run_name: str | None = Field(None, description="MLflow run name (default: generated from the config)")
-    tags: dict[str, str] = Field(default_factory=dict, description="extra MLflow tags")
-    log_checkpoints: bool = Field(True, description="log checkpoints as MLflow artifacts")
+# ``register`` is the documented YAML key; pydantic warns that it shadows ABCMeta.register, which
+# instances never see (fields live in the instance), so the warning is silenced for this class only.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class TrackingConfig(_Strict):
+        uri: str | None = Field(
+            None, description="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+        )
+        experiment: str = Field("kdhub", min_length=1, description="MLflow experiment name")
+        run_name: str | None = Field(None, description="MLflow run name (default: generated from the config)")
+        tags: dict[str, str] = Field(default_factory=dict, description="extra MLflow tags")
+        log_checkpoints: bool = Field(True, description="log checkpoints as MLflow artifacts")
+        log_model: bool = Field(
+            True, description="log the trained student as an MLflow model (pt2, signature, input example) at the end"
+        )
+        register: str | None = Field(
+            None,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+            max_length=256,
+            description="also register the student in the MLflow Model Registry under this name (new version per run)",
+        )
+        description: str | None = Field(
+            None, description="run description in the MLflow UI (default: generated from the config and the result)"
+        )
+        system_metrics: bool = Field(
+            False, description="sample CPU, memory, disk, network and GPU use with MLflow's system-metrics monitor"
+        )
+
+        @model_validator(mode="after")
+        def _register_needs_model(self) -> TrackingConfig:
+            if self.register and not self.log_model:
+                raise ValueError("register needs log_model: true (the registered version is the logged model)")
+            return self
 
 
 class RunConfig(_Strict):

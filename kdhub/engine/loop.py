@@ -28,6 +28,7 @@ from kdhub.engine.features import FeatureTaps, check_roles, dry_run_shapes
 from kdhub.engine.losses import method_loss, split_terms, total
 from kdhub.engine.schedule import make_optimizer, make_scheduler
 from kdhub.errors import ConfigError, IncompatibleError
+from kdhub.export import student_spec
 from kdhub.method import Method, SetupContext, StepOutputs
 from kdhub.metric import EvalBatch, Metric, MetricContext, MetricResult
 from kdhub.policy import EpochReport, Policy, PolicyContext
@@ -110,6 +111,7 @@ class Trainer:
             seed=cfg.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
+            name=cfg.data.name,
         )
         self.num_classes = self.data.num_classes
         self.class_names = self.data.class_names
@@ -341,7 +343,7 @@ class Trainer:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["images_per_s"] = n_seen / max(elapsed, 1e-9)
         if plan is not None:
-            values["weight/ce"], values["weight/kd"] = plan.ce_weight, plan.kd_weight
+            values["policy/ce_weight"], values["policy/distill_factor"] = plan.ce_weight, plan.kd_weight
         return values
 
     def _progress(self, batches: Any, epoch: int) -> Any:
@@ -462,7 +464,7 @@ class Trainer:
             "format": "kdhub-checkpoint-1",
             "epoch": self.epoch,
             "model": self.student.state_dict(),
-            "model_spec": {"name": cfg.student.name, "options": cfg.student.options, "num_classes": self.num_classes},
+            "model_spec": student_spec(cfg, self.data),
             "methods": [t.method.state_dict() for t in self.teaching],
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -539,7 +541,7 @@ class Trainer:
                 val_acc, _, class_losses = self.evaluate("val", [], epoch, class_losses=self.policy.wants_class_losses)
                 values["val/acc"] = val_acc
             self._track_best(epoch, val_acc, values.get("test/acc"))
-            values.update({"test/acc_best": self.best["test_acc"]})
+            values.update({"test/acc_max_seen": self.best["test_acc"]})
             report = EpochReport(epoch, self.log, val_acc, values.get("test/acc"), class_losses)
             action = self.policy.epoch_ended(report)
             if epoch < cfg.epochs:
@@ -570,13 +572,12 @@ class Trainer:
         if bar is not None:
             bar.close()
         final = self._scheduled_metrics(cfg.epochs, final=True)
-        summary = {
-            "test/acc_last": self.last_acc,
-            "test/acc_best": self.best["test_acc"],
-            "best_epoch": self.best["epoch"],
-        }
-        if self.data.has("val"):
+        summary = {"test/acc_last": self.last_acc, "test/acc_max_seen": self.best["test_acc"]}
+        if self.data.has("val"):  # the selected epoch is the best by validation, else the best by test
+            summary["best_val_epoch"] = self.best["epoch"]
             summary["test/acc_at_best_val"] = self.best["test_at_selection"]
+        else:
+            summary["best_test_epoch"] = self.best["epoch"]
         self.log.metrics(summary, step=cfg.epochs)
         if self.dist.is_main:
             self._save(
@@ -617,7 +618,15 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
     """
     if isinstance(config, dict):
         config = parse_config(config)
-    from kdhub.tracking import Tracker, default_run_name, resolve_artifact, run_params, run_tags
+    from kdhub.tracking import (
+        Tracker,
+        default_run_name,
+        log_run_end,
+        log_run_start,
+        resolve_artifact,
+        run_params,
+        run_tags,
+    )
 
     env_rank = int(os.environ.get("RANK", "0"))
     tracker = Tracker(config.tracking.uri, config.tracking.experiment) if track and env_rank == 0 else None
@@ -630,10 +639,14 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
             config.tracking.run_name or default_run_name(config), run_tags(config), resume_run_id
         )
         if resume_run_id is None:
-            tracker.params(run_params(config, trainer.options))
+            tracker.params(run_params(config, trainer.options, device=str(trainer.device)))
             tracker.text("config.yaml", dump_config(config))
     try:
+        if tracker is not None:
+            log_run_start(tracker, config, trainer.data)
         result = trainer.fit()
+        if tracker is not None:
+            log_run_end(tracker, config, trainer.data, result)
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         if tracker is not None:
