@@ -113,7 +113,13 @@ def build_network(spec: dict[str, Any], input_shape: tuple[int, int, int] | None
                 "the checkpoint does not record its input shape (written by an older kdhub); give --input-shape C,H,W"
             )
         input_shape = (int(spec["in_channels"]), int(spec["image_size"]), int(spec["image_size"]))
-    model = get_registry().create("model", spec["name"], **dict(spec.get("options") or {}))
+    options = dict(spec.get("options") or {})
+    # the checkpoint holds the weights: rebuilding the architecture must not download pretrained ones
+    if options.get("pretrained"):
+        options["pretrained"] = False
+    if options.get("weights"):
+        options["weights"] = None
+    model = get_registry().create("model", spec["name"], **options)
     return model.build(int(spec["num_classes"]), input_shape[0], input_shape[-1])
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "run_description",
     "run_info",
     "safe_metric_name",
+    "study_run_tags",
     "teacher_links",
     "tracking_uri",
 ]
@@ -143,14 +144,26 @@ def _global_uri(uri: str) -> Iterator[None]:
 
 
 def command_line(argv: list[str] | None = None) -> str:
-    """The command that started this process, as a user would type it (``kdhub run cfg.yaml``)."""
+    """The command that started this process, as a user would type it (``kdhub run cfg.yaml``).
+
+    ``--tracking-uri`` and its value are left out: the run is in that store already, and a URI may
+    carry credentials (``https://user:token@host``).
+    """
     argv = list(sys.argv if argv is None else argv)
     if not argv:
         return "python"
+    args, skip = [], False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--tracking-uri":
+            skip = True
+        elif not arg.startswith("--tracking-uri="):
+            args.append(arg)
     first = Path(argv[0])
     if first.name == "kdhub" or (first.parent.name == "kdhub" and first.name in ("cli.py", "__main__.py")):
-        return shlex.join(["kdhub", *argv[1:]])
-    return shlex.join([first.name or "python", *argv[1:]])
+        return shlex.join(["kdhub", *args])
+    return shlex.join([first.name or "python", *args])
 
 
 def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
@@ -198,7 +211,6 @@ class Tracker:
         self.resumed = False
         self._step: int | None = None
         self._monitor: Any = None
-        self._datasets: dict[str, Any] = {}
 
     def start(self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None) -> str:
         """Create the run (with its command line, user and git commit) or reopen ``resume_run_id``."""
@@ -323,9 +335,7 @@ class Tracker:
 
         inputs = []
         for split, info in descriptions.items():
-            entity = _dataset_entity(info)
-            self._datasets[split] = entity
-            inputs.append(DatasetInput(entity, [InputTag(_CONTEXT_TAG, split)]))
+            inputs.append(DatasetInput(_dataset_entity(info), [InputTag(_CONTEXT_TAG, split)]))
         if inputs:
             self.client.log_inputs(self.run_id, datasets=inputs)
 
@@ -361,11 +371,21 @@ class Tracker:
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *logits.shape[1:]))]),
         )
         requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
+        # created here so that it belongs to the run's experiment (MLflow would use the global one)
+        run = self.client.get_run(self.run_id)
+        inherited = {k: v for k, v in run.data.tags.items() if k in ("mlflow.user", "mlflow.source.name", _NOTE_TAG)}
+        model = self.client.create_logged_model(
+            experiment_id=self.experiment_id,
+            name=MODEL_NAME,
+            source_run_id=self.run_id,
+            tags={**inherited, **tags},
+            params=dict(run.data.params),
+        )
         with tempfile.TemporaryDirectory(prefix="kdhub-model-") as tmp:
             file = Path(tmp) / MODEL_CHECKPOINT
             torch.save(checkpoint, file)
             with _global_uri(self.uri):
-                info = mlflow.pytorch.log_model(
+                mlflow.pytorch.log_model(
                     net,
                     name=MODEL_NAME,
                     signature=signature,
@@ -374,11 +394,11 @@ class Tracker:
                     pip_requirements=requirements,
                     extra_files=[str(file)],
                     metadata=metadata,
-                    tags=tags,
                     run_id=self.run_id,
+                    model_id=model.model_id,
                     step=step,
                 )
-        return str(info.model_id)
+        return str(model.model_id)
 
     def register_model(self, model_id: str, name: str, tags: dict[str, str], description: str) -> str:
         """Register a logged model as a new version of ``name``; returns the version number."""
@@ -399,6 +419,11 @@ class Tracker:
                 description=description[:5000],
                 model_id=model_id,
             )
+        # what MLflow's register_model records, so the logged model's page lists its versions
+        model = self.client.get_logged_model(model_id)
+        versions = json.loads(model.tags.get("mlflow.modelVersions", "[]"))
+        versions.append({"name": name, "version": str(version.version)})
+        self.client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(versions)})
         return str(version.version)
 
 
@@ -715,6 +740,22 @@ def default_run_name(config: RunConfig) -> str:
     return f"{config.teacher.name}-{methods}-{config.student.name}-{config.data.name}-s{config.seed}"
 
 
+def study_run_tags(study: str, run: str, grid: str, seed: int, parent_run_id: str) -> dict[str, str]:
+    """Tags of a study's child run: nested under the parent, with the study, run name, grid point and seed.
+
+    ``grid`` is the grid point's label (``temperature=4``, empty without a grid). The study's parent
+    run takes ``{KIND_TAG: "study", "kdhub.study": study}``; its metrics go through
+    :func:`safe_metric_name` (``compare/kd temperature 4/mean_delta_acc``).
+    """
+    return {
+        "mlflow.parentRunId": parent_run_id,
+        "kdhub.study": study,
+        "kdhub.study_run": run,
+        "kdhub.grid": grid or "none",
+        "seed": str(seed),
+    }
+
+
 # the description of a run -----------------------------------------------------------------------
 
 
@@ -757,6 +798,17 @@ def run_description(
             f"Distils teacher **{teacher}** into student **{student}** with {', '.join(methods)}"
             f" and cross-entropy (weight {config.ce_weight:g}), policy **{policy}**."
         ]
+    if metrics:
+        result = f"**Result:** test accuracy **{_pct(metrics.get('test/acc_last'))}** after the last epoch"
+        result += f" (highest seen {_pct(metrics.get('test/acc_max_seen'))}"
+        if "test/acc_at_best_val" in metrics:
+            epoch = metrics.get("best_val_epoch")
+            at = f" epoch {int(epoch)}" if isinstance(epoch, (int, float)) and math.isfinite(epoch) else ""
+            result += f"; {_pct(metrics['test/acc_at_best_val'])} at the best validation{at}"
+        result += ")"
+        if "test/accuracy/teacher_acc" in metrics:
+            result += f"; teacher {_pct(metrics['test/accuracy/teacher_acc'])}"
+        lines.append(result + ".")
     if config.teacher is not None and config.teacher.weights:
         where = f"Teacher weights: `{config.teacher.weights}`"
         if teacher_run is not None:
@@ -770,21 +822,11 @@ def run_description(
         info = next(iter(data.values()))
         shape = "×".join(str(v) for v in info["shape"])
         sizes = f" ({counts} images, {shape}, {info['num_classes']} classes)"
+    epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
     lines.append(
-        f"Data: **{model_label(config.data)}**{sizes}; {config.epochs} epochs, {config.optim.name} lr"
+        f"Data: **{model_label(config.data)}**{sizes}; {epochs}, {config.optim.name} lr"
         f" {config.optim.lr:g}, {config.schedule.name} schedule, seed {config.seed}."
     )
-    if metrics:
-        result = f"**Result:** test accuracy **{_pct(metrics.get('test/acc_last'))}** after the last epoch"
-        result += f" (highest seen {_pct(metrics.get('test/acc_max_seen'))}"
-        if "test/acc_at_best_val" in metrics:
-            epoch = metrics.get("best_val_epoch")
-            at = f" epoch {int(epoch)}" if isinstance(epoch, (int, float)) and math.isfinite(epoch) else ""
-            result += f"; {_pct(metrics['test/acc_at_best_val'])} at the best validation{at}"
-        result += ")"
-        if "test/accuracy/teacher_acc" in metrics:
-            result += f"; teacher {_pct(metrics['test/accuracy/teacher_acc'])}"
-        lines.append(result + ".")
     if registered:
         lines.append(f"Registered as `models:/{registered}`.")
     return "\n\n".join(lines)
@@ -850,18 +892,21 @@ def log_run_end(tracker: Tracker, config: RunConfig, data: Any, result: Any) -> 
         if config.tracking.register:
             acc = metrics.get("test/acc_last", math.nan)
             version_tags = {**tags, "test_acc": f"{acc:.2f}", "kdhub.run": str(tracker.run_id)}
-            description = run_description(config, _descriptions(data), metrics)
+            description = run_description(
+                config, _descriptions(data), metrics, teacher_run=_teacher_run(tracker, config)
+            )
             version = tracker.register_model(model_id, config.tracking.register, version_tags, description)
             done["registered"] = f"{config.tracking.register}/{version}"
             tracker.tags({"kdhub.registered_model": done["registered"]})
     if not config.tracking.description:
-        tracker.describe(
-            run_description(
-                config,
-                _descriptions(data),
-                metrics,
-                teacher_run=_teacher_run(tracker, config),
-                registered=done.get("registered"),
-            )
+        text = run_description(
+            config,
+            _descriptions(data),
+            metrics,
+            teacher_run=_teacher_run(tracker, config),
+            registered=done.get("registered"),
         )
+        tracker.describe(text)
+        if "model_id" in done:
+            tracker.client.set_logged_model_tags(done["model_id"], {_NOTE_TAG: text[:_MAX_TAG]})
     return done

@@ -14,7 +14,16 @@ from kdhub.dataset import DataBundle, TensorSplit
 from kdhub.engine.data import DeviceData, digest
 from kdhub.engine.loop import run
 from kdhub.plugins import get_registry
-from kdhub.tracking import load_table, model_label, resolve_artifact, run_params, run_tags, safe_metric_name
+from kdhub.tracking import (
+    command_line,
+    load_table,
+    model_label,
+    resolve_artifact,
+    run_params,
+    run_tags,
+    safe_metric_name,
+    study_run_tags,
+)
 
 MODEL = "tests-digits-cnn"
 EXPERIMENT = "tests-mlflow"
@@ -249,6 +258,25 @@ def test_tags_name_models_with_options_and_only_used_plugin_distributions():
     config.methods[0].name = "cosine"  # the example plugin distribution kdhub-cosine
     assert run_tags(config)["kdhub.plugin.kdhub-cosine"]
     assert model_label(None) == "none"
+
+
+def test_the_command_line_is_recorded_without_the_tracking_uri():
+    argv = ["/venv/bin/kdhub", "run", "kd.yaml", "--tracking-uri", "https://u:secret@host", "--set", "seed=1"]
+    assert command_line(argv) == "kdhub run kd.yaml --set seed=1"
+    assert command_line(["/x/kdhub/cli.py", "study", "s.yaml", "--tracking-uri=sqlite:///a.db"]) == "kdhub study s.yaml"
+    assert command_line(["train.py", "--lr", "0.1"]) == "train.py --lr 0.1"
+
+
+def test_study_child_tags_name_the_study_run_grid_point_and_seed():
+    tags = study_run_tags("sweep", "kd", "temperature=4", 1, "p" * 32)
+    assert tags == {
+        "mlflow.parentRunId": "p" * 32,
+        "kdhub.study": "sweep",
+        "kdhub.study_run": "kd",
+        "kdhub.grid": "temperature=4",
+        "seed": "1",
+    }
+    assert study_run_tags("sweep", "teacher", "", 0, "p")["kdhub.grid"] == "none"
 
 
 def test_safe_metric_names_stay_readable():
