@@ -381,7 +381,7 @@ class Tracker:
             tags={**inherited, **tags},
             params=dict(run.data.params),
         )
-        with tempfile.TemporaryDirectory(prefix="kdhub-model-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="kdhub-model-") as tmp, self._failed_on_error(model.model_id):
             file = Path(tmp) / MODEL_CHECKPOINT
             torch.save(checkpoint, file)
             with _global_uri(self.uri):
@@ -399,6 +399,18 @@ class Tracker:
                     step=step,
                 )
         return str(model.model_id)
+
+    @contextmanager
+    def _failed_on_error(self, model_id: str) -> Iterator[None]:
+        """Mark a logged model FAILED (not left PENDING) when writing it fails."""
+        try:
+            yield
+        except BaseException:
+            from mlflow.entities import LoggedModelStatus
+
+            with contextlib.suppress(Exception):
+                self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+            raise
 
     def register_model(self, model_id: str, name: str, tags: dict[str, str], description: str) -> str:
         """Register a logged model as a new version of ``name``; returns the version number."""
@@ -884,9 +896,17 @@ def log_run_end(tracker: Tracker, config: RunConfig, data: Any, result: Any) -> 
             "kdhub.version": kdhub.__version__,
         }
         metadata = {"kdhub": {**checkpoint["model_spec"], "run_id": tracker.run_id, "kdhub_version": kdhub.__version__}}
-        model_id = tracker.log_model(
-            net, example, checkpoint=checkpoint, metadata=metadata, tags=tags, step=config.epochs
-        )
+        try:
+            model_id = tracker.log_model(
+                net, example, checkpoint=checkpoint, metadata=metadata, tags=tags, step=config.epochs
+            )
+        except Exception as err:  # torch.export cannot trace every model (data-dependent control flow)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise KdhubError(
+                f"tracking.log_model: the student {model_label(config.student)} could not be logged as an MLflow"
+                f" model ({type(err).__name__}: {first}); its checkpoints are logged: resume with"
+                f" --set tracking.log_model=false to finish the run without it"
+            ) from err
         done["model_id"] = model_id
         tracker.tags({"kdhub.model": f"models:/{model_id}"})
         if config.tracking.register:
@@ -898,15 +918,14 @@ def log_run_end(tracker: Tracker, config: RunConfig, data: Any, result: Any) -> 
             version = tracker.register_model(model_id, config.tracking.register, version_tags, description)
             done["registered"] = f"{config.tracking.register}/{version}"
             tracker.tags({"kdhub.registered_model": done["registered"]})
-    if not config.tracking.description:
-        text = run_description(
-            config,
-            _descriptions(data),
-            metrics,
-            teacher_run=_teacher_run(tracker, config),
-            registered=done.get("registered"),
-        )
-        tracker.describe(text)
-        if "model_id" in done:
-            tracker.client.set_logged_model_tags(done["model_id"], {_NOTE_TAG: text[:_MAX_TAG]})
+    text = run_description(  # tracking.description when set
+        config,
+        _descriptions(data),
+        metrics,
+        teacher_run=_teacher_run(tracker, config),
+        registered=done.get("registered"),
+    )
+    tracker.describe(text)
+    if "model_id" in done:
+        tracker.client.set_logged_model_tags(done["model_id"], {_NOTE_TAG: text[:_MAX_TAG]})
     return done

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import kdhub
 from kdhub.cli import main
 from kdhub.config import parse_config
 from kdhub.dataset import DataBundle, TensorSplit
@@ -181,6 +182,58 @@ def test_the_run_is_described_with_its_command_and_commit(student_run, client):
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
     if head.returncode == 0:
         assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+
+
+class _BranchyNet(torch.nn.Module):
+    """A network with data-dependent control flow, which torch.export cannot trace."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(in_channels * 64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(x.flatten(1))
+        return logits if logits.sum() > 0 else -logits
+
+
+class _BranchyModel(kdhub.Model):
+    """A model with data-dependent control flow (tests only)."""
+
+    name = "branchy_test"
+
+    def build(self, num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
+        return _BranchyNet(num_classes, in_channels)
+
+
+class _Branchy:
+    @kdhub.hookimpl
+    def kdhub_register_models(self, register):
+        register(_BranchyModel)
+
+
+def test_a_student_that_cannot_be_exported_fails_the_run_loudly_and_resumes_without_a_model(tiny_config, mlflow_uri):
+    from kdhub import plugins
+    from kdhub.errors import KdhubError
+
+    plugins.register_module(_Branchy(), name="branchy")
+    try:
+        tiny_config.update(epochs=1, student={"name": "branchy_test"}, metrics=["accuracy"])
+        tiny_config["tracking"]["log_model"] = True
+        with pytest.raises(KdhubError, match=r"tracking\.log_model: the student branchy_test could not be logged"):
+            run(tiny_config)
+        client = mlflow.MlflowClient(mlflow_uri)
+        failed = client.search_runs(
+            [client.get_experiment_by_name("tests").experiment_id], "attributes.status = 'FAILED'", max_results=1
+        )[0]
+        reason = failed.data.tags["kdhub.failure"]
+        assert "--set tracking.log_model=false" in reason
+        assert "data-dependent" in reason or "GuardOnDataDependent" in reason, reason
+        tiny_config["tracking"]["log_model"] = False
+        resumed = run(tiny_config, resume_run_id=failed.info.run_id)
+        assert client.get_run(resumed.run_id).info.status == "FINISHED"
+        assert "test/acc_last" in client.get_run(resumed.run_id).data.metrics
+    finally:
+        plugins.unregister("branchy")
 
 
 def test_a_description_in_the_config_replaces_the_generated_one(tiny_config, mlflow_uri):
