@@ -34,7 +34,7 @@ class EvaluationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, ge=0, description="seed of the validation split (as the run's)")
-    data: DataConfig = Field(default_factory=DataConfig, description="dataset plugin, options and splits")
+    data: DataConfig = Field(description="dataset plugin, options and splits")
 
 
 def _data_config(name: str, overrides: list[str]) -> EvaluationConfig:

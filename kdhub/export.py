@@ -119,7 +119,7 @@ def build_network(spec: dict[str, Any], input_shape: tuple[int, int, int] | None
         options["pretrained"] = False
     if options.get("weights"):
         options["weights"] = None
-    model = get_registry().create("model", spec["name"], **options)
+    model: Any = get_registry().create("model", spec["name"], **options)
     return model.build(int(spec["num_classes"]), input_shape[0], input_shape[-1])
 
 
@@ -195,6 +195,8 @@ def _export_onnx(net: nn.Module, spec: dict[str, Any], out: Path, probe: torch.T
         except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise KdhubError(f"onnx export of {spec['name']} failed: {first[:300]}") from None
+        if program is None:
+            raise KdhubError(f"onnx export of {spec['name']} returned no program")
         program.save(str(out))
     model = onnx.load(str(out))
     for key, value in {**_metadata(spec), "input": "images float32 [N, C, H, W], normalised as in training"}.items():
@@ -212,7 +214,8 @@ def _run_onnx(path: Path, inputs: Any) -> Any:
     except ImportError:
         from onnx.reference import ReferenceEvaluator
 
-        return ReferenceEvaluator(str(path)).run(None, {"images": inputs})[0]
+        outputs: Any = ReferenceEvaluator(str(path)).run(None, {"images": inputs})
+        return outputs[0]
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, {"images": inputs})[0]
 

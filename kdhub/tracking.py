@@ -444,6 +444,7 @@ def _dataset_entity(info: dict[str, Any]) -> Any:
     from mlflow.entities import Dataset
 
     source = str(info.get("source") or info["name"])
+    payload: Any
     if re.match(r"^[a-z][a-z0-9+.-]*://", source):
         source_type, payload = ("http" if source.startswith(("http://", "https://")) else "local"), source
         key = "url" if source_type == "http" else "uri"
@@ -653,7 +654,6 @@ def run_params(config: RunConfig, options: dict[str, Any], device: str | None = 
     Options of the optimizer and schedule the run does not use are left out (no AdamW betas on an
     SGD run, no milestones on a cosine run); ``train.device`` is ``device`` (the one used) when given.
     """
-    registry = get_registry()
     params: dict[str, str] = {
         "seed": str(config.seed),
         "epochs": str(config.epochs),
@@ -687,14 +687,18 @@ def run_params(config: RunConfig, options: dict[str, Any], device: str | None = 
         }
         params.update(flatten(t, "teacher"))
     for i, ref in enumerate(config.methods):
-        weight = ref.weight if ref.weight is not None else registry.get("method", ref.name).default_weight
+        weight = ref.weight if ref.weight is not None else _default_weight(ref.name)
         values = {"weight": weight, **options[f"methods.{i}"].model_dump(mode="json")}
         params.update(flatten(values, f"method.{ref.name}"))
     params.update(flatten({"name": config.policy.name, **options["policy"].model_dump(mode="json")}, "policy"))
-    for i, ref in enumerate(config.metrics):
-        values = {"split": ref.split, "every": ref.every, **options[f"metrics.{i}"].model_dump(mode="json")}
-        params.update(flatten(values, f"metric.{ref.name}"))
+    for i, metric in enumerate(config.metrics):
+        values = {"split": metric.split, "every": metric.every, **options[f"metrics.{i}"].model_dump(mode="json")}
+        params.update(flatten(values, f"metric.{metric.name}"))
     return params
+
+
+def _default_weight(method: str) -> float:
+    return float(getattr(get_registry().get("method", method), "default_weight", 1.0))
 
 
 def model_label(ref: PluginRef | None) -> str:
@@ -790,12 +794,11 @@ def run_description(
     """
     if config.tracking.description:
         return config.tracking.description
-    registry = get_registry()
     student, teacher = model_label(config.student), model_label(config.teacher)
     policy = model_label(config.policy)
     methods = []
     for ref in config.methods:
-        weight = ref.weight if ref.weight is not None else registry.get("method", ref.name).default_weight
+        weight = ref.weight if ref.weight is not None else _default_weight(ref.name)
         options = "".join(f", {k}={_option_text(v)}" for k, v in ref.options.items())
         methods.append(f"**{ref.name}** (weight {weight:g}{options})")
     if config.teacher is None:
