@@ -1,4 +1,5 @@
-"""The ``kdhub`` command: run configs and studies, look plugins up, run the demo; plugins add more commands."""
+"""The ``kdhub`` command: run configs and studies, look plugins up, run the demo, export and evaluate students;
+plugins add more commands (``kdhub compare``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+from kdhub import evaluate, export
 from kdhub.errors import KdhubError, Terminated
 
 EXIT_USAGE = 2
@@ -229,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     p.set_defaults(func=cmd_demo)
 
+    export.add_parser(sub)
+    evaluate.add_parser(sub)
     _add_plugin_commands(sub)
     return parser
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,7 +14,13 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from kdhub.base import EpochOrFraction, FiniteFloat, StrictModel
 from kdhub.errors import ConfigError, KdhubError
 from kdhub.registry import Registry, format_validation_error, inner_model, shown
-from kdhub.tracking import MAX_EXPERIMENT_NAME_LENGTH, MAX_RUN_NAME_LENGTH, tag_problem, uri_problem
+from kdhub.tracking import (
+    MAX_EXPERIMENT_NAME_LENGTH,
+    MAX_RUN_NAME_LENGTH,
+    MAX_TAG_VALUE_LENGTH,
+    tag_problem,
+    uri_problem,
+)
 
 __all__ = [
     "CheckpointConfig",
@@ -289,43 +296,72 @@ class TrainConfig(_Strict):
         return value
 
 
-class TrackingConfig(_Strict):
-    uri: str | None = Field(
-        None,
-        min_length=1,
-        max_length=MAX_PATH,
-        description="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
-    )
-    experiment: str = Field(
-        "kdhub", min_length=1, max_length=MAX_EXPERIMENT_NAME_LENGTH, description="MLflow experiment name"
-    )
-    run_name: str | None = Field(
-        None,
-        min_length=1,
-        max_length=MAX_RUN_NAME_LENGTH,
-        description="MLflow run name (default: generated from the config)",
-    )
-    tags: dict[str, str] = Field(
-        default_factory=dict, max_length=100, description="extra MLflow tags (MLflow's key and value limits)"
-    )
-    log_checkpoints: bool = Field(True, description="log checkpoints as MLflow artifacts")
+# ``register`` is the documented YAML key; pydantic warns that it shadows ABCMeta.register, which
+# instances never see (fields live in the instance), so the warning is silenced for this class only.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, value: str | None) -> str | None:
-        problem = uri_problem(value) if value is not None else None
-        if problem:
-            raise ValueError(problem)
-        return value
+    class TrackingConfig(_Strict):
+        uri: str | None = Field(
+            None,
+            min_length=1,
+            max_length=MAX_PATH,
+            description="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+        )
+        experiment: str = Field(
+            "kdhub", min_length=1, max_length=MAX_EXPERIMENT_NAME_LENGTH, description="MLflow experiment name"
+        )
+        run_name: str | None = Field(
+            None,
+            min_length=1,
+            max_length=MAX_RUN_NAME_LENGTH,
+            description="MLflow run name (default: generated from the config)",
+        )
+        tags: dict[str, str] = Field(
+            default_factory=dict, max_length=100, description="extra MLflow tags (MLflow's key and value limits)"
+        )
+        log_checkpoints: bool = Field(True, description="log checkpoints as MLflow artifacts")
+        log_model: bool = Field(
+            True, description="log the trained student as an MLflow model (pt2, signature, input example) at the end"
+        )
+        register: str | None = Field(
+            None,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+            max_length=256,
+            description="also register the student in the MLflow Model Registry under this name (new version per run)",
+        )
+        description: str | None = Field(
+            None,
+            min_length=1,
+            max_length=MAX_TAG_VALUE_LENGTH,
+            description="run description in the MLflow UI (default: generated from the config and the result)",
+        )
+        system_metrics: bool = Field(
+            False, description="sample CPU, memory, disk, network and GPU use with MLflow's system-metrics monitor"
+        )
 
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, text in value.items():
-            problem = tag_problem(key, text)
+        @model_validator(mode="after")
+        def _register_needs_model(self) -> TrackingConfig:
+            if self.register and not self.log_model:
+                raise ValueError("register needs log_model: true (the registered version is the logged model)")
+            return self
+
+        @field_validator("uri")
+        @classmethod
+        def _uri(cls, value: str | None) -> str | None:
+            problem = uri_problem(value) if value is not None else None
             if problem:
                 raise ValueError(problem)
-        return value
+            return value
+
+        @field_validator("tags")
+        @classmethod
+        def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+            for key, text in value.items():
+                problem = tag_problem(key, text)
+                if problem:
+                    raise ValueError(problem)
+            return value
 
 
 class RunConfig(_Strict):
@@ -623,8 +659,12 @@ RESUMABLE = (
     "train.eval_every",
     "checkpoint.every",
     "checkpoint.resume_every",
+    "train.threads",
+    "train.finite_check_steps",
     "tracking.uri",
     "tracking.log_checkpoints",
+    "tracking.log_model",
+    "tracking.system_metrics",
 )
 """Keys a resumed run may change (``epochs`` may only grow); any other change is refused."""
 

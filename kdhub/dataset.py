@@ -54,6 +54,8 @@ class DataBundle:
     std: tuple[float, ...]
     augmentation: Augmentation = field(default_factory=Augmentation)
     class_names: list[str] = field(default_factory=list)
+    source: str = ""
+    """Where the data came from (a folder, a URL, a loader), recorded with the run; default the dataset's name."""
 
     def __post_init__(self) -> None:
         if not self.class_names:

@@ -30,5 +30,5 @@ def tiny_config(mlflow_uri: str) -> dict:
         "optim": {"name": "sgd", "lr": 0.05},
         "schedule": {"name": "cosine"},
         "train": {"progress": False},
-        "tracking": {"uri": mlflow_uri, "experiment": "tests"},
+        "tracking": {"uri": mlflow_uri, "experiment": "tests", "log_model": False},
     }

@@ -26,6 +26,7 @@ from kdhub.engine.distributed import DistEnv, init_distributed
 from kdhub.engine.features import FeatureTaps, check_roles, dry_run_shapes
 from kdhub.engine.losses import Teaching
 from kdhub.errors import ConfigError, IncompatibleError, plugin_errors
+from kdhub.export import student_spec
 from kdhub.method import SetupContext
 from kdhub.metric import Metric
 from kdhub.policy import Policy, PolicyContext
@@ -204,11 +205,7 @@ def build_run(
         setup=setup,
         student_recorder=FeatureTaps(student, student_taps, roles),
         teacher_recorder=FeatureTaps(teacher, teacher_taps, roles) if teacher is not None else None,
-        model_spec={
-            "name": config.student.name,
-            "options": dict(config.student.options),
-            "num_classes": data.num_classes,
-        },
+        model_spec=student_spec(config, data),
         batch_size=batch_size,
         rank_batch=max(1, batch_size // dist.world_size),
         steps_per_epoch=steps,
@@ -225,6 +222,7 @@ def _load_data(config: RunConfig, dataset: Any, device: torch.device, dist: Dist
         seed=config.seed,
         rank=dist.rank,
         world_size=dist.world_size,
+        name=config.data.name,
     )
     for split, key in (("val", "val_fraction"), ("holdout", "holdout_fraction")):
         if getattr(config.data, key) > 0 and not data.has(split):

@@ -300,8 +300,8 @@ class Trainer:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["images_per_s"] = n_seen / max(elapsed, 1e-9)
         if plan is not None:
-            values["weight/ce"] = cfg.ce_weight if plan.ce_weight is None else plan.ce_weight
-            values["weight/kd"] = plan.kd_weight
+            values["policy/ce_weight"] = cfg.ce_weight if plan.ce_weight is None else plan.ce_weight
+            values["policy/distill_factor"] = plan.kd_weight
         return values
 
     @staticmethod
@@ -478,7 +478,7 @@ class Trainer:
             values = self._train_epoch(epoch)
             class_losses = self._evaluate_epoch(epoch, values)
             self._track_best(epoch, values.get("val/acc"), values.get("test/acc"))
-            values["test/acc_best"] = self.best["test_acc"]
+            values["test/acc_max_seen"] = self.best["test_acc"]
             action = self._policy_epoch_ended(epoch, values, class_losses)
             if epoch < self.config.epochs:
                 values.update(self._scheduled_metrics(epoch, final=False))
@@ -546,9 +546,12 @@ class Trainer:
         cfg = self.config
         self.epoch_log.at_step(cfg.epochs)
         final = self._scheduled_metrics(cfg.epochs, final=True)
-        summary = {"test/acc_last": self.last_acc, "best_epoch": self.best["epoch"]}
-        if self.data.has("val"):
+        summary = {"test/acc_last": self.last_acc}
+        if self.data.has("val"):  # the selected epoch is the best by validation, else the best by test
+            summary["best_val_epoch"] = self.best["epoch"]
             summary["test/acc_at_best_val"] = self.best["test_at_selection"]
+        else:
+            summary["best_test_epoch"] = self.best["epoch"]
         self.epoch_log.metrics({**final, **summary})
         self.epoch_log.flush(self.logged)
         if self.dist.is_main:
@@ -558,7 +561,7 @@ class Trainer:
             "FINISHED",
             self.best["test_acc"],
             self.last_acc,
-            {**final, **summary, "test/acc_best": self.best["test_acc"]},
+            {**final, **summary, "test/acc_max_seen": self.best["test_acc"]},
             self.student,
             self.history,
         )
@@ -597,7 +600,7 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
     """
     if isinstance(config, dict):
         config = parse_config(config)
-    from kdhub.tracking import Tracker, default_run_name, run_params, run_tags
+    from kdhub.tracking import Tracker, default_run_name, log_run_end, log_run_start, run_params, run_tags
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     tracker = Tracker(config.tracking.uri, config.tracking.experiment) if track and rank0 else None
@@ -618,12 +621,18 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
             )
             tracker.beat()
             if resume_run_id is None:
-                tracker.params({**run_params(config, trainer.options), "threads": str(trainer.threads)})
+                params = run_params(config, trainer.options, device=str(trainer.device))
+                tracker.params({**params, "threads": str(trainer.threads)})
                 tracker.text("config.yaml", dump_config(config))
             else:
                 trainer.logged = tracker.logged_steps()
+            log_run_start(tracker, config, trainer.data)
 
-        return _fit(trainer, tracker, start)
+        def end(result: RunResult) -> None:
+            assert tracker is not None
+            log_run_end(tracker, config, trainer.data, result)
+
+        return _fit(trainer, tracker, start, end)
 
 
 def _resumable(config: RunConfig, run_id: str, uri: str | None, check_alive: bool = True) -> str | None:
@@ -662,13 +671,16 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _fit(trainer: Trainer, tracker: Any, start: Callable[[], None]) -> RunResult:
+def _fit(trainer: Trainer, tracker: Any, start: Callable[[], None], end: Callable[[RunResult], None]) -> RunResult:
+    """Train, with the MLflow run started before (``start``) and the student logged after (``end``)."""
     started = False
     try:
         if tracker is not None:
             start()
             started = True
         result = trainer.fit()
+        if tracker is not None:
+            end(result)
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         if started:

@@ -114,15 +114,28 @@ class Comparison:
         }
 
     def scalars(self) -> dict[str, float]:
+        """Undistillable count and fraction, mean ΔACC, and Pearson r, p, n when the correlation is defined."""
         r, p, n = self.pearson
-        return {
+        values = {
             "undistillable_count": float(self.undistillable_count),
             "undistillable_fraction": self.undistillable_count / max(1, len(self.classes)),
             "mean_delta_acc": self.mean_delta_acc,
-            "pearson_r": r,
-            "pearson_p": p,
-            "pearson_n": float(n),
         }
+        if math.isfinite(r):
+            values.update(pearson_r=r, pearson_p=p, pearson_n=float(n))
+        return values
+
+    def description(self, baseline: str = "the baseline", runs: str = "the runs") -> str:
+        """A short Markdown summary for the comparison's MLflow run."""
+        r, p, n = self.pearson
+        text = (
+            f"Per-class comparison of {runs} against {baseline} on split **{self.split}**"
+            f" ({len(self.run_ids)} run(s) and {len(self.baseline_ids)} baseline run(s), seeds averaged):"
+            f" **{self.undistillable_count} of {len(self.classes)}** classes undistillable"
+            f" (ΔACC < −{self.tol:g}), mean ΔACC **{_num(self.mean_delta_acc, True)}** points"
+        )
+        text += f", Pearson r(ΔPA, ΔACC) = {r:.2f} (p = {p:.2g}, {n} classes)." if math.isfinite(r) else "."
+        return text
 
     def report(self) -> str:
         """The per-class table, the undistillable classes, mean ΔACC and the correlation, as text."""
@@ -335,10 +348,13 @@ def compare_runs(
 
     Reads ``<split>/per_class_accuracy`` (required) and ``<split>/agreement`` (optional) of every
     run from MLflow. With ``log``, records the comparison as a new MLflow run (in ``experiment``,
-    default the first run's) holding the table ``compare/per_class``, the scalars
-    ``undistillable_count``, ``mean_delta_acc``, ``pearson_r``, ``pearson_p``, the figures and the
-    text report; ``tags`` are added to its tags (``mlflow.parentRunId`` nests it).
+    default ``<first run's experiment>-compare``, so it does not crowd the training charts) holding
+    the table ``compare/per_class``, the scalars ``undistillable_count``, ``mean_delta_acc``,
+    ``pearson_r``, ``pearson_p``, the figures and the text report; ``tags`` are added to its tags
+    (``mlflow.parentRunId`` nests it).
     """
+    from kdhub.tracking import compare_experiment
+
     if tol < 0 or not math.isfinite(tol):
         raise CompareError(f"tol must be a finite number >= 0, got {tol}")
     baseline_ids = [baseline] if isinstance(baseline, str) else list(baseline)
@@ -362,21 +378,33 @@ def compare_runs(
     comparison.baseline_ids, comparison.run_ids = baseline_ids, run_ids
     comparison.notes = _notes(base_side, run_side, split)
     if log:
+        description = comparison.description(_links(base_side.infos), _links(run_side.infos))
         comparison.run_id = _log(
             comparison,
             uri,
-            experiment or run_side.infos[0]["experiment"],
+            experiment or compare_experiment(run_side.infos[0]["experiment"]),
             run_name or f"compare-{_label(run_side.infos)}-vs-{_label(base_side.infos)}",
             tags or {},
+            description,
         )
     return comparison
 
 
-def _log(comparison: Comparison, uri: str | None, experiment: str, run_name: str, tags: dict[str, str]) -> str:
-    from kdhub.tracking import Tracker
+def _links(infos: list[dict[str, Any]]) -> str:
+    """Markdown links to runs in the MLflow UI."""
+    return ", ".join(
+        f"[{i['name'] or i['run_id'][:8]}](#/experiments/{i['experiment_id']}/runs/{i['run_id']})" for i in infos
+    )
+
+
+def _log(
+    comparison: Comparison, uri: str | None, experiment: str, run_name: str, tags: dict[str, str], description: str
+) -> str:
+    from kdhub.tracking import KIND_TAG, Tracker
 
     tracker = Tracker(uri, experiment)
     run_tags = {
+        KIND_TAG: "compare",
         "kdhub.compare": "true",
         "kdhub.baseline": ",".join(comparison.baseline_ids),
         "kdhub.runs": ",".join(comparison.run_ids),
@@ -398,6 +426,7 @@ def _log(comparison: Comparison, uri: str | None, experiment: str, run_name: str
         for name, figure in comparison.figures().items():
             tracker.figure(f"compare/{name}", figure)
         tracker.text("compare/report.txt", comparison.report() + "\n")
+        tracker.describe(description)
     except BaseException as err:
         tracker.finish("FAILED", f"{type(err).__name__}: {err}")
         raise
@@ -535,7 +564,10 @@ class CompareCommand(kdhub.Command):
         )
         parser.add_argument("--tol", type=float, default=0.0, help="undistillable iff ΔACC < −tol, in points (0)")
         parser.add_argument("--no-log", action="store_true", help="do not log the comparison as an MLflow run")
-        parser.add_argument("--experiment", help="MLflow experiment of the comparison run (default: the first run's)")
+        parser.add_argument(
+            "--experiment",
+            help="MLflow experiment of the comparison run (default: <the first run's experiment>-compare)",
+        )
         parser.add_argument(
             "--figures",
             metavar="PREFIX",

@@ -185,7 +185,7 @@ def base_config(mlflow_uri: str, seed: int, width: int, epochs: int = 2) -> dict
         "metrics": ["per_class_accuracy"],
         "schedule": {"name": "cosine"},
         "train": {"progress": False},
-        "tracking": {"uri": mlflow_uri, "experiment": EXPERIMENT},
+        "tracking": {"uri": mlflow_uri, "experiment": EXPERIMENT, "log_model": False},
     }
 
 
@@ -261,7 +261,8 @@ def test_cli_compare_logs_a_run_whose_values_rederive_from_the_runs(runs, mlflow
     assert logged.data.tags["kdhub.baseline"] == ",".join(vanilla)
     assert logged.data.tags["kdhub.runs"] == ",".join(kd)
     assert logged.info.run_name == "compare-kd-vs-vanilla"
-    assert client.get_experiment(logged.info.experiment_id).name == EXPERIMENT  # next to the runs
+    assert client.get_experiment(logged.info.experiment_id).name == f"{EXPERIMENT}-compare"  # beside the runs
+    assert logged.data.tags["kdhub.kind"] == "compare"
     figures = {a.path for a in client.list_artifacts(compare_id, "figures/compare")}
     assert figures == {"figures/compare/delta_acc.png", "figures/compare/delta_pa_vs_delta_acc.png"}
 
@@ -327,6 +328,7 @@ def study(**changes) -> StudyConfig:
             "data": {"name": "digits", "batch_size": 128},
             "metrics": ["per_class_accuracy", "agreement"],
             "train": {"progress": False},
+            "tracking": {"log_model": False},
         },
         "runs": [
             {"name": "teacher", "set": {"student": {"name": "cnn", "options": {"width": 8}}, "metrics": ["accuracy"]}},

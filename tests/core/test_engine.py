@@ -23,7 +23,7 @@ def teacher_run(mlflow_uri):
         "schedule": {"name": "cosine"},
         "train": {"progress": False},
         "checkpoint": {"every": 1},
-        "tracking": {"uri": mlflow_uri, "experiment": "tests", "run_name": "teacher"},
+        "tracking": {"uri": mlflow_uri, "experiment": "tests", "run_name": "teacher", "log_model": False},
     }
     return run(config)
 
@@ -31,14 +31,14 @@ def teacher_run(mlflow_uri):
 def test_teacher_run_logs_params_metrics_tables_and_checkpoints(teacher_run, mlflow_uri):
     client = mlflow.MlflowClient(mlflow_uri)
     data = client.get_run(teacher_run.run_id).data
-    assert data.tags["student"] == "cnn"
+    assert data.tags["student"] == "cnn(width=16)"
     assert data.tags["teacher"] == "none"
     assert data.tags["seed"] == "1"
     assert data.tags["kdhub.version"] == kdhub.__version__
     assert data.params["student.width"] == "16"
     assert data.params["optim.lr"] == "0.05"
     assert data.params["policy.name"] == "constant"
-    for key in ("loss/ce", "loss/total", "train/acc", "test/acc", "val/acc", "lr", "images_per_s", "test/acc_best"):
+    for key in ("loss/ce", "loss/total", "train/acc", "test/acc", "val/acc", "lr", "images_per_s", "test/acc_max_seen"):
         assert key in data.metrics, key
     assert data.metrics["test/acc_last"] == pytest.approx(teacher_run.last_acc)
     assert teacher_run.last_acc > 50  # digits is easy: 2 epochs already learn it
@@ -72,7 +72,7 @@ def kd_config(teacher_run, mlflow_uri, epochs=3):
         "methods": [{"name": "kd", "weight": 0.9, "options": {"temperature": 4}}],
         "metrics": ["accuracy"],
         "train": {"progress": False},
-        "tracking": {"uri": mlflow_uri, "experiment": "tests"},
+        "tracking": {"uri": mlflow_uri, "experiment": "tests", "log_model": False},
     }
 
 
@@ -84,9 +84,10 @@ def test_kd_student_uses_the_teacher_of_an_earlier_run(teacher_run, mlflow_uri):
     assert data.params["method.kd.temperature"] == "4.0"
     assert data.params["method.kd.weight"] == "0.9"
     assert data.tags["method"] == "kd"
-    assert data.tags["teacher"] == "cnn"
+    assert data.tags["teacher"] == "cnn(width=16)"
+    assert data.tags["kdhub.teacher_run"] == teacher_run.run_id
     assert data.metrics["loss/kd"] > 0
-    assert data.metrics["weight/kd"] == 1.0
+    assert data.metrics["policy/distill_factor"] == 1.0
 
 
 def test_an_epoch_checkpoint_can_be_the_teacher(teacher_run, mlflow_uri, tmp_path):
@@ -197,4 +198,4 @@ def test_each_metric_is_logged_once_per_step(tiny_config, mlflow_uri):
         assert len(logged) == len(set(logged)), f"{key} logged twice at a step: {logged}"
     assert steps["test/accuracy/acc"] == [1, 2, 3]
     assert steps["val/per_class_accuracy/mean_class_acc"] == [2, 3]
-    assert steps["test/acc_best"] == [1, 2, 3]
+    assert steps["test/acc_max_seen"] == [1, 2, 3]

@@ -103,7 +103,7 @@ def test_policy_training_steps_make_no_host_sync(policy, amp):
         assert trainer.policy.stopped
         assert "loss/kd.replaced" in history[2]
     elif policy in ("eskd", "annealing", "loss_switch"):  # the policy switched the weights during the run
-        assert history[0]["weight/kd"] != history[-1]["weight/kd"]
+        assert history[0]["policy/distill_factor"] != history[-1]["policy/distill_factor"]
 
 
 def test_batch_relational_method_under_a_class_mask_syncs_once_per_step():

@@ -318,7 +318,7 @@ def test_a_bare_step_plan_keeps_the_runs_ce_weight():
         "train": {"progress": False},
     }
     result = run(config, track=False)
-    assert result.history[0]["weight/ce"] == 0.25
+    assert result.history[0]["policy/ce_weight"] == 0.25
     plain = run({**config, "policy": "constant"}, track=False)
     assert result.history[0]["loss/ce"] == pytest.approx(plain.history[0]["loss/ce"])  # same weighted CE
 

@@ -98,8 +98,8 @@ def test_eskd_real_run():
     )
     log = trainer.log
     assert series(log, "eskd/kd_active") == [1, 1, 0]
-    assert series(log, "weight/kd") == [1, 1, 0]
-    assert series(log, "weight/ce") == [0.1, 0.1, 1]
+    assert series(log, "policy/distill_factor") == [1, 1, 0]
+    assert series(log, "policy/ce_weight") == [0.1, 0.1, 1]
     assert [e for e, _ in log.metric_history["loss/kd"]] == [1, 2]  # no KD term once stopped
 
 
@@ -113,8 +113,8 @@ def test_annealing_real_run():
     log = trainer.log
     assert series(log, "annealing/phi") == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert series(log, "annealing/phase") == [1, 1, 1, 2]
-    assert series(log, "weight/ce") == [0, 0, 0, 1]
-    assert series(log, "weight/kd") == [1, 1, 1, 0]
+    assert series(log, "policy/ce_weight") == [0, 0, 0, 1]
+    assert series(log, "policy/distill_factor") == [1, 1, 1, 0]
     restored = log.metric_history["policy/restored_best_epoch"]
     assert len(restored) == 1
     assert restored[0][0] == 3
@@ -132,8 +132,8 @@ def test_loss_switch_real_run():
     log, n = trainer.log, trainer.steps_per_epoch
     # value at each epoch's last step: epoch 2 ends at step 2n - 1, lambda = (n - 1) / n
     assert series(log, "loss_switch/lambda") == pytest.approx([0, (n - 1) / n, 1])
-    assert series(log, "weight/kd") == pytest.approx(series(log, "loss_switch/kd_weight"))
-    assert series(log, "weight/ce") == pytest.approx(series(log, "loss_switch/ce_weight"))
+    assert series(log, "policy/distill_factor") == pytest.approx(series(log, "loss_switch/kd_weight"))
+    assert series(log, "policy/ce_weight") == pytest.approx(series(log, "loss_switch/ce_weight"))
 
 
 def _example(name: str, overrides: list[str]) -> dict[str, Any]:
@@ -189,7 +189,7 @@ def test_tllm_resume_gives_the_same_decisions(tmp_path, monkeypatch):
         "ce_weight": 0.1,
         "methods": [{"name": "kd", "weight": 0.9}],
         "policy": {"name": "tllm", "options": {"start": 2, "window": 1, "eta": 0.05}},
-        "tracking": {"uri": uri, "experiment": "resume"},
+        "tracking": {"uri": uri, "experiment": "resume", "log_model": False},
     }
     straight = run(config)
     with interrupt_after(4), pytest.raises(KeyboardInterrupt):

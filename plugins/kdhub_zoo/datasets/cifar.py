@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
@@ -41,6 +42,7 @@ class _Cifar(kdhub.Dataset):
             std=self.std,
             augmentation=kdhub.Augmentation(self.options.crop_padding, self.options.horizontal_flip),
             class_names=list(train.classes),
+            source=str(Path(self.options.root).resolve()),
         )
 
 

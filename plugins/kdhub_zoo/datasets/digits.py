@@ -69,4 +69,5 @@ class Digits(kdhub.Dataset):
             std=(pixels.std().item(),),
             augmentation=kdhub.Augmentation(horizontal_flip=self.options.horizontal_flip),
             class_names=[str(d) for d in range(10)],
+            source="sklearn.datasets.load_digits",
         )

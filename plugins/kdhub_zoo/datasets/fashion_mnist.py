@@ -79,4 +79,5 @@ class FashionMNIST(kdhub.Dataset):
             std=(0.3530,),
             augmentation=kdhub.Augmentation(self.options.crop_padding, self.options.horizontal_flip),
             class_names=list(CLASSES),
+            source=str(Path(self.options.root).resolve() / "FashionMNIST"),
         )
