@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kdhub.base import EpochOrFraction, Options, Plugin, resolve_epoch
-from kdhub.dataset import Augmentation, DataBundle, Dataset, TensorSplit
+from kdhub.dataset import Augmentation, DataBundle, Dataset, FileDataset, FileSplit, ImageTransforms, TensorSplit
 from kdhub.errors import ConfigError, IncompatibleError, KdhubError, PluginLoadError, PluginNotFoundError
 from kdhub.hookspecs import hookimpl
 from kdhub.method import LossValue, Method, SetupContext, StepOutputs
@@ -27,6 +27,9 @@ __all__ = [
     "EpochOrFraction",
     "EpochReport",
     "EvalBatch",
+    "FileDataset",
+    "FileSplit",
+    "ImageTransforms",
     "IncompatibleError",
     "KdhubError",
     "LossValue",

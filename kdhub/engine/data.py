@@ -1,6 +1,7 @@
 """The engine's view of data (:class:`DataSource`) and its in-memory implementation.
 
-Small datasets live on the device as uint8 tensors and are augmented there (:class:`DeviceData`).
+Small datasets live on the device as uint8 tensors and are augmented there (:class:`DeviceData`);
+datasets kept on disk are streamed by a DataLoader (:class:`kdhub.engine.stream.StreamData`).
 The engine reaches data only through :class:`DataSource`, built by :func:`open_data` from what a
 dataset plugin's ``load()`` returns, so other data paths (files streamed by a DataLoader) plug in
 behind the same contract: the same splits, batches, sample indices and resumable state.
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdhub.dataset import Augmentation, DataBundle, TensorSplit
+from kdhub.dataset import Augmentation, DataBundle, FileDataset, TensorSplit
 
 __all__ = ["Batch", "DataSource", "DeviceData", "augment", "class_balanced_split", "open_data"]
 
@@ -72,6 +73,10 @@ class DataSource(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def stats(self) -> dict[str, float]:
+        """Data-path metrics since the last call, summed over processes (e.g. skipped unreadable images)."""
+        ...
 
 
 def class_balanced_split(labels: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -194,9 +199,12 @@ class DeviceData:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
 
+    def stats(self) -> dict[str, float]:
+        return {}
+
 
 def open_data(
-    loaded: DataBundle,
+    loaded: DataBundle | FileDataset,
     device: torch.device,
     *,
     val_fraction: float,
@@ -204,11 +212,23 @@ def open_data(
     seed: int,
     rank: int = 0,
     world_size: int = 1,
+    loader: Any = None,
 ) -> DataSource:
-    """The data source for what a dataset plugin's ``load()`` returned."""
+    """The data source for what a dataset plugin's ``load()`` returned.
+
+    ``loader`` (the run's ``data`` config or a :class:`~kdhub.engine.stream.LoaderOptions`) sets the
+    workers, prefetch, pinning, decoding and error handling of streamed datasets.
+    """
     if isinstance(loaded, DataBundle):
         return DeviceData(loaded, device, val_fraction, seed, rank, world_size, train_fraction)
-    raise TypeError(f"a dataset's load() returned {type(loaded).__name__}; expected a kdhub.DataBundle")
+    if isinstance(loaded, FileDataset):
+        from kdhub.engine.stream import LoaderOptions, StreamData
+
+        options = loader if isinstance(loader, LoaderOptions) else LoaderOptions.from_config(loader)
+        return StreamData(loaded, device, val_fraction, seed, rank, world_size, train_fraction, options)
+    raise TypeError(
+        f"a dataset's load() returned {type(loaded).__name__}; expected a kdhub.DataBundle or kdhub.FileDataset"
+    )
 
 
 def _to(split: TensorSplit, device: torch.device) -> TensorSplit:

@@ -110,6 +110,7 @@ class Trainer:
             seed=cfg.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
+            loader=cfg.data,
         )
         self.num_classes = self.data.num_classes
         self.class_names = self.data.class_names
@@ -280,7 +281,7 @@ class Trainer:
             for init_epoch in range(1, t.method.init_epochs + 1):
                 total = torch.zeros((), device=self.device)
                 for step, (x, y, idx) in enumerate(
-                    self.data.train_batches(self.rank_batch, self.config.data.drop_last)
+                    self.data.train_batches(self.batch_size, self.config.data.drop_last)
                 ):
                     s_logits, s_feats, t_logits, t_feats = self._forward(x, True)
                     out = StepOutputs(s_logits, t_logits, y, idx, 0, step, None, s_feats, t_feats)
@@ -302,7 +303,7 @@ class Trainer:
         start = time.perf_counter()
         step0 = (epoch - 1) * self.steps_per_epoch
         plan = None
-        batches = self.data.train_batches(self.rank_batch, cfg.data.drop_last)
+        batches = self.data.train_batches(self.batch_size, cfg.data.drop_last)
         for step, (x, y, idx) in enumerate(self._progress(batches, epoch), start=step0):
             plan = self.policy.plan(epoch, step)
             teach = plan.kd_weight > 0 and bool(self.teaching)
@@ -544,6 +545,7 @@ class Trainer:
             action = self.policy.epoch_ended(report)
             if epoch < cfg.epochs:
                 values.update(self._scheduled_metrics(epoch, final=False))
+            values.update(self.data.stats())
             self.log.metrics(values, step=epoch)
             self.history.append({"epoch": epoch, **values})
             if action.restore_best:
