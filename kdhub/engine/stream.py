@@ -187,8 +187,10 @@ class _Reader(torch.utils.data.Dataset):
             torch.default_generator.set_state(rng)
         positions = torch.tensor([items[i][0] for i in kept], dtype=torch.long)
         seeds = torch.tensor([items[i][3] for i in kept], dtype=torch.long)
-        if self.decode:
-            return {"encoded": images, "index": positions, "seeds": seeds, "failed": failed}
+        if self.decode:  # one buffer and the lengths: a tensor per file would cost a file descriptor each
+            lengths = torch.tensor([len(d) for d in images], dtype=torch.long)
+            data = torch.cat(images) if images else torch.empty(0, dtype=torch.uint8)
+            return {"encoded": data, "lengths": lengths, "index": positions, "seeds": seeds, "failed": failed}
         size = self.spec.size
         batch = torch.stack(images) if images else torch.empty((0, self.channels, size, size), dtype=torch.uint8)
         return {"images": batch, "index": positions, "failed": failed}
@@ -375,6 +377,7 @@ class StreamData:
                 pin_memory=self.options.pin_memory and self.device.type == "cuda" and self.options.decode != "device",
                 persistent_workers=workers > 0,
                 prefetch_factor=self.options.prefetch if workers > 0 else None,
+                generator=torch.Generator().manual_seed(self.seed),  # its seed draws leave the run's RNG alone
             )
         return self._loader
 
@@ -413,7 +416,7 @@ class StreamData:
         """Batched JPEG decoding on the run's device (nvJPEG on CUDA), then the per-sample transforms there."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        encoded: list[Tensor] = raw["encoded"]
+        encoded: list[Tensor] = list(torch.split(raw["encoded"], raw["lengths"].tolist()))
         mode = ImageReadMode.RGB if self.in_channels == 3 else ImageReadMode.GRAY
         jpeg = [i for i, data in enumerate(encoded) if len(data) > 2 and int(data[0]) == 0xFF and int(data[1]) == 0xD8]
         decoded: dict[int, Tensor] = {}
