@@ -48,8 +48,8 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def load_weights(net: nn.Module, path: Path, who: str) -> dict[str, Any]:
-    """Load a kdhub checkpoint (its ``model`` entry) or a bare state_dict into ``net``."""
-    state = load(path)
+    """Load a kdhub checkpoint (its ``model`` entry), a bare state_dict or a ``.safetensors`` file into ``net``."""
+    state = _safetensors(path, who) if str(path).endswith(".safetensors") else load(path)
     weights = state.get("model", state) if isinstance(state, dict) else state
     if not isinstance(weights, dict):
         raise IncompatibleError(f"{who}: {path} holds no state_dict")
@@ -61,3 +61,14 @@ def load_weights(net: nn.Module, path: Path, who: str) -> dict[str, Any]:
         first = "; ".join(lines[1:3] if len(lines) > 1 else lines)[:300]
         raise IncompatibleError(f"{who}: the weights in {path} do not fit the model ({first})") from None
     return state if isinstance(state, dict) else {}
+
+
+def _safetensors(path: Path, who: str) -> dict[str, Any]:
+    """The tensors of a safetensors file (a format that holds no code)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise IncompatibleError(f"{who}: {path} is not a readable safetensors file ({err})") from None

@@ -25,6 +25,7 @@ from kdhub.engine import checkpoint
 from kdhub.engine.data import DataSource, open_data
 from kdhub.engine.distributed import DistEnv, init_distributed
 from kdhub.engine.features import FeatureTaps, check_roles, dry_run_shapes
+from kdhub.engine.heads import HEADS_ROLE, eval_logits, split_heads
 from kdhub.engine.losses import method_loss, split_terms, total
 from kdhub.engine.schedule import make_optimizer, make_scheduler
 from kdhub.errors import ConfigError, IncompatibleError
@@ -263,12 +264,14 @@ class Trainer:
         if self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            s_logits = self.train_model(images)
+            s_logits, heads = split_heads(self.train_model(images))
             s_feats = self.s_taps.collect()
+            if heads:
+                s_feats[HEADS_ROLE] = heads
             t_logits, t_feats = None, {}
             if with_teacher and self.teacher is not None:
                 with torch.no_grad():
-                    t_logits = self.teacher(images)
+                    t_logits = eval_logits(self.teacher(images))
                     t_feats = self.t_taps.collect()
         return s_logits.float(), s_feats, (t_logits.float() if t_logits is not None else None), t_feats
 
@@ -397,8 +400,8 @@ class Trainer:
             offset = 0
             for x, y, idx in self.data.eval_batches(split, self.config.data.eval_batch_size):
                 with self._autocast():
-                    s_logits = self.student(x).float()
-                    t_logits = self.teacher(x).float() if need_teacher else None
+                    s_logits = eval_logits(self.student(x)).float()
+                    t_logits = eval_logits(self.teacher(x)).float() if need_teacher else None
                 if self.teacher is not None and t_logits is None:
                     t_logits = cache[offset : offset + len(y)]
                 elif t_logits is not None:

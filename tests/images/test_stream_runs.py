@@ -17,7 +17,14 @@ def folder_config(root, mlflow_uri: str, **data) -> dict:
     return {
         "seed": 0,
         "epochs": 3,
-        "data": {"name": "image_folder", "options": options, "batch_size": 64, "val_fraction": 0.1, "workers": 0, **data},
+        "data": {
+            "name": "image_folder",
+            "options": options,
+            "batch_size": 64,
+            "val_fraction": 0.1,
+            "workers": 0,
+            **data,
+        },
         "student": {"name": "cnn", "options": {"width": 8}},
         "optim": {"lr": 0.1},
         "schedule": {"name": "constant"},
