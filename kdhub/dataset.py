@@ -93,6 +93,9 @@ class ImageTransforms:
       padding)`` + flip; evaluation ``Resize(size)`` + ``CenterCrop(size)``.
     - ``resize``: ``Resize(size)`` + ``CenterCrop(size)`` for training and evaluation (+ flip in
       training when ``flip``).
+
+    ``rand_augment: m`` (1..10, 0 = off) adds ``RandAugment(num_ops=2, magnitude=m,
+    num_magnitude_bins=11)`` after the crop and flip: m on timm's 0..10 scale (DeiT's ``rand-m9``).
     """
 
     preset: Preset = "imagenet"
@@ -103,12 +106,15 @@ class ImageTransforms:
     scale: tuple[float, float] = (0.08, 1.0)
     brightness: float = 0.0
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    rand_augment: int = 0
 
     def __post_init__(self) -> None:
         if self.preset not in ("imagenet", "cifar", "resize"):
             raise ValueError(f"unknown transform preset {self.preset!r} (imagenet, cifar, resize)")
         if self.size < 1 or self.resize < 1 or self.padding < 0:
             raise ValueError("size and resize must be >= 1 and padding >= 0")
+        if not 0 <= self.rand_augment <= 10:
+            raise ValueError(f"rand_augment must be 0 (off) .. 10, got {self.rand_augment}")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {self.scale}")
 

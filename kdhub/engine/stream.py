@@ -89,6 +89,8 @@ def build_transforms(spec: ImageTransforms) -> tuple[Any, Any]:
     mode = v2.InterpolationMode.BICUBIC if spec.interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
     flip = [v2.RandomHorizontalFlip()] if spec.flip else []
     jitter = [v2.ColorJitter(brightness=spec.brightness)] if spec.brightness > 0 else []
+    if spec.rand_augment:  # magnitude m of 10, as timm's rand-m<m> (DeiT)
+        jitter.insert(0, v2.RandAugment(2, spec.rand_augment, num_magnitude_bins=11, interpolation=mode))
     fit = [v2.Resize(spec.size, interpolation=mode, antialias=True), v2.CenterCrop(spec.size)]
     if spec.preset == "imagenet":
         train = [v2.RandomResizedCrop(spec.size, scale=spec.scale, interpolation=mode, antialias=True), *flip]

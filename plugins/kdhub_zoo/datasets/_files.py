@@ -33,6 +33,9 @@ class TransformOptions(kdhub.Options):
     min_scale: float = Field(0.08, gt=0, le=1, description="imagenet preset: smallest crop area fraction")
     brightness: float = Field(0.0, ge=0, le=1, description="training brightness jitter factor (0 = none)")
     interpolation: Literal["bilinear", "bicubic"] = Field("bilinear", description="resize interpolation")
+    rand_augment: int = Field(
+        0, ge=0, le=10, description="RandAugment magnitude on timm's 0..10 scale, 2 ops per image (0 = none)"
+    )
     channels: Literal[1, 3] = Field(3, description="3 = RGB, 1 = grey (every image is converted on decoding)")
     mean: tuple[float, ...] | None = Field(
         None, description="per-channel normalisation mean (None = ImageNet's, or their average for grey)"
@@ -49,6 +52,7 @@ class TransformOptions(kdhub.Options):
             scale=(self.min_scale, 1.0),
             brightness=self.brightness,
             interpolation=self.interpolation,
+            rand_augment=self.rand_augment,
         )
 
     def statistics(self, who: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
