@@ -97,10 +97,11 @@ def uint8_batches(data: StreamData, batch: int, epoch: int) -> Any:
     """One epoch of the loader's uint8 batches as they reach the main process (before the device's normalisation)."""
     view = data.views["train"]
     order = torch.randperm(len(view.index), generator=torch.Generator().manual_seed(epoch)).tolist()
-    data.plan.batches = [
+    batches = [
         [(p, view.source, int(view.index[p]), sample_seed(0, epoch, p)) for p in order[i : i + batch]]
         for i in range(0, len(order), batch)
     ]
+    data.plan.set(lambda: iter(batches), len(batches))
     return data.loader()
 
 

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,16 +199,20 @@ class _Reader(torch.utils.data.Dataset):
 
 
 class _Plan:
-    """The DataLoader's batch sampler: the batches of the current pass, replaced before each pass."""
+    """The DataLoader's batch sampler: the batches of the current pass, made lazily, replaced before each pass."""
 
     def __init__(self) -> None:
-        self.batches: list[list[Item]] = []
+        self.batches: Callable[[], Iterator[list[Item]]] = lambda: iter(())
+        self.count = 0
+
+    def set(self, batches: Callable[[], Iterator[list[Item]]], count: int) -> None:
+        self.batches, self.count = batches, count
 
     def __iter__(self) -> Iterator[list[Item]]:
-        return iter(self.batches)
+        return self.batches()
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return self.count
 
 
 def _identity(batch: Any) -> Any:
@@ -311,12 +315,18 @@ class StreamData:
         view = self.views["train"]
         shuffle = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
         order = torch.randperm(self.size("train"), generator=shuffle)
-        source, index = view.source, view.index.tolist()
-        batches = []
-        for step in range(self.position, self.steps_per_epoch(batch_size, drop_last)):
-            chunk = order[step * batch_size : (step + 1) * batch_size][self.rank :: self.world_size].tolist()
-            batches.append([(p, source, index[p], sample_seed(self.seed, epoch, p)) for p in chunk])
-        for batch in self._stream("train", batches):
+        source, index, seed, rank, world = view.source, view.index, self.seed, self.rank, self.world_size
+        steps = range(self.position, self.steps_per_epoch(batch_size, drop_last))
+
+        def batches() -> Iterator[list[Item]]:  # made as the loader asks: no list of every sample up front
+            for step in steps:
+                chunk = order[step * batch_size : (step + 1) * batch_size][rank::world]
+                yield [
+                    (p, source, i, sample_seed(seed, epoch, p))
+                    for p, i in zip(chunk.tolist(), index[chunk].tolist(), strict=True)
+                ]
+
+        for batch in self._stream("train", batches, len(steps)):
             self.position += 1
             yield batch
         self.epochs_done, self.position = epoch, 0
@@ -324,10 +334,15 @@ class StreamData:
     def eval_batches(self, split: str, batch_size: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Un-augmented batches in index order; rank ``r`` takes every ``world_size``-th batch."""
         view = self.views[split]
-        n, index = len(view.index), view.index.tolist()
+        n = len(view.index)
         starts = range(self.rank * batch_size, n, batch_size * self.world_size)
-        batches = [[(p, view.source, index[p], -1) for p in range(s, min(s + batch_size, n))] for s in starts]
-        yield from self._stream(split, batches)
+
+        def batches() -> Iterator[list[Item]]:
+            for s in starts:
+                index = view.index[s : s + batch_size].tolist()
+                yield [(s + k, view.source, i, -1) for k, i in enumerate(index)]
+
+        yield from self._stream(split, batches, len(starts))
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs_done": self.epochs_done, "position": self.position}
@@ -383,12 +398,14 @@ class StreamData:
             )
         return self._loader
 
-    def _stream(self, split: str, batches: list[list[Item]]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        if not batches:
+    def _stream(
+        self, split: str, batches: Callable[[], Iterator[list[Item]]], count: int
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        if not count:
             return
         self._pass += 1
         this_pass = self._pass
-        self.plan.batches = batches
+        self.plan.set(batches, count)
         for raw in self.loader():
             if this_pass != self._pass:
                 raise RuntimeError("kdhub: two passes over streamed data were interleaved (one DataLoader serves both)")

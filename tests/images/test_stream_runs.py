@@ -48,7 +48,7 @@ def test_an_image_folder_trains_with_per_class_analysis(digit_folder, mlflow_uri
 
 
 def test_tllm_reads_per_class_validation_losses_on_streamed_data(digit_folder, mlflow_uri):
-    config = folder_config(digit_folder, mlflow_uri)
+    config = folder_config(digit_folder, mlflow_uri, train_fraction=0.3)
     config.update(
         teacher={"name": "cnn", "options": {"width": 8}},
         methods=[{"name": "kd", "weight": 0.9, "options": {"temperature": 4}}],
@@ -88,7 +88,7 @@ class Interrupt:
 
 
 def test_kill_and_resume_with_workers_gives_the_same_weights(digit_folder, mlflow_uri):
-    config = folder_config(digit_folder, mlflow_uri, workers=2, batch_size=128)
+    config = folder_config(digit_folder, mlflow_uri, workers=2, train_fraction=0.25)
     config["data"]["options"].update(augment="imagenet", resize_size=18, horizontal_flip=True)
     config["metrics"] = []
     reference = run(config)
