@@ -6,11 +6,12 @@
    224x224 JPEGs, for each worker count, as wall-clock images/s and as images per CPU-second of
    the loading processes (workers and main process): the per-core rate, which holds on a shared
    machine where wall-clock rates depend on the other load.
-2. ``train``: training images/s of one model through the engine (``Trainer._train_epoch``) on the
-   same images, once streamed from JPEG files (``image_folder``, preset ``cifar``: pad-4 crop + flip)
-   and once held in memory as uint8 tensors (``DeviceData``, the same pad-4 crop + flip on the
-   device), alternating the two in one process; the ratio is streaming / in-memory (median of the
-   repeats).
+2. ``train``: training images/s of one model on the same images, once streamed from JPEG files
+   (``image_folder``, preset ``cifar``: pad-4 crop + flip; with 0 and 1 workers) and once held in
+   memory as uint8 tensors (``DeviceData``, the same pad-4 crop + flip on the device), each built by
+   the engine's ``Trainer``; training steps alternate between the variants one by one, so the load
+   of a shared machine affects all alike; the ratio is streaming / in-memory, the median over the
+   repeats of the ratio within each repeat.
 
 The images are written at start (Fashion-MNIST from Debian's package when installed, else the
 embedded digits, upscaled, tinted and with noise so the JPEGs are photo-sized, about 25 KB at 224).
@@ -175,14 +176,34 @@ def train_config(args: argparse.Namespace, root: Path, streamed: bool, workers: 
     }
 
 
-def train_rate(trainer: Trainer, epoch: int) -> float:
-    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    values = trainer._train_epoch(epoch)
-    sync()
-    del values
-    return trainer.steps_per_epoch * trainer.batch_size / (time.perf_counter() - start)
+class Stepper:
+    """Training steps of one trainer (its data path, model and optimizer), timed one at a time.
+
+    A step is what the engine's loop does for a plain run: take the next batch from the data source
+    (for streamed data: wait for the worker, copy, normalise), forward, cross-entropy, backward and
+    the optimizer step; epochs follow each other as the source runs out.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer, self.batches, self.seconds, self.images = trainer, iter(()), 0.0, 0
+
+    def step(self) -> None:
+        trainer = self.trainer
+        start = time.perf_counter()
+        try:
+            x, y, _ = next(self.batches)
+        except StopIteration:
+            self.batches = trainer.data.train_batches(trainer.batch_size, drop_last=True)
+            x, y, _ = next(self.batches)
+        logits = trainer._forward(x, False)[0]
+        loss = F.cross_entropy(logits, y)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        trainer.optimizer.step()
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - start
+        self.images += len(y)
 
 
 def main() -> None:
@@ -196,6 +217,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", default="0,1", help="streaming worker counts compared in the training part")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="training steps per variant and repeat")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     result: dict = {
@@ -223,21 +245,35 @@ def main() -> None:
                 trainers[f"stream_w{w}"] = Trainer(parse_config(train_config(args, root, True, w)))
             for trainer in trainers.values():  # same initial weights everywhere: the same work per step
                 trainer.student.load_state_dict(trainers["in_memory"].student.state_dict())
-                train_rate(trainer, 1)  # warm-up (and worker start-up)
-            rates: dict[str, list[float]] = {k: [] for k in trainers}
-            for r in range(args.repeats):
-                for name, trainer in trainers.items():
-                    rates[name].append(train_rate(trainer, r + 2))
+            steppers = {name: Stepper(trainer) for name, trainer in trainers.items()}
+            for _ in range(2):  # warm-up (and worker start-up), not timed
+                for s in steppers.values():
+                    s.step()
+                    s.seconds, s.images = 0.0, 0
+            # steps alternate between the variants, so load from other processes hits all of them alike
+            rates: dict[str, list[float]] = {k: [] for k in steppers}
+            for _ in range(args.repeats):
+                for s in steppers.values():
+                    s.seconds, s.images = 0.0, 0
+                for _ in range(args.steps):
+                    for s in steppers.values():
+                        s.step()
+                for name, s in steppers.items():
+                    rates[name].append(s.images / s.seconds)
             medians = {k: statistics.median(v) for k, v in rates.items()}
             result["train"] = {
                 "model": args.model,
                 "size": args.size,
                 "batch": args.batch,
                 "device": str(pick_device(args.device)),
-                "images_per_epoch": trainers["in_memory"].steps_per_epoch * args.batch,
+                "steps_per_repeat": args.steps,
                 "images_per_s": {k: round(v, 1) for k, v in medians.items()},
+                "repeats": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+                # paired: each repeat's streaming rate over the in-memory rate measured alongside it
                 "ratio_to_in_memory": {
-                    k: round(v / medians["in_memory"], 3) for k, v in medians.items() if k != "in_memory"
+                    k: round(statistics.median(a / b for a, b in zip(v, rates["in_memory"], strict=True)), 3)
+                    for k, v in rates.items()
+                    if k != "in_memory"
                 },
             }
     print(json.dumps(result, indent=2))

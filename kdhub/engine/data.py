@@ -105,7 +105,8 @@ def augment(images: Tensor, aug: Augmentation, generator: torch.Generator) -> Te
         rows = (oy[:, None] + torch.arange(h, device=images.device))[:, :, None]
         cols = (ox[:, None] + torch.arange(w, device=images.device))[:, None, :]
         batch = torch.arange(b, device=images.device)[:, None, None]
-        images = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+        # contiguous: the gather leaves NHWC strides, which would run the model channels-last unasked
+        images = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
     if aug.horizontal_flip:
         flip = torch.rand(b, device=images.device, generator=generator) < 0.5
         images = torch.where(flip[:, None, None, None], images.flip(3), images)
