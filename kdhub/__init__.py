@@ -6,7 +6,15 @@ from typing import Any
 
 from kdhub.base import EpochOrFraction, FiniteFloat, Options, Plugin, resolve_epoch
 from kdhub.command import Command
-from kdhub.dataset import Augmentation, DataBundle, Dataset, TensorSplit
+from kdhub.dataset import (
+    Augmentation,
+    DataBundle,
+    Dataset,
+    FileDataset,
+    FileSplit,
+    ImageTransforms,
+    TensorSplit,
+)
 from kdhub.errors import (
     ConfigError,
     DivergedError,
@@ -43,7 +51,10 @@ __all__ = [
     "EpochOrFraction",
     "EpochReport",
     "EvalBatch",
+    "FileDataset",
+    "FileSplit",
     "FiniteFloat",
+    "ImageTransforms",
     "IncompatibleError",
     "KdhubError",
     "LossValue",

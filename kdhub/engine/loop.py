@@ -50,6 +50,7 @@ from kdhub.config import RunConfig, dump_config, parse_config, resolve_plugins
 from kdhub.engine import checkpoint, speed
 from kdhub.engine.build import RunParts, build_run, pick_device, seed_everything
 from kdhub.engine.evaluate import Evaluation, Evaluator
+from kdhub.engine.heads import HEADS_ROLE, split_heads
 from kdhub.engine.hostsync import training_steps
 from kdhub.engine.losses import method_loss
 from kdhub.engine.schedule import make_optimizer, make_scheduler
@@ -191,8 +192,10 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         s_rec, t_rec = self.parts.student_recorder, self.parts.teacher_recorder
         with self._autocast():
-            s_logits = self.train_model(images)
+            s_logits, heads = split_heads(self.train_model(images))
             s_feats = s_rec.collect()
+            if heads:  # a model with several heads (DeiT's distillation token): the others go to the methods
+                s_feats[HEADS_ROLE] = heads
         t_logits: Tensor | None = None
         t_feats: dict[str, list[Tensor]] = {}
         if with_teacher and self.teacher_forward is not None and t_rec is not None:
@@ -207,7 +210,7 @@ class Trainer:
             optimizer = make_optimizer(self._trainable(), self.config.optim)
             for init_epoch in range(1, t.method.init_epochs + 1):
                 loss_sum = torch.zeros((), device=self.device)
-                batches = training_steps(self.data.train_batches(self.parts.rank_batch, self.config.data.drop_last))
+                batches = training_steps(self.data.train_batches(self.batch_size, self.config.data.drop_last))
                 for step, (x, y, idx) in enumerate(batches):
                     s_logits, s_feats, t_logits, t_feats = self._forward(x, True)
                     out = StepOutputs(
@@ -242,7 +245,7 @@ class Trainer:
         start = time.perf_counter()
         step0 = (epoch - 1) * self.steps_per_epoch
         plan = None
-        batches = training_steps(self.data.train_batches(self.parts.rank_batch, cfg.data.drop_last))
+        batches = training_steps(self.data.train_batches(self.batch_size, cfg.data.drop_last))
         for step, (x, y, idx) in enumerate(self._progress(batches, epoch), start=step0):
             plan = self.policy.plan(epoch, step)
             teach = plan.kd_weight > 0 and bool(self.teaching)
@@ -482,6 +485,7 @@ class Trainer:
             action = self._policy_epoch_ended(epoch, values, class_losses)
             if epoch < self.config.epochs:
                 values.update(self._scheduled_metrics(epoch, final=False))
+            values.update(self.data.stats())
             self.epoch_log.metrics(values)
             self.history.append({"epoch": epoch, **values})
             self._apply(action, epoch)
