@@ -87,7 +87,16 @@ __all__ = [
     "list_plugins",
     "plugin_classes",
     "resolve_epoch",
+    "run",
 ]
+
+
+def run(config: Any, resume_run_id: str | None = None, track: bool = True) -> Any:
+    """Train one run from a config (a YAML-shaped dict or a ``RunConfig``), logged to MLflow unless
+    ``track`` is False; returns a ``RunResult``. See :func:`kdhub.engine.runner.run`."""
+    from kdhub.engine.runner import run as run_one
+
+    return run_one(config, resume_run_id=resume_run_id, track=track)
 
 
 def list_plugins(kind: str, pattern: str = "*") -> list[str]:

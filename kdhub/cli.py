@@ -70,7 +70,7 @@ def prepare_run(config_file: str | None, overrides: list[str], resume: str | Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
 
     _registry()
     _warn_load_failures()

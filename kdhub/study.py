@@ -144,7 +144,7 @@ def _substitute(config: Any, run_ids: dict[str, str]) -> Any:
 
 def run_study(study: StudyConfig, tracking_uri: str | None = None) -> dict[str, Any]:
     """Run every run of the study under one parent MLflow run; returns the parent id and a summary table."""
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
     from kdhub.tracking import Tracker
 
     plan = expand(study)

@@ -132,12 +132,12 @@ TINY = "student: {name: cnn, options: {width: 4}}\nepochs: 2\ntrain: {progress: 
 @pytest.fixture
 def no_training(monkeypatch):
     """Configs here must be refused before training: reaching ``run`` fails the test."""
-    import kdhub.engine.loop
+    import kdhub.engine.runner
 
     def accepted(*args, **kwargs):
         raise AssertionError("the config was accepted")
 
-    monkeypatch.setattr(kdhub.engine.loop, "run", accepted)
+    monkeypatch.setattr(kdhub.engine.runner, "run", accepted)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kdhub.config import load_config
 from kdhub.engine import stream
-from kdhub.engine.loop import run
+from kdhub.engine.runner import run
 
 
 def main(config: str, out: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdhub.engine.loop import run
+from kdhub.engine.runner import run
 from kdhub.tracking import load_table
 
 SCRIPT = Path(__file__).with_name("_ddp_record.py")

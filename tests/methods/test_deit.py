@@ -77,7 +77,7 @@ def test_the_distillation_head_is_taught_when_the_student_has_one() -> None:
 
 def test_a_distilled_deit_student_trains_its_two_heads_and_is_evaluated_on_their_mean() -> None:
     from kdhub.engine.heads import eval_logits, split_heads
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
 
     plugin = kdhub.create(
         "model", "timm:deit_tiny_distilled_patch16_224", distilled_training=True, kwargs={"patch_size": 8, "depth": 1}

@@ -74,7 +74,7 @@ def test_repdistiller_and_mdistiller_checkpoints_load_as_teachers(tmp_path, mlfl
         load_weights(ours, tmp_path / file, "teacher.weights")
         for key, value in theirs.state_dict().items():
             assert torch.equal(ours.state_dict()[key], value), key
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
 
     config = {
         "epochs": 1,
