@@ -383,8 +383,7 @@ class Comparison:
             mean, sd, _ = summary([float(v) for v in counts])
             what = "seed pair" if self.pairs is not None else "run seed against the baseline mean"
             lines.append(
-                f"undistillable count of each {what}: {', '.join(str(v) for v in counts)}"
-                f" (mean {mean:.1f} ± {sd:.1f})"
+                f"undistillable count of each {what}: {', '.join(str(v) for v in counts)} (mean {mean:.1f} ± {sd:.1f})"
             )
         lines.append(f"mean ΔACC: {_num(self.mean_delta_acc, True)} points")
         lines.append(self._overall_text())

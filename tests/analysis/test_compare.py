@@ -472,7 +472,7 @@ def test_seed_tables_hold_every_input():
 
 
 def test_logged_tables_let_a_reviewer_recompute_the_statistics(runs, mlflow_uri, tmp_path):
-    """From compare/per_seed alone (every input value), scipy gives the logged p-values, corrections and overall test."""
+    """From compare/per_seed alone (every input value), scipy gives the logged p-values, corrections, overall test."""
     c = compare_runs(runs["vanilla"], runs["kd"], uri=mlflow_uri, correction="holm")
     assert c.test_name == "paired t-test"  # both sides ran seeds 0 and 1
     client = mlflow.MlflowClient(mlflow_uri)
