@@ -13,6 +13,8 @@ from torch import Tensor
 
 import kdhub
 
+FEW_SAMPLES = 20  # fewer validation samples than this in a class: warn that its curve is noisy
+
 
 class TLLM(kdhub.Policy):
     """Stop distilling the classes whose per-class teaching curve stops falling (Zhu et al., 2022).
@@ -64,21 +66,42 @@ class TLLM(kdhub.Policy):
     needs_validation: ClassVar[bool] = True
 
     class Options(kdhub.Options):
+        criterion: Literal["trend", "paper"] = Field(
+            "trend",
+            description="trend: least-squares slope over the window, relative to the class's loss, with a noise"
+            " margin; paper: the raw drop L_{e-K} - L_e <= eta",
+        )
         mode: Literal["sliding", "fixed"] = Field(
             "sliding", description="sliding: check every epoch >= S+K; fixed: one check at S+K"
         )
         start: kdhub.EpochOrFraction = Field(
-            0.1, description="S: the first window starts at this epoch (int; 0 reads as 1) or fraction of the run"
+            0.2, description="S: the first window starts at this epoch (int; 0 reads as 1) or fraction of the run"
         )
         window: kdhub.EpochOrFraction = Field(
-            0.05, description="K: window length in epochs (int) or as a fraction of the run (at least 1 epoch)"
+            0.1,
+            description="K: window length in epochs (int, taken as given) or as a fraction of the run (at least"
+            " min_window epochs)",
         )
-        eta: float = Field(0.0, ge=0, description="stop a class when its loss fell by <= eta over the window")
+        min_window: int = Field(
+            3, ge=1, le=1000, description="the least window a fractional window resolves to (K + 1 curve points)"
+        )
+        eta: float = Field(
+            0.0,
+            ge=0,
+            description="stop a class when its loss fell by <= eta over the window (trend: a fraction of the"
+            " class's mean loss in the window; paper: in loss units)",
+        )
+        noise_z: float = Field(
+            1.0,
+            ge=0,
+            le=10,
+            description="trend: stop only if the fitted drop plus noise_z standard errors is <= eta (0: the fit alone)",
+        )
         end: kdhub.EpochOrFraction | None = Field(
             None, description="no new stops after this epoch (int) or fraction of the run (None = never)"
         )
         max_stopped_fraction: float = Field(
-            1.0, ge=0, le=1, description="at most floor(fraction * classes) classes are ever stopped"
+            0.5, ge=0, le=1, description="at most floor(fraction * classes) classes are ever stopped"
         )
         replacement: Literal["label_smoothing", "none"] = Field(
             "label_smoothing", description="loss standing in for output-based methods on stopped classes"
@@ -96,30 +119,91 @@ class TLLM(kdhub.Policy):
         self._warned: set[str] = set()
         self._curve_source: str | None = None
         self.unvalidated: list[int] = []
+        self.setup_notes: list[str] = []
+        self.decisions: dict[int, dict[str, float]] = {}  # class -> the statistics that stopped it
         self._plan = kdhub.StepPlan()
         self.ctx: kdhub.PolicyContext | None = None
 
     # -- run start -------------------------------------------------------------------------
 
+    def resolve(self, epochs: int, num_classes: int) -> dict[str, Any]:
+        """S, K, end, the first decision epoch and the cap for a run of ``epochs`` and ``num_classes``."""
+        o = self.options
+        window = kdhub.resolve_epoch(o.window, epochs, minimum=1)
+        if isinstance(o.window, float) and not o.window.is_integer():
+            window = max(window, o.min_window)
+        start = kdhub.resolve_epoch(o.start, epochs, minimum=1)
+        end = None if o.end is None else kdhub.resolve_epoch(o.end, epochs)
+        return {
+            "start": start,
+            "window": window,
+            "end": end,
+            "first": start + window,
+            "max_stopped": math.floor(o.max_stopped_fraction * num_classes + 1e-9),
+        }
+
+    def describe(self, epochs: int, num_classes: int) -> dict[str, Any]:
+        r, o = self.resolve(epochs, num_classes), self.options
+        last = min(epochs, r["end"]) if r["end"] is not None else epochs
+        checks = 0 if r["first"] > last else 1 if o.mode == "fixed" else last - r["first"] + 1
+        return {
+            "tllm/criterion": o.criterion,
+            "tllm/mode": o.mode,
+            "tllm/start_epoch": r["start"],
+            "tllm/window_epochs": r["window"],
+            "tllm/first_decision_epoch": r["first"],
+            "tllm/end_epoch": r["end"] if r["end"] is not None else "none",
+            "tllm/decision_epochs": checks,
+            "tllm/eta": o.eta,
+            "tllm/eta_unit": "fraction of the class's loss" if o.criterion == "trend" else "loss",
+            "tllm/noise_z": o.noise_z if o.criterion == "trend" else "n/a",
+            "tllm/max_stopped": r["max_stopped"],
+        }
+
+    def problems(self, epochs: int, num_classes: int) -> list[str]:
+        """Why the resolved schedule cannot judge stagnation well (each becomes a warning at setup)."""
+        r = self.resolve(epochs, num_classes)
+        out = []
+        if r["window"] < 3:
+            out.append(
+                f"tllm: the window is {r['window']} epoch(s) ({r['window'] + 1} curve points): too short to tell a"
+                " stagnating class from validation noise; use window >= 3 (or a fraction, which resolves to at"
+                " least min_window)"
+            )
+        if r["first"] > epochs:
+            out.append(
+                f"tllm: the first decision (epoch S+K = {r['first']}) is after the last epoch ({epochs}); "
+                "no class will be stopped"
+            )
+        elif r["end"] is not None and r["first"] > r["end"]:
+            out.append(
+                f"tllm: the first decision (epoch {r['first']}) is after end ({r['end']}); no class will be stopped"
+            )
+        if r["max_stopped"] == 0:
+            out.append("tllm: max_stopped_fraction allows no stopped class")
+        return out
+
     def setup(self, ctx: kdhub.PolicyContext) -> None:
         super().setup(ctx)
         if not ctx.method_names:
             raise kdhub.ConfigError("policy: tllm selects the classes a teacher teaches; the run has no methods")
-        o = self.options
-        self.start_epoch = kdhub.resolve_epoch(o.start, ctx.epochs, minimum=1)
-        self.window_epochs = kdhub.resolve_epoch(o.window, ctx.epochs, minimum=1)
-        self.end_epoch = None if o.end is None else kdhub.resolve_epoch(o.end, ctx.epochs)
-        self.max_stopped = math.floor(o.max_stopped_fraction * ctx.num_classes + 1e-9)
+        r = self.resolve(ctx.epochs, ctx.num_classes)
+        self.setup_notes = []
+        self.start_epoch, self.window_epochs, self.end_epoch = r["start"], r["window"], r["end"]
+        self.max_stopped = r["max_stopped"]
         counts = ctx.validation_class_counts
         if counts is not None:
             self.unvalidated = [int(m) for m in (counts.cpu() == 0).nonzero().flatten()]
-        first = self.start_epoch + self.window_epochs
-        if first > ctx.epochs:
-            warnings.warn(
-                f"tllm: the first decision (epoch S+K = {first}) is after the last epoch ({ctx.epochs}); "
-                "no class will be stopped",
-                stacklevel=2,
-            )
+            present = counts.cpu()[counts.cpu() > 0]
+            if len(present) and int(present.min()) < FEW_SAMPLES:
+                self.setup_notes.append(
+                    f"tllm: the validation split has only {int(present.min())} sample(s) of some class; per-class"
+                    " losses that noisy need the trend criterion's noise margin (or a larger data.val_fraction)"
+                )
+        for problem in self.problems(ctx.epochs, ctx.num_classes):
+            self.setup_notes.append(problem)
+        for note in self.setup_notes:
+            warnings.warn(note, stacklevel=2)
         self._rebuild_plan()
 
     def _rebuild_plan(self) -> None:
@@ -187,7 +271,7 @@ class TLLM(kdhub.Policy):
 
     def decide(self, epoch: int) -> list[int]:
         """Stop the classes whose curve stagnated over the window ending at ``epoch``; returns them."""
-        ctx = self._require_setup()
+        self._require_setup()
         first = self.start_epoch + self.window_epochs
         if epoch < first or (self.options.mode == "fixed" and epoch != first):
             return []
@@ -196,21 +280,60 @@ class TLLM(kdhub.Policy):
         room = self.max_stopped - len(self.stopped)
         if room <= 0:
             return []
-        before, now = self.curves.get(epoch - self.window_epochs), self.curves.get(epoch)
-        if before is None or now is None:
-            return []
+        scores = self._paper_scores(epoch) if self.options.criterion == "paper" else self._trend_scores(epoch)
         skip = set(self.unvalidated) | set(self.stopped)
-        candidates = []
-        for m in range(ctx.num_classes):
-            if m in skip or math.isnan(before[m]) or math.isnan(now[m]):
-                continue
-            drop = before[m] - now[m]
-            if drop <= self.options.eta:
-                candidates.append((drop, m))
+        candidates = [(score["score"], m) for m, score in scores.items() if m not in skip]
+        candidates = [(value, m) for value, m in candidates if value <= self.options.eta]
         newly = sorted(m for _, m in sorted(candidates)[:room])
         for m in newly:
             self.stopped[m] = epoch
+            self.decisions[m] = scores[m]
         return newly
+
+    def _paper_scores(self, epoch: int) -> dict[int, dict[str, float]]:
+        """``L_{e-K}[m] - L_e[m]`` for the classes with both ends finite (the paper's criterion)."""
+        before, now = self.curves.get(epoch - self.window_epochs), self.curves.get(epoch)
+        if before is None or now is None:
+            return {}
+        out = {}
+        for m in range(len(now)):
+            if not (math.isnan(before[m]) or math.isnan(now[m])):
+                drop = before[m] - now[m]
+                out[m] = {"score": drop, "drop": drop, "margin": 0.0}
+        return out
+
+    def _trend_scores(self, epoch: int) -> dict[int, dict[str, float]]:
+        """Relative fitted drop plus its noise margin, for the classes with a finite window.
+
+        Over the K + 1 epochs ``e-K .. e``, each class's curve divided by its mean over the window is
+        fitted by least squares; ``drop = -slope * K`` is the fraction of its loss level it lost over
+        the window. The residual variance is pooled over the classes (a class's own K - 1 degrees of
+        freedom are too few), giving the standard error ``se`` of every drop; the score is
+        ``drop + noise_z * se``.
+        """
+        k = self.window_epochs
+        rows = [self.curves.get(e) for e in range(epoch - k, epoch + 1)]
+        if any(row is None for row in rows):
+            return {}
+        xs = list(range(k + 1))
+        x_mean = k / 2
+        sxx = sum((x - x_mean) ** 2 for x in xs)
+        fits: dict[int, tuple[float, float]] = {}
+        for m in range(len(rows[0])):
+            ys = [row[m] for row in rows]
+            if any(math.isnan(y) for y in ys):
+                continue
+            level = sum(ys) / len(ys)
+            if not level > 0:
+                continue
+            rel = [y / level for y in ys]
+            slope = sum((x - x_mean) * (y - 1.0) for x, y in zip(xs, rel, strict=True)) / sxx
+            rss = sum((y - (1.0 + slope * (x - x_mean))) ** 2 for x, y in zip(xs, rel, strict=True))
+            fits[m] = (-slope * k, rss)
+        dof = len(fits) * (k - 1)
+        se = math.sqrt(sum(rss for _, rss in fits.values()) / dof / sxx) * k if dof > 0 else 0.0
+        margin = self.options.noise_z * se
+        return {m: {"score": drop + margin, "drop": drop, "margin": margin} for m, (drop, _) in fits.items()}
 
     @property
     def stopped_classes(self) -> list[int]:
@@ -224,15 +347,12 @@ class TLLM(kdhub.Policy):
     def _log_once(self, log: kdhub.RunLog, epoch: int) -> None:
         if "params" not in self._warned:
             self._warned.add("params")
+            ctx = self._require_setup()
             log.params(
-                {
-                    "tllm/start_epoch": self.start_epoch,
-                    "tllm/window_epochs": self.window_epochs,
-                    "tllm/end_epoch": self.end_epoch if self.end_epoch is not None else "none",
-                    "tllm/max_stopped": self.max_stopped,
-                    "tllm/curve_loss": self._curve_source or "methods",
-                }
+                {**self.describe(ctx.epochs, ctx.num_classes), "tllm/curve_loss": self._curve_source or "methods"}
             )
+            if self.setup_notes:
+                log.text("tllm_warnings.txt", "\n".join(self.setup_notes) + "\n")
         if "unvalidated" not in self._warned:
             self._warned.add("unvalidated")
             if not self.unvalidated and self.ctx is not None and self.ctx.validation_class_counts is None:
@@ -261,6 +381,8 @@ class TLLM(kdhub.Policy):
                 "class": stopped,
                 "name": [self._class_name(m) for m in stopped],
                 "stopped_epoch": [self.stopped[m] for m in stopped],
+                "drop": [self.decisions.get(m, {}).get("drop", math.nan) for m in stopped],
+                "margin": [self.decisions.get(m, {}).get("margin", math.nan) for m in stopped],
             },
         )
 
@@ -299,11 +421,16 @@ class TLLM(kdhub.Policy):
             "stopped": [[m, e] for m, e in sorted(self.stopped.items())],
             "unvalidated": list(self.unvalidated),
             "logged": sorted(self._warned),
+            "decisions": [[m, d["score"], d["drop"], d["margin"]] for m, d in sorted(self.decisions.items())],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.curves = {int(e): [float(x) for x in v] for e, v in state.get("curves", [])}
         self.stopped = {int(m): int(e) for m, e in state.get("stopped", [])}
+        self.decisions = {
+            int(m): {"score": float(a), "drop": float(b), "margin": float(c)}
+            for m, a, b, c in state.get("decisions", [])
+        }
         self._warned = set(state.get("logged", []))
         if state.get("unvalidated"):
             self.unvalidated = [int(m) for m in state["unvalidated"]]
