@@ -97,8 +97,14 @@ class TLLM(kdhub.Policy):
             le=10,
             description="trend: stop only if the fitted drop plus noise_z standard errors is <= eta (0: the fit alone)",
         )
+        patience: int = Field(
+            2,
+            ge=1,
+            le=1000,
+            description="sliding mode: a class stops after looking stagnant at this many consecutive checks",
+        )
         end: kdhub.EpochOrFraction | None = Field(
-            None, description="no new stops after this epoch (int) or fraction of the run (None = never)"
+            0.8, description="no new stops after this epoch (int) or fraction of the run (None = never)"
         )
         max_stopped_fraction: float = Field(
             0.5, ge=0, le=1, description="at most floor(fraction * classes) classes are ever stopped"
@@ -121,6 +127,7 @@ class TLLM(kdhub.Policy):
         self.unvalidated: list[int] = []
         self.setup_notes: list[str] = []
         self.decisions: dict[int, dict[str, float]] = {}  # class -> the statistics that stopped it
+        self.streak: dict[int, int] = {}  # class -> consecutive checks at which it looked stagnant
         self._plan = kdhub.StepPlan()
         self.ctx: kdhub.PolicyContext | None = None
 
@@ -157,6 +164,7 @@ class TLLM(kdhub.Policy):
             "tllm/eta": o.eta,
             "tllm/eta_unit": "fraction of the class's loss" if o.criterion == "trend" else "loss",
             "tllm/noise_z": o.noise_z if o.criterion == "trend" else "n/a",
+            "tllm/patience": o.patience if o.mode == "sliding" else 1,
             "tllm/max_stopped": r["max_stopped"],
         }
 
@@ -282,8 +290,17 @@ class TLLM(kdhub.Policy):
             return []
         scores = self._paper_scores(epoch) if self.options.criterion == "paper" else self._trend_scores(epoch)
         skip = set(self.unvalidated) | set(self.stopped)
-        candidates = [(score["score"], m) for m, score in scores.items() if m not in skip]
-        candidates = [(value, m) for value, m in candidates if value <= self.options.eta]
+        patience = self.options.patience if self.options.mode == "sliding" else 1
+        candidates = []
+        for m, score in scores.items():
+            if m in skip:
+                continue
+            stagnant = score["score"] <= self.options.eta
+            self.streak[m] = self.streak.get(m, 0) + 1 if stagnant else 0
+            if stagnant and self.streak[m] >= patience:
+                candidates.append((score["score"], m))
+        for m in set(self.streak) - set(scores):
+            self.streak[m] = 0  # no finite window this epoch: the streak is broken
         newly = sorted(m for _, m in sorted(candidates)[:room])
         for m in newly:
             self.stopped[m] = epoch
@@ -422,6 +439,7 @@ class TLLM(kdhub.Policy):
             "unvalidated": list(self.unvalidated),
             "logged": sorted(self._warned),
             "decisions": [[m, d["score"], d["drop"], d["margin"]] for m, d in sorted(self.decisions.items())],
+            "streak": [[m, n] for m, n in sorted(self.streak.items())],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -431,6 +449,7 @@ class TLLM(kdhub.Policy):
             int(m): {"score": float(a), "drop": float(b), "margin": float(c)}
             for m, a, b, c in state.get("decisions", [])
         }
+        self.streak = {int(m): int(n) for m, n in state.get("streak", [])}
         self._warned = set(state.get("logged", []))
         if state.get("unvalidated"):
             self.unvalidated = [int(m) for m in state["unvalidated"]]

@@ -43,11 +43,13 @@ def test_dry_run_prints_the_resolved_plan_and_trains_nothing(tmp_path, capsys, m
     assert plan["teacher"]["weights"].startswith("none")
     assert plan["methods"] == [{"name": "kd", "weight": 0.9, "options": {"temperature": 4.0, "reduction": "batchmean"}}]
     resolved = plan["policy"]["resolved"]
-    # 12 epochs: S = round(2.4) = 2, K = max(3, round(1.2)) = 3, decisions at epochs 5 .. 12, cap floor(0.5 * 10)
+    # 12 epochs: S = round(2.4) = 2, K = max(3, round(1.2)) = 3, end round(9.6) = 10: decisions at epochs
+    # 5 .. 10; cap floor(0.5 * 10)
     assert resolved["tllm/start_epoch"] == 2
     assert resolved["tllm/window_epochs"] == 3
     assert resolved["tllm/first_decision_epoch"] == 5
-    assert resolved["tllm/decision_epochs"] == 8
+    assert resolved["tllm/end_epoch"] == 10
+    assert resolved["tllm/decision_epochs"] == 6
     assert resolved["tllm/max_stopped"] == 5
     assert resolved["tllm/eta"] == 0.01
     assert plan["policy"]["options"]["criterion"] == "trend"

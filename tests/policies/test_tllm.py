@@ -38,7 +38,16 @@ def feed(policy, log, curves, epochs) -> list[kdhub.EpochAction]:
 
 def make_tllm(make_ctx, epochs: int = 7, num_classes: int = 5, counts=None, **options) -> kdhub.Policy:
     """The paper's criterion on the worked example's schedule (no cap, as the paper has none)."""
-    options = {"criterion": "paper", "max_stopped_fraction": 1.0, "start": 3, "window": 2, "eta": 0.01, **options}
+    options = {
+        "criterion": "paper",
+        "max_stopped_fraction": 1.0,
+        "patience": 1,
+        "end": None,
+        "start": 3,
+        "window": 2,
+        "eta": 0.01,
+        **options,
+    }
     policy = kdhub.create("policy", "tllm", **options)
     policy.setup(make_ctx(epochs=epochs, num_classes=num_classes, counts=counts))
     return policy
@@ -51,8 +60,8 @@ def test_flags_and_defaults(make_ctx):
     policy = kdhub.create("policy", "tllm")
     assert (policy.options.criterion, policy.options.noise_z, policy.options.eta) == ("trend", 1.0, 0.0)
     policy.setup(make_ctx(epochs=100))
-    # S = 0.2 * 100, K = 0.1 * 100, cap floor(0.5 * 5)
-    assert (policy.start_epoch, policy.window_epochs, policy.end_epoch, policy.max_stopped) == (20, 10, None, 2)
+    # S = 0.2 * 100, K = 0.1 * 100, end 0.8 * 100, cap floor(0.5 * 5)
+    assert (policy.start_epoch, policy.window_epochs, policy.end_epoch, policy.max_stopped) == (20, 10, 80, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a 10-epoch run resolves to a judgeable window: no warning
         policy = kdhub.create("policy", "tllm")
@@ -86,10 +95,12 @@ def test_describe_resolves_without_setup():
     policy = kdhub.create("policy", "tllm")
     described = policy.describe(8, 10)
     assert described["tllm/criterion"] == "trend"
-    # S = round(1.6) = 2, K = max(3, round(0.8)) = 3, first decision 5, checks at 5, 6, 7, 8
+    # S = round(1.6) = 2, K = max(3, round(0.8)) = 3, first decision 5, end round(6.4) = 6: checks at 5 and 6
     assert (described["tllm/start_epoch"], described["tllm/window_epochs"]) == (2, 3)
     assert described["tllm/first_decision_epoch"] == 5
-    assert described["tllm/decision_epochs"] == 4
+    assert described["tllm/end_epoch"] == 6
+    assert described["tllm/decision_epochs"] == 2
+    assert described["tllm/patience"] == 2
     assert described["tllm/max_stopped"] == 5
     assert described["tllm/eta_unit"] == "fraction of the class's loss"
     paper = kdhub.create("policy", "tllm", criterion="paper", mode="fixed", start=0.1, window=0.05, end=0.5)
@@ -338,9 +349,8 @@ def test_trend_worked_example(make_ctx):
     """
     se = 3 * math.sqrt((0.018 + 0.8 / 121) / 6 / 5)
     assert se == pytest.approx(0.085927, abs=1e-6)
-    policy = kdhub.create("policy", "tllm", start=1, window=3, max_stopped_fraction=1.0)
+    policy = kdhub.create("policy", "tllm", start=1, window=3, patience=1, max_stopped_fraction=1.0)
     policy.setup(make_ctx(epochs=6, num_classes=3))
-    scores = None
     for epoch in range(1, 5):
         policy.curves[epoch] = [c[epoch - 1] for c in TREND]
     scores = policy._trend_scores(4)
@@ -349,12 +359,12 @@ def test_trend_worked_example(make_ctx):
     assert policy.decide(4) == [2]
     assert policy.decisions[2]["score"] == pytest.approx(-2.4 / 11 + se)
     # without the noise margin and with eta = 0.1 (10 % of the class's loss over the window) the flat class stops too
-    loose = kdhub.create("policy", "tllm", start=1, window=3, noise_z=0, eta=0.1, max_stopped_fraction=1.0)
+    loose = kdhub.create("policy", "tllm", start=1, window=3, patience=1, noise_z=0, eta=0.1, max_stopped_fraction=1.0)
     loose.setup(make_ctx(epochs=6, num_classes=3))
     loose.curves = {e: [c[e - 1] for c in TREND] for e in range(1, 5)}
     assert loose.decide(4) == [1, 2]
     # the paper's criterion on the same window: L_1 - L_4 = 0.3, 0.0, -0.1 -> classes 1 and 2 with eta = 0
-    paper = kdhub.create("policy", "tllm", criterion="paper", start=1, window=3, max_stopped_fraction=1.0)
+    paper = kdhub.create("policy", "tllm", criterion="paper", start=1, window=3, patience=1, max_stopped_fraction=1.0)
     paper.setup(make_ctx(epochs=6, num_classes=3))
     paper.curves = {e: [c[e - 1] for c in TREND] for e in range(1, 5)}
     assert paper.decide(4) == [1, 2]
@@ -384,7 +394,9 @@ def test_trend_ignores_noise_that_stops_classes_under_the_papers_criterion(make_
     curves, stagnating = simulated_curves(seed, epochs, noise=0.03)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the paper's 1-epoch window warns
-        paper = kdhub.create("policy", "tllm", criterion="paper", start=2, window=1, max_stopped_fraction=1.0)
+        paper = kdhub.create(
+            "policy", "tllm", criterion="paper", start=2, window=1, patience=1, end=None, max_stopped_fraction=1.0
+        )
         paper.setup(make_ctx(epochs=epochs, num_classes=10))
     trend = kdhub.create("policy", "tllm", max_stopped_fraction=1.0)  # default S = 4, K = 3 for 20 epochs
     trend.setup(make_ctx(epochs=epochs, num_classes=10))
@@ -394,3 +406,21 @@ def test_trend_ignores_noise_that_stops_classes_under_the_papers_criterion(make_
     assert len(falling_stopped_by_paper) >= 4, paper.stopped  # noise alone stops most falling classes
     assert len(set(trend.stopped) & stagnating) >= 2, trend.stopped
     assert len(set(trend.stopped) - stagnating) <= 1, trend.stopped
+
+
+def test_patience_needs_consecutive_stagnant_checks(make_ctx):
+    """A class must look stagnant at `patience` consecutive checks: one noisy spike is not enough."""
+    # class 0: a spike at epoch 4 makes the window 1..4 rise, the next window 2..5 falls again;
+    # class 1: flat from epoch 2 on, stagnant at every check from epoch 5 (window 2..5) on.
+    curves = [[1.0, 0.9, 0.8, 1.2, 0.6, 0.5, 0.4], [1.0, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]]
+    for patience, expected in [(1, {0: 4, 1: 5}), (2, {1: 6}), (3, {1: 7})]:
+        policy = kdhub.create(
+            "policy", "tllm", start=1, window=3, noise_z=0, patience=patience, end=None, max_stopped_fraction=1.0
+        )
+        policy.setup(make_ctx(epochs=7, num_classes=2))
+        feed(policy, kdhub.MemoryLog(), curves, range(1, 8))
+        assert policy.stopped == expected, patience
+    fixed = kdhub.create("policy", "tllm", start=1, window=3, noise_z=0, mode="fixed", max_stopped_fraction=1.0)
+    fixed.setup(make_ctx(epochs=7, num_classes=2))
+    feed(fixed, kdhub.MemoryLog(), curves, range(1, 8))
+    assert fixed.stopped == {0: 4}  # one check only (epoch 4): patience does not apply
