@@ -26,8 +26,11 @@ from kdhub_analysis.compare import compare_runs, save_figures
 SEED = re.compile(r"-s(\d+)$")
 
 
-def study_runs(uri: str, experiment: str, study: str | None) -> tuple[str, dict[str, list[tuple[int, str, dict]]]]:
-    """(parent run id, group name -> [(seed, run id, metrics)]) of the latest study run with that name."""
+def study_runs(
+    uri: str, experiment: str, study: str | None, parent_id: str | None = None
+) -> tuple[str, dict[str, list[tuple[int, str, dict]]]]:
+    """(parent run id, group name -> [(seed, run id, metrics)]) of the latest study run with that name
+    (or of the study run ``parent_id``)."""
     client = mlflow.MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -35,6 +38,8 @@ def study_runs(uri: str, experiment: str, study: str | None) -> tuple[str, dict[
     filter_string = "tags.`kdhub.study` != ''" if study is None else f"tags.`kdhub.study` = '{study}'"
     runs = client.search_runs([found.experiment_id], filter_string, max_results=5000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    if parent_id is not None:
+        parents = [r for r in parents if r.info.run_id == parent_id]
     if not parents:
         raise SystemExit(f"no study {study or ''} in experiment {experiment!r}")
     parent = max(parents, key=lambda r: r.info.start_time)
@@ -65,13 +70,14 @@ def main() -> None:
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--experiment", default="kdhub-reproductions")
     parser.add_argument("--study", help="study name (default: the latest study of the experiment)")
+    parser.add_argument("--parent", help="the study's parent run id (default: its latest run)")
     parser.add_argument("--metric", action="append", default=[], help="metric to summarise (repeatable)")
     parser.add_argument("--compare", nargs=2, action="append", default=[], metavar=("BASELINE", "RUNS"))
     parser.add_argument("--correction", default="bh", choices=["bh", "holm", "none"])
     parser.add_argument("--figures", metavar="PREFIX", help="save the comparisons' figures with this prefix")
     args = parser.parse_args()
     metrics = args.metric or ["test/acc_last"]
-    parent, groups = study_runs(args.tracking_uri, args.experiment, args.study)
+    parent, groups = study_runs(args.tracking_uri, args.experiment, args.study, args.parent)
     print(f"study run {parent}: {sum(len(v) for v in groups.values())} runs")
     width = max(len(g) for g in groups)
     print(f"{'run':<{width}}  seeds  " + "  ".join(f"{m:>22}" for m in metrics))
