@@ -11,10 +11,14 @@ to tell a per-class accuracy change from seed noise:
 - :func:`holm` (family-wise error rate, any dependence) and :func:`benjamini_hochberg` (false
   discovery rate, independent or positively dependent tests): adjusted p-values.
 
-Degenerate cases, where scipy returns NaN: when every difference is identical the spread is 0;
-the test then says ``t = ±inf, p = 0`` for a non-zero difference (every seed moved the same way by
-the same amount) and ``t = 0, p = 1`` for a zero difference (no evidence of any change). Fewer than
-2 values on a side (paired: fewer than 2 pairs) give NaN for t and p: no test.
+Degenerate cases, where scipy returns NaN (the spread is 0: on small test sets a class accuracy
+moves in steps, and every seed can move it by the same step): a zero difference gives ``t = 0,
+p = 1`` (no evidence of any change); a non-zero one gives ``t = ±inf`` and falls back to an exact,
+distribution-free p-value instead of calling it certain — the two-sided sign test
+``p = 2 · 0.5^n`` for n identical paired differences, and for Welch (both sides constant) the
+probability of a complete separation of the sides under random relabelling,
+``p = 2 / C(n_run + n_baseline, n_run)``. Fewer than 2 values on a side (paired: fewer than 2
+pairs) give NaN for t and p: no test.
 """
 
 from __future__ import annotations
@@ -78,13 +82,15 @@ class DifferenceTest:
     n: int
 
 
-def _t_result(test: str, mean: float, sd: float, se: float, df: float, n: int, confidence: float) -> DifferenceTest:
+def _t_result(
+    test: str, mean: float, sd: float, se: float, df: float, n: int, confidence: float, exact_p: float
+) -> DifferenceTest:
     from scipy.stats import t as student_t
 
     if se == 0:
         if mean == 0:
             return DifferenceTest(test, mean, sd, se, 0.0, df, 1.0, mean, mean, n)
-        return DifferenceTest(test, mean, sd, se, math.copysign(math.inf, mean), df, 0.0, mean, mean, n)
+        return DifferenceTest(test, mean, sd, se, math.copysign(math.inf, mean), df, exact_p, mean, mean, n)
     t = mean / se
     p = float(2 * student_t.sf(abs(t), df))
     half = float(student_t.ppf(0.5 + confidence / 2, df)) * se
@@ -99,7 +105,7 @@ def paired_t(run: Sequence[float | None], baseline: Sequence[float | None], conf
     mean, sd, n = summary(diffs)
     if n < 2:
         return DifferenceTest("none", mean, NAN, NAN, NAN, NAN, NAN, NAN, NAN, n)
-    return _t_result("paired", mean, sd, sd / math.sqrt(n), n - 1, n, confidence)
+    return _t_result("paired", mean, sd, sd / math.sqrt(n), n - 1, n, confidence, min(1.0, 2 * 0.5**n))
 
 
 def welch_t(run: Sequence[float | None], baseline: Sequence[float | None], confidence: float = 0.95) -> DifferenceTest:
@@ -112,7 +118,8 @@ def welch_t(run: Sequence[float | None], baseline: Sequence[float | None], confi
     v_r, v_b = s_r * s_r / n_r, s_b * s_b / n_b
     se = math.sqrt(v_r + v_b)
     df = (v_r + v_b) ** 2 / (v_r * v_r / (n_r - 1) + v_b * v_b / (n_b - 1)) if se > 0 else float(n_r + n_b - 2)
-    return _t_result("welch", mean, NAN, se, df, n_r + n_b, confidence)
+    separation = min(1.0, 2 / math.comb(n_r + n_b, n_r))
+    return _t_result("welch", mean, NAN, se, df, n_r + n_b, confidence, separation)
 
 
 def difference_test(

@@ -80,8 +80,13 @@ def test_welch_against_scipy_and_by_hand():
 
 
 def test_degenerate_cases():
-    same = paired_t([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])  # every seed moved by exactly +1
-    assert (same.t, same.p, same.ci_low, same.ci_high) == (math.inf, 0.0, 1.0, 1.0)
+    # every seed moved by exactly +1: scipy gives NaN; the exact sign test gives 2 * 0.5^3 = 0.25
+    same = paired_t([1.0, 2.0, 3.0], [0.0, 1.0, 2.0])
+    assert (same.t, same.p, same.ci_low, same.ci_high) == (math.inf, 0.25, 1.0, 1.0)
+    assert paired_t([-2.2] * 6, [0.0] * 6).p == pytest.approx(2 / 64)
+    # both sides constant: complete separation of 3 + 2 values, 2 / C(5, 3) = 0.2
+    constant = welch_t([5.0, 5.0, 5.0], [4.0, 4.0])
+    assert (constant.t, constant.p) == (math.inf, pytest.approx(0.2))
     none = paired_t([1.0, 2.0], [1.0, 2.0])  # no change at all: no evidence, p = 1 (scipy gives NaN)
     assert (none.t, none.p) == (0.0, 1.0)
     one = paired_t([1.0], [0.0])
