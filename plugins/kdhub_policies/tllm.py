@@ -31,13 +31,24 @@ class TLLM(kdhub.Policy):
       per-sample distillation loss (its methods, temperatures and weights). A run whose methods are
       all batch-relational uses KD at ``temperature`` instead (logged as ``tllm/curve_loss``).
     - **Decision.** ``mode: sliding`` (the paper's "moving window"): at every epoch
-      ``e >= S + K``, an active class ``m`` is stopped when ``L_{e-K}[m] - L_e[m] <= eta`` (its loss
-      fell by no more than ``eta`` over the last ``K`` epochs, or rose). ``mode: fixed``: a single
-      check at ``e = S + K`` (the literal ``l_S - l_{S+K} <= eta``). No new stop after ``end``;
-      stopped classes stay stopped. A NaN at either end of the window skips that class for that
-      epoch; a class with no validation sample is never stopped. At most
-      ``floor(max_stopped_fraction * C)`` classes are stopped; when an epoch has more candidates
-      than room, those whose loss fell least (rose most) go first, ties by class index.
+      ``S + K <= e <= end``; ``mode: fixed``: a single check at ``e = S + K``. An active class ``m``
+      is *stagnant* at a check when
+
+      - ``criterion: trend`` (kdhub's default, a departure from the paper): the curve over the
+        window ``L_{e-K}[m] .. L_e[m]``, divided by its mean, is fitted by least squares against
+        the epoch; ``d_m = -slope * K`` is the fraction of its loss level it lost over the window;
+        the fits' residual variance, pooled over the classes, gives the standard error ``se`` of
+        every ``d_m``; stagnant iff ``d_m + noise_z * se <= eta``. A noisy per-class mean over a
+        few validation images neither stops a class that is still learning nor hides one whose
+        loss is flat or rising beyond the noise.
+      - ``criterion: paper``: ``L_{e-K}[m] - L_e[m] <= eta`` (its loss fell by no more than
+        ``eta``, in loss units, or rose).
+
+      In sliding mode a class is stopped after ``patience`` consecutive stagnant checks (one noisy
+      spike is not stagnation); stopped classes stay stopped; a NaN in the window skips that class
+      for that epoch (and breaks its streak); a class with no validation sample is never stopped.
+      At most ``floor(max_stopped_fraction * C)`` classes are stopped; when an epoch has more
+      candidates than room, the most stagnant (smallest score) go first, ties by class index.
     - **Loss** with stopped set ``D`` (sample ``i`` taught iff ``y_i`` not in ``D``)::
 
           L = w_ce * CE(z_s, y) + w_kd * (1/B) * sum_i [1{y_i not in D} l_i + 1{y_i in D} l_LS,i]
@@ -47,18 +58,25 @@ class TLLM(kdhub.Policy):
       are only dropped for stopped classes, batch-relational ones use the taught samples only.
       Cross-entropy keeps every class; the teacher's distribution is not renormalised.
 
-    The paper publishes no S, K or eta: the defaults are S = 10% and K = 5% of the epochs
-    (K >= 1, S >= 1 since there is no L_0) and eta = 0; the paper tunes eta on a second
-    held-out split. Label smoothing uses alpha = 0.1 as in the paper's appendix.
+    The paper publishes no S, K or eta. kdhub's defaults work for any run length: S = 20 % of the
+    epochs (S >= 1, there is no L_0), K = 10 % but at least ``min_window`` = 3 epochs (an integer
+    window is taken as given), the trend criterion with eta = 0 and noise_z = 1, patience 2, no new
+    stop after 80 % of the run (every curve flattens as the learning rate decays), at most half of
+    the classes; setup warns when the window is under 3 epochs, when no decision can happen, and
+    when a class has fewer than 20 validation samples. ``describe(epochs, classes)`` gives the
+    resolved values (``kdhub run --dry-run`` prints them; they are logged as params). The paper
+    tunes eta on a second held-out split. Label smoothing uses alpha = 0.1 as in its appendix.
+    The paper's formulation: ``criterion: paper, patience: 1, end: null, max_stopped_fraction: 1``.
 
     Logged: ``tllm/stopped_classes`` per epoch; the tables ``tllm_curves`` (epoch x class) and
-    ``tllm_stopped`` (class, name, stopped_epoch), written when the stopped set changes and after
-    the last epoch; the figure ``tllm_curves`` (stopped classes highlighted) after the last epoch::
+    ``tllm_stopped`` (class, name, stopped_epoch, the drop and noise margin that stopped it),
+    written when the stopped set changes and after the last epoch; the figure ``tllm_curves``
+    (stopped classes highlighted) after the last epoch; the setup warnings (``tllm_warnings.txt``)::
 
         ce_weight: 0.1
         methods: [{name: kd, weight: 0.9, options: {temperature: 4}}]
         data: {name: cifar100, val_fraction: 0.05}
-        policy: {name: tllm, options: {mode: sliding, start: 0.1, window: 0.05, eta: 0.0}}
+        policy: {name: tllm, options: {criterion: trend, eta: 0.0}}
     """
 
     name = "tllm"
