@@ -38,7 +38,7 @@ def demo(epochs: int | None = None, tracking_uri: str | None = None) -> dict[str
         print(f"== {name}: {config['tracking']['run_name']}")
         results[name] = run(parse_config(config))
     uri = configs["teacher"]["tracking"]["uri"]
-    tables = {name: load_table(r.run_id, PER_CLASS_ACCURACY.key("test"), uri) for name, r in results.items()}
+    tables = {name: load_table(str(r.run_id), PER_CLASS_ACCURACY.key("test"), uri) for name, r in results.items()}
     print(report(tables, results))
     print(f"\nAll three runs are in the MLflow store {uri} (experiment 'kdhub-demo'). Open the UI with:")
     print(f"  mlflow ui --backend-store-uri {uri}")

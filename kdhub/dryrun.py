@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from typing import Any
 
@@ -29,7 +28,7 @@ def describe_run(config: RunConfig) -> dict[str, Any]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = Trainer(config)
-    try:
+    with trainer:  # close() removes the run's temporary folder
         options = trainer.options
         data = trainer.data
         epochs, classes = config.epochs, trainer.num_classes
@@ -43,6 +42,7 @@ def describe_run(config: RunConfig) -> dict[str, Any]:
                 "classes": classes,
                 "train": data.size("train"),
                 "val": data.size("val") if data.has("val") else 0,
+                "holdout": data.size("holdout") if data.has("holdout") else 0,
                 "test": data.size("test"),
                 "batch_size": config.data.batch_size,
                 "steps_per_epoch": trainer.steps_per_epoch,
@@ -85,8 +85,6 @@ def describe_run(config: RunConfig) -> dict[str, Any]:
         plan["tracking"] = config.tracking.model_dump(mode="json")
         plan["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
         return plan
-    finally:
-        shutil.rmtree(trainer.workdir, ignore_errors=True)
 
 
 def format_plan(plan: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kdhub.config import apply_overrides, parse_config, resolve_plugins
+from kdhub.config import apply_overrides, parse_config, read_yaml, resolve_plugins
 from kdhub.errors import ConfigError
 from kdhub.plugins import get_registry
 from kdhub.registry import format_validation_error
@@ -63,14 +63,9 @@ class StudyConfig(BaseModel):
 
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{path}: no such study file")
+    data = read_yaml(path, "study file") or {}  # kdhub's safe loader: no tags, no alias bombs
     try:
-        data = yaml.safe_load(file.read_text()) or {}
         study = StudyConfig.model_validate(data)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}".replace("\n", " ")) from None
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, StudyConfig)) from None
     if overrides:
@@ -173,6 +168,7 @@ def run_study(study: StudyConfig, tracking_uri: str | None = None) -> dict[str, 
             tracking["run_name"] = f"{name}{f'[{label}]' if label else ''}-s{seed}"
             tracking["tags"] = {**tracking.get("tags", {}), "mlflow.parentRunId": parent_id, "kdhub.study": study.name}
             result = run(parse_config(config))
+            assert result.run_id is not None  # a tracked run
             run_ids[seed].setdefault(name, result.run_id)
             for key, value in (
                 ("run", name),
@@ -198,7 +194,7 @@ def _compare(study: StudyConfig, summary: dict[str, list[Any]], parent: Any, par
     spec = study.compare
     if spec is None:
         return {}
-    comparer = get_registry().create("command", "compare")  # the command plugin that compares runs
+    comparer: Any = get_registry().create("command", "compare")  # the command plugin that compares runs
     rows = list(zip(summary["run"], summary["grid"], summary["run_id"], strict=True))
     baseline = [run_id for name, _, run_id in rows if name == spec.baseline]
     comparisons = {}

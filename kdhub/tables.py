@@ -23,6 +23,9 @@ class TableSchema:
     columns: dict[str, str] = field(default_factory=dict)
     optional: frozenset[str] = frozenset()
 
+    def __repr__(self) -> str:
+        return f"TableSchema({self.name!r})"
+
     def key(self, split: str) -> str:
         """The name the table is logged under for ``split`` (``test/per_class_accuracy``)."""
         return f"{split}/{self.name}"

@@ -36,6 +36,7 @@ from typing import Any
 
 import kdhub
 from kdhub.errors import KdhubError
+from kdhub.figures import new_figure
 from kdhub.runlog import Table
 from kdhub.tables import AGREEMENT, PER_CLASS_ACCURACY
 from kdhub_analysis.stats import DifferenceTest, adjust, pair_by_seed, paired_t, sign_counts, summary, welch_t
@@ -306,12 +307,14 @@ class Comparison:
         return table
 
     def scalars(self) -> dict[str, float]:
+        """Undistillable counts (paper rule, beyond seed noise, per seed), mean ΔACC, overall accuracy and its
+        test, and Pearson r, p, n when the correlation is defined (NaN values are not logged)."""
         r, p, n = self.pearson
         overall = self.overall_test
         base_mean, base_std, base_n = summary(self.overall(self.baseline_by_seed))
         run_mean, run_std, run_n = summary(self.overall(self.run_by_seed))
         per_seed = summary([float(c) for c in self.seed_undistillable_counts])
-        return {
+        values = {
             "undistillable_count": float(self.undistillable_count),
             "undistillable_fraction": self.undistillable_count / max(1, len(self.classes)),
             "undistillable_significant_count": float(len(self.undistillable_significant)),
@@ -331,10 +334,29 @@ class Comparison:
             "delta_acc_overall_p": overall.p,
             "delta_acc_overall_ci_low": overall.ci_low,
             "delta_acc_overall_ci_high": overall.ci_high,
-            "pearson_r": r,
-            "pearson_p": p,
-            "pearson_n": float(n),
         }
+        if math.isfinite(r):
+            values.update(pearson_r=r, pearson_p=p, pearson_n=float(n))
+        return values
+
+    def description(self, baseline: str = "the baseline", runs: str = "the runs") -> str:
+        """A short Markdown summary for the comparison's MLflow run."""
+        r, p, n = self.pearson
+        text = (
+            f"Per-class comparison of {runs} against {baseline} on split **{self.split}**"
+            f" ({len(self.run_ids)} run(s) and {len(self.baseline_ids)} baseline run(s), seeds averaged):"
+            f" **{self.undistillable_count} of {len(self.classes)}** classes undistillable"
+            f" (ΔACC < −{self.tol:g}), mean ΔACC **{_num(self.mean_delta_acc, True)}** points"
+        )
+        text += f", Pearson r(ΔPA, ΔACC) = {r:.2f} (p = {p:.2g}, {n} classes)." if math.isfinite(r) else "."
+        if self.test_name != "no test":
+            test = self.overall_test
+            text += (
+                f" Beyond seed noise ({self.test_name}, {self._p_label()} < {self.alpha:g}):"
+                f" **{len(self.undistillable_significant)}** classes hurt, {len(self.helped_significant)} helped;"
+                f" overall accuracy {_num(test.mean, True)} points (p = {test.p:.2g})."
+            )
+        return text
 
     def report(self) -> str:
         """The per-class table with seed statistics, the undistillable classes by the paper's rule and
@@ -679,12 +701,15 @@ def compare_runs(
 
     Reads ``<split>/per_class_accuracy`` (required) and ``<split>/agreement`` (optional) of every
     run from MLflow. With ``log``, records the comparison as a new MLflow run (in ``experiment``,
-    default the first run's) holding the table ``compare/per_class``, the scalars
-    ``undistillable_count``, ``mean_delta_acc``, ``pearson_r``, ``pearson_p``, the figures and the
-    text report; ``tags`` are added to its tags (``mlflow.parentRunId`` nests it). The seed
-    statistics (``alpha``, ``correction``, ``confidence``) go to the same table, the tables
-    ``compare/per_seed`` (every input value) and ``compare/seeds`` (one row per run) and the scalars.
+    default ``<first run's experiment>-compare``, so it does not crowd the training charts) holding
+    the table ``compare/per_class``, the scalars ``undistillable_count``, ``mean_delta_acc``,
+    ``pearson_r``, ``pearson_p``, the figures and the text report; ``tags`` are added to its tags
+    (``mlflow.parentRunId`` nests it). The seed statistics (``alpha``, ``correction``,
+    ``confidence``) go to the same table, the tables ``compare/per_seed`` (every input value) and
+    ``compare/seeds`` (one row per run) and the scalars.
     """
+    from kdhub.tracking import compare_experiment
+
     _check_options(tol, alpha, correction, confidence)
     baseline_ids = [baseline] if isinstance(baseline, str) else list(baseline)
     run_ids = [runs] if isinstance(runs, str) else list(runs)
@@ -713,21 +738,33 @@ def compare_runs(
     comparison.baseline_ids, comparison.run_ids = baseline_ids, run_ids
     comparison.notes = _notes(base_side, run_side, split)
     if log:
+        description = comparison.description(_links(base_side.infos), _links(run_side.infos))
         comparison.run_id = _log(
             comparison,
             uri,
-            experiment or run_side.infos[0]["experiment"],
+            experiment or compare_experiment(run_side.infos[0]["experiment"]),
             run_name or f"compare-{_label(run_side.infos)}-vs-{_label(base_side.infos)}",
             tags or {},
+            description,
         )
     return comparison
 
 
-def _log(comparison: Comparison, uri: str | None, experiment: str, run_name: str, tags: dict[str, str]) -> str:
-    from kdhub.tracking import Tracker
+def _links(infos: list[dict[str, Any]]) -> str:
+    """Markdown links to runs in the MLflow UI."""
+    return ", ".join(
+        f"[{i['name'] or i['run_id'][:8]}](#/experiments/{i['experiment_id']}/runs/{i['run_id']})" for i in infos
+    )
+
+
+def _log(
+    comparison: Comparison, uri: str | None, experiment: str, run_name: str, tags: dict[str, str], description: str
+) -> str:
+    from kdhub.tracking import KIND_TAG, Tracker
 
     tracker = Tracker(uri, experiment)
     run_tags = {
+        KIND_TAG: "compare",
         "kdhub.compare": "true",
         "kdhub.baseline": ",".join(comparison.baseline_ids),
         "kdhub.runs": ",".join(comparison.run_ids),
@@ -755,6 +792,7 @@ def _log(comparison: Comparison, uri: str | None, experiment: str, run_name: str
         for name, figure in comparison.figures().items():
             tracker.figure(f"compare/{name}", figure)
         tracker.text("compare/report.txt", comparison.report() + "\n")
+        tracker.describe(description)
     except BaseException as err:
         tracker.finish("FAILED", f"{type(err).__name__}: {err}")
         raise
@@ -765,21 +803,12 @@ def _log(comparison: Comparison, uri: str | None, experiment: str, run_name: str
 # figures ------------------------------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots()
-
-
 def _delta_acc_figure(comparison: Comparison) -> Any:
     """Per-class ΔACC sorted from the most helped to the most hurt class, with the mean as a dashed line."""
     deltas = comparison.delta_acc
     order = sorted((i for i in range(len(deltas)) if math.isfinite(deltas[i])), key=lambda i: -deltas[i])
     n = len(order)
-    fig, ax = _new_figure(max(5.0, min(14.0, 0.3 * n + 2.5)), 3.6)
+    fig, (ax,) = new_figure(max(5.0, min(14.0, 0.3 * n + 2.5)), 3.6)
     hurt = set(comparison.undistillable)
     significant = set(comparison.undistillable_significant) | set(comparison.helped_significant)
     values = [deltas[i] for i in order]
@@ -836,7 +865,7 @@ def _scatter_figure(comparison: Comparison) -> Any:
     dpa, dacc = comparison.delta_pa, comparison.delta_acc
     keep = [i for i in range(len(dpa)) if math.isfinite(dpa[i]) and math.isfinite(dacc[i])]
     x, y = np.array([dpa[i] for i in keep]), np.array([dacc[i] for i in keep])
-    fig, ax = _new_figure(4.8, 4.2)
+    fig, (ax,) = new_figure(4.8, 4.2)
     hurt = set(comparison.undistillable)
     colors = ["C3" if comparison.classes[i] in hurt else "C0" for i in keep]
     ax.scatter(x, y, c=colors, s=22, zorder=3)
@@ -872,12 +901,34 @@ def save_figures(comparison: Comparison, prefix: str, dpi: int = 100) -> list[Pa
         stem = ""
     else:
         folder, stem = folder.parent, folder.name
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, figure in comparison.figures().items():
-        paths.append(folder / f"{stem}{name}.png")
-        figure.savefig(paths[-1], dpi=dpi)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, figure in comparison.figures().items():
+            paths.append(folder / f"{stem}{name}.png")
+            figure.savefig(paths[-1], dpi=dpi)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise KdhubError(f"--figures {prefix}: cannot write the figures: {reason}") from None
     return paths
+
+
+MAX_DPI = 1200
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Refuse bad --dpi / --tol / --figures before anything is read or logged."""
+    if not 10 <= args.dpi <= MAX_DPI:
+        raise KdhubError(f"--dpi: {args.dpi} is outside 10 .. {MAX_DPI}")
+    if not (math.isfinite(args.tol) and args.tol >= 0):
+        raise KdhubError(f"--tol: {args.tol} is not a finite number >= 0")
+    if args.figures:
+        folder = Path(args.figures)
+        if not (args.figures.endswith(("/", os.sep)) or folder.is_dir()):
+            folder = folder.parent
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise KdhubError(f"--figures {args.figures}: {existing} is not a writable folder")
 
 
 class CompareCommand(kdhub.Command):
@@ -915,7 +966,10 @@ class CompareCommand(kdhub.Command):
             help="multiple-testing correction over the classes: bh (Benjamini-Hochberg, default), holm, none",
         )
         parser.add_argument("--no-log", action="store_true", help="do not log the comparison as an MLflow run")
-        parser.add_argument("--experiment", help="MLflow experiment of the comparison run (default: the first run's)")
+        parser.add_argument(
+            "--experiment",
+            help="MLflow experiment of the comparison run (default: <the first run's experiment>-compare)",
+        )
         parser.add_argument(
             "--figures",
             metavar="PREFIX",
@@ -927,6 +981,7 @@ class CompareCommand(kdhub.Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
+        _check_output(args)
         comparison = compare_runs(
             _ids(args.baseline),
             _ids(args.runs),

@@ -8,8 +8,10 @@ import torch
 from pydantic import Field
 
 import kdhub
+from kdhub.figures import new_figure
+from kdhub.functional import nanmean
 
-from ._support import add_at, nanmean, new_figure
+from ._support import add_at
 
 
 class Agreement(kdhub.Metric):

@@ -8,8 +8,9 @@ import torch
 from pydantic import Field
 
 import kdhub
+from kdhub.figures import new_figure
 
-from ._support import add_at, new_figure
+from ._support import add_at
 
 
 class Confusion(kdhub.Metric):
@@ -109,7 +110,7 @@ def _table(matrix: torch.Tensor, names: list[str]) -> tuple[kdhub.Table, float, 
 def _figure(matrices: dict[str, torch.Tensor], ctx: kdhub.MetricContext, annotate: bool):
     c = ctx.num_classes
     size = max(3.5, min(12.0, 0.35 * c + 2))
-    fig, axes = new_figure(ncols=len(matrices), width=size + 0.8, height=size)
+    fig, axes = new_figure(width=size + 0.8, height=size, ncols=len(matrices))
     for ax, (who, matrix) in zip(axes, matrices.items(), strict=True):
         rows = matrix.sum(dim=1, keepdim=True)
         pct = (100 * matrix / rows.clamp(min=1)).numpy()

@@ -97,7 +97,15 @@ def test_policies_log_what_they_describe(name, options):
 
     policy = kdhub.create("policy", name, **options)
     described = policy.describe(20, 10)
-    ctx = kdhub.PolicyContext(20, 5, 10, 0.1, torch.device("cpu"), True, method_names=["kd"])
+    ctx = kdhub.PolicyContext(
+        epochs=20,
+        steps_per_epoch=5,
+        num_classes=10,
+        ce_weight=0.1,
+        device=torch.device("cpu"),
+        has_validation=True,
+        method_names=["kd"],
+    )
     policy.setup(ctx)
     log = kdhub.MemoryLog()
     losses = torch.ones(10) if policy.wants_class_losses else None

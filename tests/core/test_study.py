@@ -13,6 +13,7 @@ BASE = {
     "data": {"name": "digits", "batch_size": 128},
     "metrics": ["accuracy"],
     "train": {"progress": False},
+    "tracking": {"log_model": False},
 }
 
 

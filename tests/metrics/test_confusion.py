@@ -27,7 +27,12 @@ def one_hot_batch(y: list[int], student: list[int], teacher: list[int] | None, c
     def logits(pred: list[int]) -> torch.Tensor:
         return torch.nn.functional.one_hot(torch.tensor(pred), c).float()
 
-    return kdhub.EvalBatch(logits(student), logits(teacher) if teacher else None, torch.tensor(y), torch.arange(len(y)))
+    return kdhub.EvalBatch(
+        student_logits=logits(student),
+        teacher_logits=logits(teacher) if teacher else None,
+        labels=torch.tensor(y),
+        indices=torch.arange(len(y)),
+    )
 
 
 def test_counts_by_hand(fake) -> None:
@@ -61,7 +66,9 @@ def test_counts_by_hand(fake) -> None:
 
 def test_test_batch_and_no_teacher(fake) -> None:
     out = test_batch()  # student argmax [2, 0] (ties go to index 0), labels [2, 0]: both right
-    batch = kdhub.EvalBatch(out.student_logits, None, out.labels, out.indices)
+    batch = kdhub.EvalBatch(
+        student_logits=out.student_logits, teacher_logits=None, labels=out.labels, indices=out.indices
+    )
     result = evaluate([batch], 3, fake, teacher=False)
     assert result.scalars == {"acc": 100.0, "max_confusion_pct": 0.0}
     assert set(result.tables) == {"confusion"}
