@@ -367,6 +367,7 @@ class Tracker:
         self.run_id: str | None = None
         self.run_name: str | None = None
         self.resumed = False
+        self._tables: set[str] = set()  # tables this process logged to the run: logging one again replaces it
         self._monitor: Any = None
 
     def start(self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None) -> str:
@@ -462,7 +463,8 @@ class Tracker:
     def table(self, name: str, data: Table) -> None:
         """An MLflow table (``log_table``: the UI's table view) at ``tables/<name>.json``.
 
-        Logging the same name again (a resumed run) replaces the table instead of appending rows.
+        Logging the same name again (later in the run, or in a resumed run) replaces the table instead of
+        appending rows (what ``log_table`` alone would do).
         """
         import pandas as pd
         from mlflow.exceptions import MlflowException
@@ -470,7 +472,9 @@ class Tracker:
         path = f"tables/{name}.json"
         frame = pd.DataFrame({c: list(v) for c, v in data.items()})
         folder = path.rsplit("/", 1)[0]
-        if self.resumed and path in {a.path for a in self.client.list_artifacts(self.run_id, folder)}:
+        again = path in self._tables
+        self._tables.add(path)
+        if again or (self.resumed and path in {a.path for a in self.client.list_artifacts(self.run_id, folder)}):
             with tempfile.TemporaryDirectory() as tmp:
                 file = Path(tmp) / path.rsplit("/", 1)[1]
                 frame.to_json(file, orient="split", index=False)
