@@ -75,6 +75,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _registry()
     _warn_load_failures()
     config = prepare_run(args.config, args.set, args.resume, args.tracking_uri)
+    if args.dry_run:
+        from kdhub.dryrun import describe_run, format_plan
+
+        print(format_plan(describe_run(config)), end="")
+        return 0
     result = run(config, resume_run_id=args.resume)
     if result.run_id is not None:  # only the logging process (rank 0) reports
         print(f"run {result.run_id}: test accuracy last {result.last_acc:.2f}%, best {result.best_acc:.2f}%")
@@ -192,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="run config (YAML); optional with --resume")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a config value")
     p.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run from its last checkpoint")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the config, build every plugin, print the resolved plan (policy values included), train nothing",
+    )
     p.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default: config, $MLFLOW_TRACKING_URI, sqlite:///mlflow.db)"
     )

@@ -88,6 +88,14 @@ class Policy(Plugin):
         """Resolve options against the run (epoch counts, classes) before training."""
         self.ctx = ctx
 
+    def describe(self, epochs: int, num_classes: int) -> dict[str, Any]:
+        """The values this policy resolves from its options for a run of ``epochs`` and ``num_classes``
+        (epochs from fractions, caps, ...), as MLflow-ready params; shown by ``kdhub run --dry-run``.
+
+        Pure: it needs no :meth:`setup` and changes nothing. The policy logs the same values as params.
+        """
+        return {}
+
     @abstractmethod
     def plan(self, epoch: int, step: int) -> StepPlan:
         """Loss weights and taught classes for ``step`` (global, from 0) of ``epoch`` (from 1).

@@ -63,6 +63,14 @@ class Annealing(kdhub.Policy):
         self.boundary_done = False
         self._logged = False
 
+    def describe(self, epochs: int, num_classes: int) -> dict[str, Any]:
+        phase1 = kdhub.resolve_epoch(self.options.phase1_epochs, epochs)
+        return {
+            "annealing/phase1_epochs": phase1,
+            "annealing/phase2_start_epoch": phase1 + 1,
+            "annealing/phi_period": max(1, phase1 // self.options.tau_max),
+        }
+
     def setup(self, ctx: kdhub.PolicyContext) -> None:
         super().setup(ctx)
         o = self.options

@@ -53,6 +53,9 @@ class ESKD(kdhub.Policy):
         super().__init__(options, **kwargs)
         self._logged = False
 
+    def describe(self, epochs: int, num_classes: int) -> dict[str, Any]:
+        return {"eskd/stop_epoch": kdhub.resolve_epoch(self.options.stop_at, epochs)}
+
     def setup(self, ctx: kdhub.PolicyContext) -> None:
         super().setup(ctx)
         self.stop_epoch = kdhub.resolve_epoch(self.options.stop_at, ctx.epochs)

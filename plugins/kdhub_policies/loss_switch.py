@@ -63,6 +63,9 @@ class LossSwitch(kdhub.Policy):
         super().__init__(options, **kwargs)
         self._logged = False
 
+    def describe(self, epochs: int, num_classes: int) -> dict[str, Any]:
+        return {"loss_switch/at_epoch": max(1, kdhub.resolve_epoch(self.options.at, epochs))}
+
     def setup(self, ctx: kdhub.PolicyContext) -> None:
         super().setup(ctx)
         self.at_epoch = max(1, kdhub.resolve_epoch(self.options.at, ctx.epochs))

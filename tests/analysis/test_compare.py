@@ -210,6 +210,7 @@ def fake_run(uri: str, name: str, acc: list[float], pa: list[float] | None = Non
     and the agreement with the teacher as fractions when ``pa`` is given (a teacher was attached)."""
     tracker = Tracker(uri, EXPERIMENT)
     run_id = tracker.start(name, {"teacher": "cnn" if pa is not None else "none"})
+    tracker.params({"seed": name.rsplit("-s", 1)[1]})  # as a real run logs it: comparisons pair seeds by it
     classes = list(range(len(acc)))
     common = {"class": classes, "name": [f"c{c}" for c in classes], "count": [45] * len(classes)}
     tracker.table(PER_CLASS_ACCURACY.key("test"), {**common, "student": acc})
@@ -375,3 +376,162 @@ def test_study_logs_the_comparison_under_its_parent(mlflow_uri):
     assert logged.data.metrics["undistillable_count"] == comparison.undistillable_count
     parent = client.get_run(result["parent_run_id"]).data.metrics
     assert parent["compare/kd/mean_delta_acc"] == pytest.approx(comparison.mean_delta_acc)
+
+
+# seed statistics ----------------------------------------------------------------------------------------
+
+# 5 seeds, 3 classes: class 0 falls in every seed (-2, -1.5, -2.5, -1, -2), class 1 is noise
+# (+1, -1, +0.5, -1.5, 0: mean -0.2), class 2 rises (+3, +2, +4, +3, +3).
+BASE5 = [[80.0, 70.0, 60.0], [81.0, 71.0, 61.0], [79.0, 69.0, 59.0], [80.5, 70.5, 60.5], [80.0, 70.0, 60.0]]
+DELTA5 = [[-2.0, 1.0, 3.0], [-1.5, -1.0, 2.0], [-2.5, 0.5, 4.0], [-1.0, -1.5, 3.0], [-2.0, 0.0, 3.0]]
+RUN5 = [[b + d for b, d in zip(brow, drow, strict=True)] for brow, drow in zip(BASE5, DELTA5, strict=True)]
+
+
+def seeded(**kw) -> Comparison:
+    return compare_tables(
+        BASE5, RUN5, seeds_baseline=[0, 1, 2, 3, 4], seeds_run=[0, 1, 2, 3, 4], names=["a", "b", "c"], **kw
+    )
+
+
+def test_seed_statistics_paired_by_seed_number():
+    c = seeded()
+    assert c.test_name == "paired t-test"
+    deltas = np.array(DELTA5)
+    np.testing.assert_allclose(c.delta_acc, deltas.mean(axis=0))  # paper rule: averages, then difference
+    tests = c.class_tests
+    for m in range(3):
+        reference = stats.ttest_rel(np.array(RUN5)[:, m], np.array(BASE5)[:, m])
+        assert tests[m].p == pytest.approx(reference.pvalue)
+        assert tests[m].sd == pytest.approx(np.std(deltas[:, m], ddof=1))
+    assert c.sign_agreement == [(5, 5), (2, 5), (5, 5)]  # class 1: mean -0.2, two seeds of five below 0
+    p = [t.p for t in tests]
+    np.testing.assert_allclose(c.p_adjusted, stats.false_discovery_control(p, method="bh"))
+    assert c.undistillable == [0, 1]  # the paper's rule on the averages: class 1 is hurt by seed noise
+    assert c.undistillable_significant == [0]
+    assert c.helped_significant == [2]
+    assert c.seed_undistillable_counts == [1, 2, 1, 2, 1]
+    # seeds listed in another order are paired by number, not by position
+    shuffled = compare_tables(
+        BASE5, RUN5[::-1], seeds_baseline=[0, 1, 2, 3, 4], seeds_run=[4, 3, 2, 1, 0], names=["a", "b", "c"]
+    )
+    assert [t.p for t in shuffled.class_tests] == pytest.approx(p)
+
+
+def test_welch_when_the_seeds_differ_and_no_test_with_one_seed():
+    c = compare_tables(BASE5, RUN5, seeds_baseline=[0, 1, 2, 3, 4], seeds_run=[5, 6, 7, 8, 9])
+    assert c.test_name == "Welch t-test"
+    reference = stats.ttest_ind(np.array(RUN5)[:, 0], np.array(BASE5)[:, 0], equal_var=False)
+    assert c.class_tests[0].p == pytest.approx(reference.pvalue)
+    one = compare_tables([BASE5[0]], [RUN5[0]])
+    assert one.test_name == "no test"
+    assert one.undistillable_significant == []
+    assert "no spread and no test" in one.report()
+
+
+def test_overall_accuracy_weighted_by_counts_and_its_test():
+    counts = [100.0, 300.0, 100.0]
+    c = seeded(counts=counts)
+    base = np.array(BASE5) @ np.array(counts) / 500
+    run_ = np.array(RUN5) @ np.array(counts) / 500
+    np.testing.assert_allclose(c.overall(c.baseline_by_seed), base)
+    reference = stats.ttest_rel(run_, base)
+    assert c.overall_test.p == pytest.approx(reference.pvalue)
+    scalars = c.scalars()
+    assert scalars["acc_baseline_mean"] == pytest.approx(base.mean())
+    assert scalars["acc_run_std"] == pytest.approx(np.std(run_, ddof=1))
+    assert scalars["delta_acc_overall_p"] == pytest.approx(reference.pvalue)
+    assert scalars["undistillable_significant_count"] == 1.0
+    assert scalars["undistillable_count_per_seed_mean"] == pytest.approx(1.4)
+
+
+def test_holm_is_stricter_than_bh_and_alpha_applies():
+    bh, holm_ = seeded(), seeded(correction="holm")
+    assert all(h >= b for h, b in zip(holm_.p_adjusted, bh.p_adjusted, strict=True))
+    assert seeded(alpha=1e-9).undistillable_significant == []
+    for bad, message in [({"alpha": 0.0}, "alpha"), ({"correction": "bonf"}, "correction")]:
+        with pytest.raises(CompareError, match=message):
+            seeded(**bad)
+    with pytest.raises(CompareError, match="seeds_run"):
+        compare_tables(BASE5, RUN5, seeds_run=[0, 1])
+
+
+def test_report_and_figure_with_seed_statistics():
+    c = seeded(counts=[100.0, 100.0, 100.0])
+    text = c.report()
+    assert "paired t-test over 5 seeds paired by seed number" in text
+    assert "undistillable beyond seed noise (ΔACC < −0 and p (BH) < 0.05, marked !): 1 of 3: 0 (a)" in text
+    assert "helped beyond seed noise (marked +): 1 of 3: 2 (c)" in text
+    assert "undistillable count of each seed pair: 1, 2, 1, 2, 1 (mean 1.4 ± 0.5)" in text
+    assert "accuracy: baseline" in text
+    assert "paired t-test t(4) =" in text
+    line = next(row for row in text.splitlines() if row.strip().startswith("0  a"))
+    assert "5/5" in line
+    assert line.endswith("*!")
+    assert next(row for row in text.splitlines() if row.strip().startswith("1  b")).endswith("  *")
+    ax = c.figures()["delta_acc"].axes[0]
+    assert [round(b.get_height(), 6) for b in ax.patches] == [3.0, -0.2, -1.8]
+    assert "1 hurt and 1 helped beyond seed noise" in ax.get_title()
+    assert any("CI" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_seed_tables_hold_every_input():
+    c = seeded(counts=[100.0, 100.0, 100.0])
+    c.baseline_ids, c.run_ids = [f"b{s}" for s in range(5)], [f"r{s}" for s in range(5)]
+    table = c.seed_table()
+    assert len(table["acc"]) == 2 * 5 * 3
+    rows = [i for i in range(30) if table["side"][i] == "run" and table["seed"][i] == 2]
+    assert [table["acc"][i] for i in rows] == RUN5[2]
+    assert {table["run_id"][i] for i in rows} == {"r2"}
+    seeds = c.seeds_summary()
+    run_rows = [i for i, side in enumerate(seeds["side"]) if side == "run"]
+    assert [seeds["undistillable_count"][i] for i in run_rows] == [1, 2, 1, 2, 1]
+    assert seeds["delta_acc"][run_rows[0]] == pytest.approx(np.mean(DELTA5[0]))
+
+
+def test_logged_tables_let_a_reviewer_recompute_the_statistics(runs, mlflow_uri, tmp_path):
+    """From compare/per_seed alone (every input value), scipy gives the logged p-values, corrections, overall test."""
+    c = compare_runs(runs["vanilla"], runs["kd"], uri=mlflow_uri, correction="holm")
+    assert c.test_name == "paired t-test"  # both sides ran seeds 0 and 1
+    client = mlflow.MlflowClient(mlflow_uri)
+    inputs = logged_table(client, c.run_id, "compare/per_seed", tmp_path / "in")
+    per_class = logged_table(client, c.run_id, "compare/per_class", tmp_path / "out")
+    metrics = client.get_run(c.run_id).data.metrics
+    assert client.get_run(c.run_id).data.params["correction"] == "holm"
+
+    def values(side: str, m: int) -> list[float]:
+        rows = sorted(
+            (inputs["seed"][i], inputs["acc"][i])
+            for i in range(len(inputs["acc"]))
+            if inputs["side"][i] == side and inputs["class"][i] == m
+        )
+        return [v for _, v in rows]
+
+    p = []
+    for m in range(10):
+        run_v, base_v = np.array(values("run", m)), np.array(values("baseline", m))
+        diffs = run_v - base_v
+        assert per_class["delta_acc"][m] == pytest.approx(run_v.mean() - base_v.mean())
+        if np.ptp(diffs) == 0:  # identical differences: p is 1 (no change) or the exact sign test's
+            p.append(1.0 if diffs[0] == 0 else 2 * 0.5 ** len(diffs))
+        else:
+            p.append(float(stats.ttest_rel(run_v, base_v).pvalue))
+        assert per_class["p"][m] == pytest.approx(p[-1])
+    m_tests = len(p)
+    order = np.argsort(p)
+    holm_p = np.maximum.accumulate([min(1.0, (m_tests - k) * p[i]) for k, i in enumerate(order)])
+    expected = np.empty(m_tests)
+    expected[order] = holm_p
+    np.testing.assert_allclose(per_class["p_adjusted"], expected)
+    significant = [bool(per_class["delta_acc"][m] < 0 and expected[m] < 0.05) for m in range(10)]
+    assert per_class["undistillable_significant"] == significant
+    assert metrics["undistillable_significant_count"] == sum(significant)
+    counts = {inputs["class"][i]: inputs["count"][i] for i in range(len(inputs["acc"]))}
+    weights = np.array([counts[m] for m in range(10)])
+
+    def overall(side: str) -> np.ndarray:
+        return np.array([values(side, m) for m in range(10)]).T @ weights / weights.sum()
+
+    reference = stats.ttest_rel(overall("run"), overall("baseline"))
+    assert metrics["delta_acc_overall"] == pytest.approx(float(np.mean(overall("run") - overall("baseline"))))
+    assert metrics["delta_acc_overall_p"] == pytest.approx(reference.pvalue)
+    assert metrics["acc_run_mean"] == pytest.approx(float(overall("run").mean()))

@@ -29,7 +29,18 @@ def test_two_process_run_with_tllm_and_a_trainable_method(tmp_path):
         "student": {"name": "cnn", "options": {"width": 8}},
         "teacher": {"name": "cnn", "options": {"width": 16}, "weights": f"runs:/{teacher_id}/checkpoints/final.pt"},
         "methods": [{"name": "kd", "weight": 0.9}, {"name": "fitnet", "weight": 1.0}],
-        "policy": {"name": "tllm", "options": {"start": 1, "window": 1, "eta": 10.0}},
+        "policy": {
+            "name": "tllm",
+            "options": {
+                "start": 1,
+                "window": 1,
+                "eta": 10.0,
+                "criterion": "paper",
+                "patience": 1,
+                "end": None,
+                "max_stopped_fraction": 1.0,
+            },
+        },
     }
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(config))

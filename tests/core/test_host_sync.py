@@ -41,7 +41,11 @@ POLICY_SETUP: dict[str, tuple[dict[str, Any], str]] = {
     "eskd": ({"stop_at": 2}, "kd"),
     "annealing": ({"phase1_epochs": 2}, "mse_logits"),
     "loss_switch": ({"at": 2, "window": 0.5}, "kd"),
-    "tllm": ({"start": 1, "window": 1, "eta": 100.0, "max_stopped_fraction": 0.5}, "kd"),
+    # the paper's criterion with a huge eta, no patience and no end: classes stop after epoch 2 of 3
+    "tllm": (
+        {"criterion": "paper", "start": 1, "window": 1, "eta": 100.0, "max_stopped_fraction": 0.5, "patience": 1},
+        "kd",
+    ),
 }
 NEEDS_VALIDATION = {"tllm", "annealing"}
 

@@ -269,6 +269,18 @@ def test_tables_are_mlflow_tables_and_older_json_tables_still_read(student_run, 
     assert np.isnan(old["student"][1])
 
 
+def test_a_table_logged_twice_in_a_run_is_replaced(mlflow_uri):
+    """A plugin that rewrites a table during a run (TLLM's curves) leaves the last version, not both appended."""
+    from kdhub.tracking import Tracker
+
+    tracker = Tracker(mlflow_uri, "tests-tables")
+    run_id = tracker.start("rewrite", {})
+    tracker.table("tllm_stopped", {"class": [1], "stopped_epoch": [5]})
+    tracker.table("tllm_stopped", {"class": [1, 3], "stopped_epoch": [5, 6]})
+    tracker.finish("FINISHED")
+    assert load_table(run_id, "tllm_stopped", mlflow_uri) == {"class": [1, 3], "stopped_epoch": [5, 6]}
+
+
 def test_figures_are_large_and_titled(student_run, client, tmp_path):
     import matplotlib.image
 

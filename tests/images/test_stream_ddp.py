@@ -54,7 +54,18 @@ def test_two_processes_see_disjoint_shards_and_make_the_same_tllm_decisions(digi
         "student": {"name": "mlp", "options": {"hidden": [32], "batch_norm": False}},
         "teacher": {"name": "cnn", "options": {"width": 8}, "weights": f"runs:/{teacher.run_id}/checkpoints/final.pt"},
         "methods": [{"name": "kd", "weight": 1.0, "options": {"temperature": 4}}],
-        "policy": {"name": "tllm", "options": {"start": 1, "window": 1, "eta": 0.0}},
+        "policy": {
+            "name": "tllm",
+            "options": {
+                "start": 1,
+                "window": 1,
+                "eta": 0.0,
+                "criterion": "paper",
+                "patience": 1,
+                "end": None,
+                "max_stopped_fraction": 1.0,
+            },
+        },
         "optim": {"lr": 0.05},
     }
     one = launch(config, tmp_path / "one", 1)

@@ -52,7 +52,18 @@ def test_tllm_reads_per_class_validation_losses_on_streamed_data(digit_folder, m
     config.update(
         teacher={"name": "cnn", "options": {"width": 8}},
         methods=[{"name": "kd", "weight": 0.9, "options": {"temperature": 4}}],
-        policy={"name": "tllm", "options": {"start": 1, "window": 1, "eta": 10.0}},
+        policy={
+            "name": "tllm",
+            "options": {
+                "start": 1,
+                "window": 1,
+                "eta": 10.0,
+                "criterion": "paper",
+                "patience": 1,
+                "end": None,
+                "max_stopped_fraction": 1.0,
+            },
+        },
         metrics=["accuracy"],
     )
     result = run(config)

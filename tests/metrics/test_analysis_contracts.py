@@ -18,6 +18,7 @@ CASES = {
     "calibration": {},
     "cka": {"max_samples": 32, "examples": [0, 3, 39]},
     "confidence": {"max_samples": 32, "bins": 5},
+    "confusion": {},
     "interpolation": {},
     "embedding": {"max_samples": 30, "max_iter": 250, "pca_dims": 5},
     "eigenspace": {"patches": 0, "top_k": 2},

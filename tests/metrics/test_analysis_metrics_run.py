@@ -52,6 +52,7 @@ def test_all_metrics_in_a_real_run(teacher_weights: str, mlflow_uri: str) -> Non
             {"name": "interpolation", "split": "train"},
             {"name": "embedding", "split": "test", "options": {"max_samples": 150, "max_iter": 250, "highlight": [3]}},
             {"name": "eigenspace", "split": "train", "every": 1, "options": {"patches": 2000}},
+            {"name": "confusion", "split": "test"},
         ],
         "schedule": {"name": "cosine"},
         "train": {"progress": False},
@@ -81,12 +82,19 @@ def test_all_metrics_in_a_real_run(teacher_weights: str, mlflow_uri: str) -> Non
     assert all(0 < h.value <= 1 for h in history)
     assert m["train/eigenspace/patches"] == pytest.approx(2000, rel=0.05)
 
+    assert m["test/confusion/acc"] == pytest.approx(m["test/acc_last"])
+    confusion = load_table(result.run_id, "test/confusion_teacher", mlflow_uri)
+    assert sum(sum(confusion[str(k)]) for k in range(10)) == 450
+
     table = load_table(result.run_id, "test/agreement", mlflow_uri)
     assert table["class"] == list(range(10))
     assert sum(table["count"]) == 450
     assert set(table) >= {"pa_by_label", "pa_by_teacher", "count"}
     for split, names in (
-        ("test", ("agreement", "fidelity", "calibration", "cka", "cka_per_sample", "confidence", "embedding")),
+        (
+            "test",
+            ("agreement", "fidelity", "calibration", "cka", "cka_per_sample", "confidence", "embedding", "confusion"),
+        ),
         ("train", ("confidence", "eigenspace")),
     ):
         logged = {a.path for a in client.list_artifacts(result.run_id, f"figures/{split}")}

@@ -41,8 +41,18 @@ def series(log: kdhub.MemoryLog, key: str) -> list[float]:
     return [v for _, v in log.metric_history[key]]
 
 
+@pytest.mark.filterwarnings("ignore:tllm. the window is 1 epoch")
 def test_tllm_stops_classes_in_a_real_run():
-    options = {"start": 2, "window": 1, "eta": 0.0, "max_stopped_fraction": 0.5}
+    # the paper's criterion with a 1-epoch window: it stops classes within 5 epochs
+    options = {
+        "criterion": "paper",
+        "start": 2,
+        "window": 1,
+        "eta": 0.0,
+        "max_stopped_fraction": 0.5,
+        "patience": 1,
+        "end": None,
+    }
     trainer = train(
         epochs=5,
         ce_weight=0.1,
@@ -82,6 +92,39 @@ def test_tllm_stops_classes_in_a_real_run():
     assert log.tables["tllm_stopped"]["stopped_epoch"] == [policy.stopped[m] for m in sorted(policy.stopped)]
     assert "tllm_curves" in log.figures
     assert log.param_values["tllm/curve_loss"] == "methods"
+
+
+def test_tllm_defaults_in_a_real_run():
+    """The defaults on a 12-epoch digits run: resolved values logged, decisions replayable, the cap held."""
+    trainer = train(
+        epochs=12,
+        ce_weight=0.1,
+        methods=[{"name": "kd", "weight": 0.9, "options": {"temperature": 4}}],
+        policy={"name": "tllm"},
+    )
+    policy, log = trainer.policy, trainer.log
+    params = log.param_values
+    assert (params["tllm/criterion"], params["tllm/start_epoch"], params["tllm/window_epochs"]) == ("trend", 2, 3)
+    assert (params["tllm/end_epoch"], params["tllm/max_stopped"]) == (10, 5)
+    assert len(policy.stopped) <= 5
+    assert all(5 <= e <= 10 for e in policy.stopped.values())
+    table = log.tables["tllm_curves"]
+    replay = kdhub.create("policy", "tllm")
+    replay.setup(
+        kdhub.PolicyContext(
+            epochs=12,
+            steps_per_epoch=1,
+            num_classes=10,
+            ce_weight=0.1,
+            device=policy.ctx.device,
+            has_validation=True,
+            method_names=["kd"],
+        )
+    )
+    for row, epoch in enumerate(table["epoch"]):
+        replay.curves[epoch] = [table[str(m)][row] for m in range(10)]
+        replay.decide(epoch)
+    assert replay.stopped == policy.stopped
 
 
 def test_tllm_with_only_batch_relational_methods():
@@ -189,7 +232,10 @@ def test_tllm_resume_gives_the_same_decisions(tmp_path, monkeypatch):
         "epochs": 7,
         "ce_weight": 0.1,
         "methods": [{"name": "kd", "weight": 0.9}],
-        "policy": {"name": "tllm", "options": {"start": 2, "window": 1, "eta": 0.05}},
+        "policy": {
+            "name": "tllm",
+            "options": {"start": 2, "window": 1, "eta": 0.05, "criterion": "paper", "patience": 1},
+        },
         "tracking": {"uri": uri, "experiment": "resume", "log_model": False},
     }
     straight = run(config)

@@ -7,6 +7,7 @@ import math
 import warnings
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,7 +37,17 @@ def feed(policy, log, curves, epochs) -> list[kdhub.EpochAction]:
 
 
 def make_tllm(make_ctx, epochs: int = 7, num_classes: int = 5, counts=None, **options) -> kdhub.Policy:
-    options = {"start": 3, "window": 2, "eta": 0.01, **options}
+    """The paper's criterion on the worked example's schedule (no cap, as the paper has none)."""
+    options = {
+        "criterion": "paper",
+        "max_stopped_fraction": 1.0,
+        "patience": 1,
+        "end": None,
+        "start": 3,
+        "window": 2,
+        "eta": 0.01,
+        **options,
+    }
     policy = kdhub.create("policy", "tllm", **options)
     policy.setup(make_ctx(epochs=epochs, num_classes=num_classes, counts=counts))
     return policy
@@ -47,17 +58,59 @@ def test_flags_and_defaults(make_ctx):
     assert cls.wants_class_losses
     assert cls.needs_validation
     policy = kdhub.create("policy", "tllm")
+    assert (policy.options.criterion, policy.options.noise_z, policy.options.eta) == ("trend", 1.0, 0.0)
     policy.setup(make_ctx(epochs=100))
-    assert (policy.start_epoch, policy.window_epochs, policy.end_epoch, policy.max_stopped) == (10, 5, None, 5)
-    policy = kdhub.create("policy", "tllm")
-    policy.setup(make_ctx(epochs=5))  # S = round(0.5) = 1, K = max(1, round(0.25)) = 1
-    assert (policy.start_epoch, policy.window_epochs) == (1, 1)
-    policy = kdhub.create("policy", "tllm", start=0)
+    # S = 0.2 * 100, K = 0.1 * 100, end 0.8 * 100, cap floor(0.5 * 5)
+    assert (policy.start_epoch, policy.window_epochs, policy.end_epoch, policy.max_stopped) == (20, 10, 80, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a 10-epoch run resolves to a judgeable window: no warning
+        policy = kdhub.create("policy", "tllm")
+        policy.setup(make_ctx(epochs=10))
+    assert (policy.start_epoch, policy.window_epochs) == (2, 3)  # K = max(min_window 3, round(1)): 4 curve points
+    policy = kdhub.create("policy", "tllm", min_window=5)
+    with pytest.warns(UserWarning, match="no class will be stopped"):
+        policy.setup(make_ctx(epochs=5))  # S = round(1.0) = 1, K = 5: the first decision (6) is after the run
+    assert policy.window_epochs == 5
+    policy = kdhub.create("policy", "tllm", start=0, window=3)
     policy.setup(make_ctx(epochs=5))
     assert policy.start_epoch == 1  # there is no L_0
     policy = kdhub.create("policy", "tllm", start=5, window=1)
     with pytest.warns(UserWarning, match="no class will be stopped"):
         policy.setup(make_ctx(epochs=5))
+
+
+def test_short_window_and_small_validation_split_warn(make_ctx):
+    policy = kdhub.create("policy", "tllm", criterion="paper", start=1, window=1)
+    with pytest.warns(UserWarning, match="too short to tell a stagnating class from validation noise"):
+        policy.setup(make_ctx(epochs=10))
+    policy = kdhub.create("policy", "tllm")
+    with pytest.warns(UserWarning, match="only 3 sample"):
+        policy.setup(make_ctx(epochs=10, counts=[3, 30, 30, 30, 30]))
+    log = kdhub.MemoryLog()
+    policy.epoch_ended(kdhub.EpochReport(epoch=1, log=log, class_losses=torch.ones(5)))
+    assert "only 3 sample" in log.texts["tllm_warnings.txt"]
+
+
+def test_describe_resolves_without_setup():
+    policy = kdhub.create("policy", "tllm")
+    described = policy.describe(8, 10)
+    assert described["tllm/criterion"] == "trend"
+    # S = round(1.6) = 2, K = max(3, round(0.8)) = 3, first decision 5, end round(6.4) = 6: checks at 5 and 6
+    assert (described["tllm/start_epoch"], described["tllm/window_epochs"]) == (2, 3)
+    assert described["tllm/first_decision_epoch"] == 5
+    assert described["tllm/end_epoch"] == 6
+    assert described["tllm/decision_epochs"] == 2
+    assert described["tllm/patience"] == 2
+    assert described["tllm/max_stopped"] == 5
+    assert described["tllm/eta_unit"] == "fraction of the class's loss"
+    paper = kdhub.create("policy", "tllm", criterion="paper", mode="fixed", start=0.1, window=0.05, end=0.5)
+    described = paper.describe(240, 100)
+    assert (described["tllm/start_epoch"], described["tllm/window_epochs"]) == (24, 12)
+    assert described["tllm/decision_epochs"] == 1
+    assert described["tllm/end_epoch"] == 120
+    assert described["tllm/noise_z"] == "n/a"
+    assert paper.problems(240, 100) == []
+    assert any("too short" in p for p in kdhub.create("policy", "tllm", window=2).problems(100, 10))
 
 
 def test_worked_example_sliding(make_ctx):
@@ -217,7 +270,14 @@ def test_logging_tables_and_figure(make_ctx):
     assert curves["epoch"] == list(range(1, 8))
     assert curves["1"] == pytest.approx(CURVES[1])
     assert math.isnan(curves["4"][2])
-    assert log.tables["tllm_stopped"] == {"class": [1, 2, 3], "name": ["c1", "c2", "c3"], "stopped_epoch": [5, 5, 6]}
+    stopped = log.tables["tllm_stopped"]
+    assert {k: stopped[k] for k in ("class", "name", "stopped_epoch")} == {
+        "class": [1, 2, 3],
+        "name": ["c1", "c2", "c3"],
+        "stopped_epoch": [5, 5, 6],
+    }
+    assert stopped["drop"] == pytest.approx([0.0, -0.2, 0.0])  # L_{e-K} - L_e when each was stopped
+    assert stopped["margin"] == [0.0, 0.0, 0.0]  # the paper's criterion has no noise margin
     fig = log.figures["tllm_curves"]
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -273,3 +333,95 @@ def test_needs_methods(make_ctx):
     ctx.method_names = []
     with pytest.raises(kdhub.ConfigError, match="no methods"):
         kdhub.create("policy", "tllm").setup(ctx)
+
+
+# the trend criterion (kdhub's default) ------------------------------------------------------------------
+
+# K = 3 (epochs 1..4, S = 1): class 0 falls steadily, class 1 is flat with noise, class 2 rises.
+TREND = [[1.0, 0.9, 0.8, 0.7], [1.0, 1.1, 0.9, 1.0], [0.5, 0.5, 0.6, 0.6]]
+
+
+def test_trend_worked_example(make_ctx):
+    """Each curve over its window, divided by its mean, fitted by least squares on x = 0..3 (Sxx = 5):
+    class 0: relative drop 0.3 / 0.85 = 0.352941, no residual; class 1: slope -0.02, drop 0.06,
+    residuals [-.03, .09, -.09, .03] (RSS 0.018); class 2: slope 0.8 / 11, drop -2.4 / 11 = -0.218182,
+    RSS 0.8 / 121. Pooled s^2 = (0.018 + 0.8 / 121) / (3 classes * 2 dof); se = 3 sqrt(s^2 / 5) = 0.085927.
+    Scores drop + 1 * se: 0.438868, 0.145927, -0.132255: with eta = 0 only the rising class 2 stops.
+    """
+    se = 3 * math.sqrt((0.018 + 0.8 / 121) / 6 / 5)
+    assert se == pytest.approx(0.085927, abs=1e-6)
+    policy = kdhub.create("policy", "tllm", start=1, window=3, patience=1, max_stopped_fraction=1.0)
+    policy.setup(make_ctx(epochs=6, num_classes=3))
+    for epoch in range(1, 5):
+        policy.curves[epoch] = [c[epoch - 1] for c in TREND]
+    scores = policy._trend_scores(4)
+    assert [scores[m]["drop"] for m in range(3)] == pytest.approx([0.3 / 0.85, 0.06, -2.4 / 11])
+    assert [scores[m]["margin"] for m in range(3)] == pytest.approx([se] * 3)
+    assert policy.decide(4) == [2]
+    assert policy.decisions[2]["score"] == pytest.approx(-2.4 / 11 + se)
+    # without the noise margin and with eta = 0.1 (10 % of the class's loss over the window) the flat class stops too
+    loose = kdhub.create("policy", "tllm", start=1, window=3, patience=1, noise_z=0, eta=0.1, max_stopped_fraction=1.0)
+    loose.setup(make_ctx(epochs=6, num_classes=3))
+    loose.curves = {e: [c[e - 1] for c in TREND] for e in range(1, 5)}
+    assert loose.decide(4) == [1, 2]
+    # the paper's criterion on the same window: L_1 - L_4 = 0.3, 0.0, -0.1 -> classes 1 and 2 with eta = 0
+    paper = kdhub.create("policy", "tllm", criterion="paper", start=1, window=3, patience=1, max_stopped_fraction=1.0)
+    paper.setup(make_ctx(epochs=6, num_classes=3))
+    paper.curves = {e: [c[e - 1] for c in TREND] for e in range(1, 5)}
+    assert paper.decide(4) == [1, 2]
+
+
+def simulated_curves(seed: int, epochs: int, noise: float) -> tuple[list[list[float]], set[int]]:
+    """10 classes of validation losses: 7 keep falling (exponential decay towards a floor), 3 stagnate
+    from epoch 4 on (one flat, two rising); multiplicative noise of ``noise`` (relative std) per epoch."""
+    rng = np.random.default_rng(seed)
+    curves = []
+    for m in range(10):
+        level = 1.0 + 0.1 * m
+        if m < 7:
+            clean = [level * (0.4 + 0.6 * math.exp(-e / (0.6 * epochs))) for e in range(1, epochs + 1)]
+        else:
+            slope = 0.0 if m == 7 else 0.03
+            clean = [level * (0.8 if e < 4 else 0.8 * (1 + slope * (e - 4))) for e in range(1, epochs + 1)]
+        curves.append([v * (1 + noise * rng.standard_normal()) for v in clean])
+    return curves, {7, 8, 9}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_trend_ignores_noise_that_stops_classes_under_the_papers_criterion(make_ctx, seed):
+    """On noisy curves (3 % per epoch), the paper's criterion with its former defaults (K = 1, eta = 0)
+    stops falling classes at random; the trend criterion stops the stagnating ones and almost no other."""
+    epochs = 20
+    curves, stagnating = simulated_curves(seed, epochs, noise=0.03)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the paper's 1-epoch window warns
+        paper = kdhub.create(
+            "policy", "tllm", criterion="paper", start=2, window=1, patience=1, end=None, max_stopped_fraction=1.0
+        )
+        paper.setup(make_ctx(epochs=epochs, num_classes=10))
+    trend = kdhub.create("policy", "tllm", max_stopped_fraction=1.0)  # default S = 4, K = 3 for 20 epochs
+    trend.setup(make_ctx(epochs=epochs, num_classes=10))
+    feed(paper, kdhub.MemoryLog(), curves, range(1, epochs + 1))
+    feed(trend, kdhub.MemoryLog(), curves, range(1, epochs + 1))
+    falling_stopped_by_paper = set(paper.stopped) - stagnating
+    assert len(falling_stopped_by_paper) >= 4, paper.stopped  # noise alone stops most falling classes
+    assert len(set(trend.stopped) & stagnating) >= 2, trend.stopped
+    assert len(set(trend.stopped) - stagnating) <= 1, trend.stopped
+
+
+def test_patience_needs_consecutive_stagnant_checks(make_ctx):
+    """A class must look stagnant at `patience` consecutive checks: one noisy spike is not enough."""
+    # class 0: a spike at epoch 4 makes the window 1..4 rise, the next window 2..5 falls again;
+    # class 1: flat from epoch 2 on, stagnant at every check from epoch 5 (window 2..5) on.
+    curves = [[1.0, 0.9, 0.8, 1.2, 0.6, 0.5, 0.4], [1.0, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]]
+    for patience, expected in [(1, {0: 4, 1: 5}), (2, {1: 6}), (3, {1: 7})]:
+        policy = kdhub.create(
+            "policy", "tllm", start=1, window=3, noise_z=0, patience=patience, end=None, max_stopped_fraction=1.0
+        )
+        policy.setup(make_ctx(epochs=7, num_classes=2))
+        feed(policy, kdhub.MemoryLog(), curves, range(1, 8))
+        assert policy.stopped == expected, patience
+    fixed = kdhub.create("policy", "tllm", start=1, window=3, noise_z=0, mode="fixed", max_stopped_fraction=1.0)
+    fixed.setup(make_ctx(epochs=7, num_classes=2))
+    feed(fixed, kdhub.MemoryLog(), curves, range(1, 8))
+    assert fixed.stopped == {0: 4}  # one check only (epoch 4): patience does not apply
