@@ -18,11 +18,16 @@ from kdhub.runlog import Table
 __all__ = [
     "DEFAULT_URI",
     "Tracker",
+    "artifact_exists",
+    "delete_run",
+    "find_runs",
     "flatten",
     "load_run_config",
     "load_table",
     "resolve_artifact",
     "run_info",
+    "set_run_state",
+    "store_exists",
     "tracking_uri",
 ]
 
@@ -43,7 +48,39 @@ def _client(uri: str) -> Any:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    return mlflow.MlflowClient(tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    return _RetryWhenLocked(client) if uri.startswith("sqlite:") else client
+
+
+class _RetryWhenLocked:
+    """An MlflowClient whose calls retry while another process holds the SQLite store's write lock.
+
+    SQLite lets one writer in at a time; MLflow waits 20 s for the lock, and a write that still
+    finds it held (several runs of a study logging at once) fails with "database is locked". The
+    failed transaction was rolled back, so the call is safe to repeat.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            import time
+
+            for attempt in range(8):
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as err:
+                    if "database is locked" not in str(err) or attempt == 7:
+                        raise
+                    time.sleep(min(0.2 * 2**attempt, 5.0))
+            raise AssertionError("unreachable")
+
+        return call
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -258,3 +295,84 @@ def default_run_name(config: RunConfig) -> str:
         return f"{config.student.name}-{config.data.name}-s{config.seed}"
     methods = "+".join(m.name for m in config.methods) or "none"
     return f"{config.teacher.name}-{methods}-{config.student.name}-{config.data.name}-s{config.seed}"
+
+
+# studies: finding and updating the runs of a study ------------------------------------------------
+
+
+def store_exists(uri: str) -> bool:
+    """False for a local store (SQLite file, ``mlruns`` folder) that was never created; True otherwise."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :].split("?")[0]).exists()
+    if uri.startswith("file:"):
+        from urllib.parse import urlparse
+
+        return Path(urlparse(uri).path).exists()
+    if "://" not in uri:
+        return Path(uri).exists()
+    return True
+
+
+def find_runs(uri: str, experiment: str, filter_string: str = "") -> list[dict[str, Any]]:
+    """Runs of an experiment matching an MLflow filter, oldest first, as plain dicts (none if it does not exist)."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [found.experiment_id],
+            filter_string,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs += [
+            {
+                "run_id": r.info.run_id,
+                "name": r.info.run_name,
+                "status": r.info.status,
+                "start_time": r.info.start_time,
+                "end_time": r.info.end_time,
+                "tags": dict(r.data.tags),
+                "metrics": dict(r.data.metrics),
+                "params": dict(r.data.params),
+            }
+            for r in page
+        ]
+        token = page.token
+        if not token:
+            return runs
+
+
+def artifact_exists(uri: str, run_id: str, path: str) -> bool:
+    folder, _, _ = path.rpartition("/")
+    try:
+        return any(f.path == path for f in _client(uri).list_artifacts(run_id, folder or None))
+    except Exception:
+        return False
+
+
+def set_run_state(
+    uri: str,
+    run_id: str,
+    status: str | None = None,
+    tags: dict[str, str] | None = None,
+    remove: list[str] | None = None,
+) -> None:
+    """Set tags, remove tags and end a run with ``status`` (FINISHED, FAILED, KILLED)."""
+    client = _client(uri)
+    existing = client.get_run(run_id).data.tags
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, str(value)[:5000])
+    for key in remove or []:
+        if key in existing:
+            client.delete_tag(run_id, key)
+    if status is not None:
+        client.set_terminated(run_id, status=status)
+
+
+def delete_run(uri: str, run_id: str) -> None:
+    """Move a run to MLflow's trash (``mlflow gc`` removes it for good)."""
+    _client(uri).delete_run(run_id)
