@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from kdhub.errors import KdhubError
@@ -72,6 +73,21 @@ class LocalExecutor(Executor):
         self._queue.clear()
 
 
+_TEMP_PREFIX, _OWNER = "kdhub-ray-", "kdhub-owner.pid"
+
+
+def _remove_orphans(root: str) -> None:
+    """Remove the temporary folders of local Ray instances whose study process was killed (SIGKILL)."""
+    for folder in Path(root).glob(f"{_TEMP_PREFIX}*"):
+        try:
+            pid = int((folder / _OWNER).read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, ValueError):
+            continue  # being created, or not ours to judge
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -110,8 +126,14 @@ class RayExecutor(Executor):
         else:
             cpus = (os.cpu_count() or 1) if parallel is None else max(1, round(parallel * cpus_per_run))
             # a short path: Ray's sockets live under it and Unix socket paths are limited to 107 bytes
-            self._temp = tempfile.mkdtemp(prefix="kdhub-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+            root = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+            _remove_orphans(root)
+            self._temp = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root)
+            Path(self._temp, _OWNER).write_text(str(os.getpid()))
             logging.getLogger("ray").setLevel(logging.ERROR)
+            # Ray starts workers at niceness 15: on a machine shared with other work the runs, the
+            # study's whole point, would get a fraction of the CPU a local run gets
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(num_cpus=cpus, _temp_dir=self._temp, **quiet)
             self._owner = True
         resources = ray.cluster_resources()
@@ -151,7 +173,9 @@ class RayExecutor(Executor):
         return len(self._refs)
 
     def wait(self) -> list[Outcome]:
-        ready, _ = self.ray.wait(list(self._refs), num_returns=1)
+        ready: list[Any] = []
+        while not ready:  # a timeout, so that Ctrl-C and SIGTERM reach this process between waits
+            ready, _ = self.ray.wait(list(self._refs), num_returns=1, timeout=0.5)
         outcomes = []
         for ref in ready:
             task = self._refs.pop(ref)
@@ -187,6 +211,8 @@ def check_executor(name: str, parallel: int | None = None, address: str | None =
         raise KdhubError("--parallel: the local executor runs one run at a time; use --executor ray")
     if name == "local" and address:
         raise KdhubError("--address: only the ray executor joins a cluster; add --executor ray")
+    if name == "ray":
+        _import_ray()
 
 
 def make_executor(

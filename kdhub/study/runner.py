@@ -333,7 +333,7 @@ class _Study:
             self.progress.total += self.search.target
         kept = sum(e.earlier for e in entries)
         resumed = sum(e.resume_id is not None for e in entries)
-        self.progress.done = kept
+        self.progress.done = kept + (self.search.done() if self.search is not None else 0)
         what = f"{len(entries)} runs"
         if parent_run is not None:
             what += f" ({kept} finished earlier, {resumed} to resume, {len(entries) - kept - resumed} to run)"
@@ -350,6 +350,8 @@ class _Study:
                 self._schedule()
         except KeyboardInterrupt:
             self.ex.cancel()
+            for entry in self.running.values():  # a run the executor could not stop in time
+                self._mark_lost(entry, "KILLED", "interrupted with the study; rerun the study to resume it")
             if self.search is not None:
                 self.search.abort()
             self._summarise(final=False)
@@ -397,6 +399,9 @@ class _Study:
             entry = Entry(run)
             if child is not None and child["tags"].get("kdhub.state") == "PRUNED":
                 self.search.tell(run, Outcome(run.key, "PRUNED"))
+            elif child is not None and child["status"] == "FINISHED" and self.search.value(trial) is not None:
+                # the study stopped between the trial's end and telling Optuna
+                self.search.tell(run, Outcome(run.key, "FINISHED", value=self.search.value(trial)))
             elif (
                 child is not None
                 and child["status"] in ("RUNNING", "KILLED")
@@ -503,6 +508,7 @@ class _Study:
             cwd=os.getcwd(),
             trial=self.search.link(run) if run.role == "trial" else None,
             params=run.params,
+            worker=parallel,
         )
 
     def _launch(self, entry: Entry) -> None:
@@ -550,10 +556,10 @@ class _Study:
             self.progress.failed += 1
             self.progress.line("failed", what, entry.reason)
             if outcome.run_id is None:
-                self._mark_lost(entry)
+                self._mark_lost(entry, "FAILED", entry.reason)
 
-    def _mark_lost(self, entry: Entry) -> None:
-        """A run whose worker died left its MLflow run RUNNING: end it FAILED with the reason."""
+    def _mark_lost(self, entry: Entry, status: str, reason: str) -> None:
+        """A run whose worker died (or was stopped) left its MLflow run RUNNING: end it with the reason."""
         from kdhub.tracking import find_runs, set_run_state
 
         for child in find_runs(
@@ -563,7 +569,7 @@ class _Study:
         ):
             if child["status"] == "RUNNING":
                 entry.run_id = child["run_id"]
-                set_run_state(self.uri, child["run_id"], "FAILED", {"kdhub.failure": entry.reason})
+                set_run_state(self.uri, child["run_id"], status, {"kdhub.failure": reason})
 
     # summary ----------------------------------------------------------------------------------
     def _rows(self) -> list[dict[str, Any]]:

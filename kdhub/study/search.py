@@ -21,7 +21,7 @@ import yaml
 
 from kdhub.errors import KdhubError
 from kdhub.study.spec import ChoiceParam, FloatParam, IntParam, PlannedRun, SearchSpec, _set, substitute
-from kdhub.study.worker import Outcome, TrialLink
+from kdhub.study.worker import Outcome, TrialLink, reduce_values
 
 __all__ = ["Search", "default_storage", "import_optuna", "open_storage", "pruner"]
 
@@ -136,6 +136,10 @@ class Search:
         """Trials left RUNNING by an earlier invocation that was stopped."""
         return [t for t in self.study.get_trials(deepcopy=False) if t.state == self.optuna.trial.TrialState.RUNNING]
 
+    def value(self, trial: Any) -> float | None:
+        """A trial's objective from the values its run reported after each epoch."""
+        return reduce_values(dict(trial.intermediate_values), self.spec.reduce, self.spec.direction)
+
     def abandon(self, trial: Any) -> None:
         """End an interrupted trial that cannot resume; the next trial is asked with its values."""
         self.study.tell(trial.number, state=self.optuna.trial.TrialState.FAIL, skip_if_finished=True)
@@ -242,9 +246,16 @@ class Search:
         best = self.best()
         if best is not None:
             run_id = best.user_attrs.get("mlflow_run_id", "")
-            parent.metrics({"search/best_value": best.value, "search/best_trial": best.number}, step=0)
-            parent.params({f"search.best.{k}": v for k, v in best.params.items()})
-            parent.tags({"kdhub.search.best_trial": str(best.number), "kdhub.search.best_run": run_id})
+            # tags and metrics, not params: MLflow params never change, and a continued search may find better
+            numeric = {f"search/best/{k}": v for k, v in best.params.items() if isinstance(v, (int, float))}
+            parent.metrics({"search/best_value": best.value, "search/best_trial": best.number, **numeric}, step=0)
+            parent.tags(
+                {
+                    "kdhub.search.best_trial": str(best.number),
+                    "kdhub.search.best_run": run_id,
+                    **{f"search.best.{k}": str(v) for k, v in best.params.items()},
+                }
+            )
             config = self.best_config(run_ids)
             parent.text("search/best_config.yaml", yaml.safe_dump(config, sort_keys=False))
             for other in find_runs(

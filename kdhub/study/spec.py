@@ -207,7 +207,7 @@ class SearchSpec(_Strict):
 
 
 class StudyConfig(_Strict):
-    name: str = Field(min_length=1, max_length=200, description="study name (the parent MLflow run)")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\- ]+$", max_length=200, description="study name (the parent MLflow run)")
     experiment: str = Field("kdhub-studies", min_length=1, description="MLflow experiment")
     base: dict[str, Any] = Field(default_factory=dict, description="run config shared by every run")
     runs: list[StudyRun] = Field(min_length=1, description="the runs, in order (later runs may reference earlier ones)")

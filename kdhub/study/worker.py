@@ -51,6 +51,7 @@ class RunTask:
     cwd: str | None = None  # the study's working directory (relative data paths), where it exists
     trial: TrialLink | None = None
     params: dict[str, Any] = field(default_factory=dict)  # logged as params (a trial's sampled values)
+    worker: bool = False  # executed in a worker process of the executor (not the study's process)
 
 
 @dataclass
@@ -162,6 +163,19 @@ def _open_trial(link: TrialLink) -> Any:
     return optuna.trial.Trial(study, link.trial_id)
 
 
+def _interruptible() -> None:
+    """Let the executor stop this run with a KeyboardInterrupt (Ray's cancel), even where SIGINT was ignored.
+
+    A study started in the background (``cmd &``, nohup) ignores SIGINT, and its Ray workers inherit
+    that: Ray's cancel then cannot interrupt a run, which would train on until Ray is shut down.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err) if isinstance(err, KdhubError) else f"{type(err).__name__}: {err}"
     return " ".join(text.split("\n")).strip()
@@ -176,6 +190,8 @@ def execute(task: RunTask) -> Outcome:
         import torch
 
         torch.set_num_threads(task.threads)
+    if task.worker:
+        _interruptible()
     current = _Current(task)
     outcome = Outcome(task.key, "FAILED")
     try:
@@ -223,7 +239,8 @@ def execute(task: RunTask) -> Outcome:
 def _objective(link: TrialLink, current: _Current, outcome: Outcome) -> None:
     values = dict(current.values)
     if current.trial is not None:  # a resumed trial reported its earlier epochs before the interruption
-        stored = current.trial.study._storage.get_trial(link.trial_id).intermediate_values
+        trials = current.trial.study.get_trials(deepcopy=False)
+        stored = next(t for t in trials if t.number == link.number).intermediate_values
         values = {**{int(k): v for k, v in stored.items()}, **values}
     finite = {e: v for e, v in values.items() if math.isfinite(v)}
     if not finite and link.objective in outcome.metrics:
@@ -238,7 +255,14 @@ def _objective(link: TrialLink, current: _Current, outcome: Outcome) -> None:
             )
             outcome.input_error = True
         return
-    if link.reduce == "last":
-        outcome.value = finite[max(finite)]
-    else:
-        outcome.value = (max if link.direction == "maximize" else min)(finite.values())
+    outcome.value = reduce_values(finite, link.reduce, link.direction)
+
+
+def reduce_values(values: dict[int, float], reduce: str, direction: str) -> float | None:
+    """A trial's value from its per-epoch objective: the last epoch's, or the best epoch's."""
+    finite = {e: v for e, v in values.items() if math.isfinite(v)}
+    if not finite:
+        return None
+    if reduce == "last":
+        return finite[max(finite)]
+    return (max if direction == "maximize" else min)(finite.values())

@@ -322,3 +322,40 @@ def test_binary_files_and_bad_executor_options_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err
         assert "\n" not in err
+
+
+def test_kdhub_imports_without_ray_and_optuna(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import kdhub, kdhub.cli, kdhub.study; kdhub.study.expand; "
+        "assert 'ray' not in sys.modules and 'optuna' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+
+
+def test_a_missing_ray_or_optuna_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study(seeds=[0]).model_dump(mode="json")))
+    uri = f"sqlite:///{tmp_path / 'never.db'}"
+    assert main(["study", str(path), "--executor", "ray", "--tracking-uri", uri]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "kdhub: error: --executor ray needs Ray, which is not installed: pip install 'kdhub[ray]'"
+    )
+    runs = study().model_dump()["runs"]
+    runs[1]["grid"] = {}
+    data = {
+        "name": "s",
+        "base": {**BASE, "data": {**BASE["data"], "val_fraction": 0.1}},
+        "runs": runs,
+        "search": {"run": "kd", "space": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.1}}},
+    }
+    path.write_text(yaml.safe_dump(data))
+    assert main(["study", str(path), "--tracking-uri", uri]) == 2
+    assert "needs Optuna, which is not installed: pip install 'kdhub[search]'" in capsys.readouterr().err
+    assert not (tmp_path / "never.db").exists()  # refused before the store was touched

@@ -85,7 +85,8 @@ def test_a_12_trial_search_with_pruning_logs_its_best_trial(mlflow_uri, tmp_path
     # the best trial on the parent: values, run, config, table and Optuna's plots
     assert parent.data.tags["kdhub.search.best_run"] == runs[best].info.run_id
     assert runs[best].data.tags["kdhub.search.best"] == "true"
-    assert float(parent.data.params["search.best.optim.lr"]) == pytest.approx(trials["optim.lr"][best])
+    assert float(parent.data.tags["search.best.optim.lr"]) == pytest.approx(trials["optim.lr"][best])
+    assert parent.data.metrics["search/best/optim.lr"] == pytest.approx(trials["optim.lr"][best])
     assert parent.data.metrics["search/best_value"] == pytest.approx(trials["value"][best])
     assert parent.data.metrics["search/trials_pruned"] == len(pruned)
     config = yaml.safe_load(
