@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import tempfile
 import time
@@ -39,12 +40,38 @@ def study(epochs: int, width: int, experiment: str) -> StudyConfig:
     )
 
 
-def timed(spec: StudyConfig, uri: str, **options: object) -> tuple[float, list[float]]:
+def timed(spec: StudyConfig, uri: str, **options: object) -> tuple[float, list[float], list[float]]:
+    """Wall time of the study, the test accuracies and the seconds of each run (inside its process)."""
     start = time.perf_counter()
     with redirect_stdout(io.StringIO()):
         result = run_study(spec, uri, fresh=True, **options)  # type: ignore[arg-type]
     assert all(s == "finished" for s in result["summary"]["state"]), result["failures"]
-    return time.perf_counter() - start, result["summary"]["test_acc_last"]
+    return time.perf_counter() - start, result["summary"]["test_acc_last"], result["summary"]["seconds"]
+
+
+def _plain_run(config: dict) -> float:
+    from kdhub.engine.loop import run
+
+    torch.set_num_threads(1)
+    return run(config, track=False).last_acc
+
+
+def reference(spec: StudyConfig) -> tuple[float, float]:
+    """The same 4 runs without kdhub's study machinery or MLflow: one after another, then 2 processes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from kdhub.study import expand
+
+    configs = [r.config for r in expand(spec)]
+    start = time.perf_counter()
+    for config in configs:
+        _plain_run(config)
+    sequential = time.perf_counter() - start
+    start = time.perf_counter()
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_plain_run, configs))
+    return sequential, time.perf_counter() - start
 
 
 def main() -> None:
@@ -53,19 +80,27 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16, help="cnn width")
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of each side")
     parser.add_argument("--local-threads", type=int, default=1, help="torch threads of the local side")
+    parser.add_argument(
+        "--reference", action="store_true", help="also time the runs bare: sequential vs 2 plain processes"
+    )
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="kdhub-bench-"))
     uri = f"sqlite:///{folder / 'mlflow.db'}"
+    os.chdir(folder)  # MLflow puts the artifacts of a new SQLite store in ./mlruns
     timed(study(1, 4, "warm-up"), uri)  # creates the store and imports everything once
     spec_local, spec_ray = study(args.epochs, args.width, "local"), study(args.epochs, args.width, "ray")
-    local, ray = [], []
+    local, ray, runs_local, runs_ray = [], [], [], []
+    load = [os.getloadavg()[0]]
     for _ in range(args.repeats):
         torch.set_num_threads(args.local_threads)
-        seconds, acc_local = timed(spec_local, uri)
+        seconds, acc_local, per_run = timed(spec_local, uri)
         local.append(seconds)
-        seconds, acc_ray = timed(spec_ray, uri, executor="ray", parallel=2)
+        runs_local += per_run
+        seconds, acc_ray, per_run = timed(spec_ray, uri, executor="ray", parallel=2)
         ray.append(seconds)
+        runs_ray += per_run
+        load.append(os.getloadavg()[0])
         assert acc_local == acc_ray or args.local_threads != 1, (acc_local, acc_ray)
     start = time.perf_counter()
     from kdhub.study.executors import RayExecutor
@@ -80,7 +115,18 @@ def main() -> None:
     )
     print(f"ray, 2 workers x 1 thread:     {', '.join(f'{s:.1f}' for s in ray)} s, median {m_ray:.1f} s")
     print(f"ratio local / ray: {m_local / m_ray:.2f}  (Ray start + stop alone: {startup:.1f} s)")
+    print(
+        f"seconds per run inside its process, median: local {statistics.median(runs_local):.1f}, "
+        f"ray {statistics.median(runs_ray):.1f} (a worker's first run includes importing kdhub and torch)"
+    )
+    print(f"1-minute load average of the machine: {', '.join(f'{v:.1f}' for v in load)} ({os.cpu_count()} cores)")
     print(f"same test accuracies on both sides: {acc_local == acc_ray}")
+    if args.reference:
+        sequential, two = reference(spec_local)
+        print(
+            f"reference without MLflow or Ray: 4 runs one after another {sequential:.1f} s, in 2 processes "
+            f"{two:.1f} s, ratio {sequential / two:.2f} (what 2 processes gain on this machine now)"
+        )
 
 
 if __name__ == "__main__":

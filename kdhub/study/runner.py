@@ -334,7 +334,7 @@ class _Study:
         kept = sum(e.earlier for e in entries)
         resumed = sum(e.resume_id is not None for e in entries)
         self.progress.done = kept + (self.search.done() if self.search is not None else 0)
-        what = f"{len(entries)} runs"
+        what = f"{len(entries)} run{'s' if len(entries) != 1 else ''}"
         if parent_run is not None:
             what += f" ({kept} finished earlier, {resumed} to resume, {len(entries) - kept - resumed} to run)"
         if self.search is not None:

@@ -90,25 +90,28 @@ class Search:
         self.storage_url = storage
         self.name = f"kdhub:{study_name}:{parent_id}"
         self.distributions = {path: _distribution(p) for path, p in spec.space.items()}
-        if spec.sampler == "grid":
-            grid = {path: p.grid() for path, p in spec.space.items()}
-            sampler = optuna.samplers.GridSampler(grid, seed=spec.seed)
-            self.size = math.prod(len(v) for v in grid.values())
-        elif spec.sampler == "random":
-            sampler, self.size = optuna.samplers.RandomSampler(seed=spec.seed), None
-        else:
-            sampler, self.size = optuna.samplers.TPESampler(seed=spec.seed), None
+        grid = {path: p.grid() for path, p in spec.space.items()} if spec.sampler == "grid" else {}
+        self.size = math.prod(len(v) for v in grid.values()) if grid else None
         try:
             self.study = optuna.create_study(
                 study_name=self.name,
                 storage=open_storage(storage),
-                sampler=sampler,
                 pruner=pruner(spec.pruner == "median", spec.startup_trials, spec.warmup_epochs),
                 direction=spec.direction,
                 load_if_exists=True,
             )
         except Exception as err:
             raise KdhubError(f"search.storage: cannot open Optuna storage {storage}: {err}".splitlines()[0]) from None
+        # The sampler's state is not stored: a continued search seeds it past the trials so far, or its
+        # random draws would repeat the first invocation's.
+        seed = spec.seed + len(self.study.get_trials(deepcopy=False))
+        samplers = optuna.samplers
+        if grid:
+            self.study.sampler = samplers.GridSampler(grid, seed=seed)
+        elif spec.sampler == "random":
+            self.study.sampler = samplers.RandomSampler(seed=seed)
+        else:
+            self.study.sampler = samplers.TPESampler(seed=seed)
         self.started = time.monotonic()
         self.launched_failures = 0
         self.running: set[int] = set()
@@ -143,7 +146,7 @@ class Search:
     def abandon(self, trial: Any) -> None:
         """End an interrupted trial that cannot resume; the next trial is asked with its values."""
         self.study.tell(trial.number, state=self.optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        self.study.enqueue_trial(dict(trial.params), skip_if_exists=True)
+        self.study.enqueue_trial(dict(trial.params), skip_if_exists=False)  # the abandoned trial has them
 
     def ask(self) -> PlannedRun:
         with warnings.catch_warnings():

@@ -409,8 +409,14 @@ def expand(study: StudyConfig) -> list[PlannedRun]:
     for run in planned:
         by_name.setdefault(run.name, []).append(run)
     order = [e.name for e in study.runs]
+    checked: set[str] = set()
+    seeds: set[int] = set()
     for run in planned:
-        _validate(run)
+        point = config_hash({**run.config, "seed": 0})  # a grid point's seeds differ in the seed only
+        if point not in checked or run.seed not in seeds:
+            _validate(run)
+            checked.add(point)
+            seeds.add(run.seed)
         run.deps = _resolve_refs(run, by_name, order, template)
     if study.compare is not None:
         _check_compare(study.compare, study, planned)

@@ -359,3 +359,26 @@ def test_a_missing_ray_or_optuna_is_one_line_naming_the_extra(tmp_path, monkeypa
     assert main(["study", str(path), "--tracking-uri", uri]) == 2
     assert "needs Optuna, which is not installed: pip install 'kdhub[search]'" in capsys.readouterr().err
     assert not (tmp_path / "never.db").exists()  # refused before the store was touched
+
+
+def test_sqlite_writes_retry_while_another_process_holds_the_lock(monkeypatch):
+    from kdhub import tracking
+
+    class Store:
+        calls = 0
+
+        def log_batch(self, run_id, metrics=()):
+            Store.calls += 1
+            if Store.calls < 3:
+                raise RuntimeError("(sqlite3.OperationalError) database is locked")
+            return run_id
+
+        def get_run(self, run_id):
+            raise RuntimeError(f"Run '{run_id}' not found")
+
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    client = tracking._RetryWhenLocked(Store())
+    assert client.log_batch("r1") == "r1"
+    assert Store.calls == 3
+    with pytest.raises(RuntimeError, match="not found"):  # other errors are not retried
+        client.get_run("r2")

@@ -1,5 +1,6 @@
 """Searches: 12 Optuna trials on digits with median pruning, nested MLflow runs, a search that continues."""
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -8,6 +9,8 @@ import mlflow
 import pytest
 import yaml
 
+import kdhub
+from kdhub import plugins
 from kdhub.config import parse_config
 from kdhub.study import StudyConfig, run_study
 
@@ -25,6 +28,35 @@ SPACE = {
     "optim.lr": {"type": "float", "low": 0.0005, "high": 0.5, "log": True},
     "methods.0.options.temperature": {"type": "float", "low": 1, "high": 8},
 }
+
+
+class Interrupt:
+    """Ctrl-C in the run with study key ``key``: as it starts (no checkpoint yet) or after epoch 1."""
+
+    def __init__(self, key: str, at_start: bool) -> None:
+        self.key, self.at_start = key, at_start
+
+    def _mine(self, run) -> bool:
+        return run.config.tracking.tags.get("kdhub.study.key") == self.key
+
+    @kdhub.hookimpl
+    def kdhub_run_started(self, run):
+        if self.at_start and self._mine(run):
+            raise KeyboardInterrupt
+
+    @kdhub.hookimpl
+    def kdhub_epoch_ended(self, run, epoch, metrics):
+        if not self.at_start and self._mine(run) and epoch == 1:
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupt(key: str, at_start: bool):
+    plugins.register_module(Interrupt(key, at_start), name="interrupt")
+    try:
+        yield
+    finally:
+        plugins.unregister("interrupt")
 
 
 def study(trials: int) -> StudyConfig:
@@ -105,12 +137,31 @@ def test_a_12_trial_search_with_pruning_logs_its_best_trial(mlflow_uri, tmp_path
     assert f"best trial {best}: val/acc " in out
     assert out.count(" pruned    trial ") == len(pruned)
 
-    # the same study with a larger budget continues the search: only the 2 new trials run
+    # a larger budget continues the search: an interrupted trial resumes or is asked again, no draw repeats
+    first = {tuple(trials[p][i] for p in SPACE) for i in range(12)}
+    with interrupt("kd[trial-12]-s0", at_start=True), pytest.raises(KeyboardInterrupt):
+        run_study(study(14), mlflow_uri)  # trial 12 stopped before its first checkpoint
+    with interrupt("kd[trial-13]-s0", at_start=False), pytest.raises(KeyboardInterrupt):
+        run_study(study(14), mlflow_uri)  # 12 is asked again as 13, which is stopped after epoch 1
+    capsys.readouterr()
     more = run_study(study(14), mlflow_uri)
-    assert more["parent_run_id"] == result["parent_run_id"]
-    assert more["search"]["trials"]["trial"] == list(range(14))
     out = capsys.readouterr().out
-    started = [line for line in out.splitlines() if " started " in line]
-    assert [line.split()[3] for line in started] == ["12", "13"]
+    assert more["parent_run_id"] == result["parent_run_id"]
+    table = more["search"]["trials"]
+    assert table["trial"] == list(range(15))
+    assert table["state"][12] == "FAIL"  # abandoned: interrupted before a checkpoint
+    assert sum(s in ("COMPLETE", "PRUNED") for s in table["state"]) == 14
+    assert [table[p][13] for p in SPACE] == [table[p][12] for p in SPACE]  # asked again with its values
+    assert tuple(table[p][14] for p in SPACE) not in first  # a continued sampler does not repeat its draws
+    assert tuple(table[p][12] for p in SPACE) not in first
+    assert "resumed   trial 13 " in out
+    assert [line.split()[3] for line in out.splitlines() if " started " in line] == ["14"]
     assert "kept      teacher s0" in out
     assert not math.isnan(more["search"]["best_value"])
+    superseded = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`kdhub.study.trial` = '12'",
+    )
+    assert [r.data.tags.get("kdhub.study.superseded", "") for r in superseded] == [
+        "its trial was asked again (interrupted before a checkpoint)"
+    ]
