@@ -394,31 +394,37 @@ class _Study:
         from kdhub.tracking import artifact_exists
 
         for trial in self.search.interrupted():
-            child = trial_runs.get(trial.number)
+            found = trial_runs.get(trial.number)
             run = self.search.planned(trial.number, trial._trial_id, trial.params)
             entry = Entry(run)
-            if child is not None and child["tags"].get("kdhub.state") == "PRUNED":
+            if found is not None and found["tags"].get("kdhub.state") == "PRUNED":
                 self.search.tell(run, Outcome(run.key, "PRUNED"))
-            elif child is not None and child["status"] == "FINISHED" and self.search.value(trial) is not None:
+            elif found is not None and found["status"] == "FINISHED" and self.search.value(trial) is not None:
                 # the study stopped between the trial's end and telling Optuna
                 self.search.tell(run, Outcome(run.key, "FINISHED", value=self.search.value(trial)))
             elif (
-                child is not None
-                and child["status"] in ("RUNNING", "KILLED")
-                and artifact_exists(self.uri, child["run_id"], "checkpoints/last.pt")
+                found is not None
+                and found["status"] in ("RUNNING", "KILLED")
+                and artifact_exists(self.uri, found["run_id"], "checkpoints/last.pt")
             ):
-                entry.resume_id = child["run_id"]
+                entry.resume_id = found["run_id"]
                 self.resumable.append(entry)
             else:
                 self.search.running.discard(trial.number)
                 self.search.abandon(trial)
-                if child is not None:
-                    entry.supersede = child
+                if found is not None:
+                    entry.supersede = found
                     self._supersede(entry, "its trial was asked again (interrupted before a checkpoint)")
 
+    @property
+    def searched(self) -> PlannedRun:
+        """The search's template run (only with a search)."""
+        assert self.template is not None
+        return self.template
+
     def _launch_trials(self) -> None:
-        search, template = self.search, self.template
-        blocked, ready = self._deps(template)
+        search = self.search
+        blocked, ready = self._deps(self.searched)
         if blocked:
             if not self.search_note:
                 self.search_note = f"search skipped: {blocked}"
@@ -492,7 +498,7 @@ class _Study:
         }
         if run.role == "trial":
             tags[TRIAL_TAG] = run.label.removeprefix("trial-")
-            tags[HASH_TAG] = _template_hash(self.template, study)
+            tags[HASH_TAG] = _template_hash(self.searched, study)
         name = f"{run.name}-{run.label}" if run.role == "trial" else run.key
         tracking.update(uri=self.uri, experiment=study.experiment, run_name=name, tags=tags)
         config["tracking"] = tracking
@@ -544,7 +550,7 @@ class _Study:
             self.progress.done += 1
             detail = _accuracy(outcome.metrics)
             if outcome.value is not None:
-                detail = f"{self.study.search.objective} {outcome.value:.4g}"
+                detail = f"{self.search.spec.objective} {outcome.value:.4g}"
             self.progress.line("finished", what, f"{detail}, {outcome.seconds:.0f} s")
         elif outcome.status == "PRUNED":
             entry.state, entry.reason = "pruned", outcome.error or "pruned"
@@ -641,7 +647,7 @@ class _Study:
         if self.search is not None:
             result["search"] = self._search_result()
             lines += self.search.log(
-                parent, {t: self.entries[k].run_id or "" for t, k in self.template.deps.items()}, self.uri
+                parent, {t: self.entries[k].run_id or "" for t, k in self.searched.deps.items()}, self.uri
             )
         states = {s: sum(e.state == s for e in self._all()) for s in ("finished", "pruned", "failed", "skipped")}
         parent.metrics({f"study/runs_{k}": v for k, v in states.items()}, step=0)
@@ -668,6 +674,9 @@ class _Study:
                 ids.setdefault(entry.run.seed, {}).setdefault(entry.run.name, entry.run_id)
         return ids
 
+    def _finished_ids(self, runs: list[PlannedRun]) -> list[str]:
+        return [e.run_id for e in (self.entries[r.key] for r in runs) if e.state == "finished" and e.run_id]
+
     def _compare(self) -> tuple[dict[str, Any], list[str]]:
         """One comparison per compared run and grid point (its seeds averaged), nested under the parent."""
         from kdhub.compare import compare_runs
@@ -683,8 +692,7 @@ class _Study:
             delete_run(self.uri, old["run_id"])  # redone with every finished run below
         comparisons, notes = {}, []
         for label, base, runs in compare_groups(spec, [e.run for e in self.entries.values()]):
-            base_ids = [self.entries[r.key].run_id for r in base if self.entries[r.key].state == "finished"]
-            run_ids = [self.entries[r.key].run_id for r in runs if self.entries[r.key].state == "finished"]
+            base_ids, run_ids = self._finished_ids(base), self._finished_ids(runs)
             if not base_ids or not run_ids:
                 notes.append(f"comparison {label} vs {spec.baseline} skipped: no finished run on one side")
                 continue
