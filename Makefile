@@ -1,7 +1,7 @@
 VENV ?= .venv
 STAMP := $(VENV)/.kdhub-setup
 
-.PHONY: setup demo test test-all lint docs
+.PHONY: setup demo test test-all lint typecheck docs
 
 $(STAMP): pyproject.toml examples/plugin-template/pyproject.toml scripts/setup.sh
 	VENV=$(VENV) scripts/setup.sh
@@ -21,6 +21,10 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
 docs: $(STAMP)
 	$(VENV)/bin/python -m kdhub_methods._table > docs/methods.md
 	$(VENV)/bin/python -m kdhub.config > docs/config.md
+	$(VENV)/bin/python -m kdhub.reference policies docs/policies.md

@@ -1,8 +1,10 @@
 """kdhub's loop against a hand-written KD loop on the same data, models and steps.
 
 Reports images/s of both, measured alternately in one process, and their ratio (kdhub / hand-written).
-The hand-written loop is what a careful user would write: data on the device, the same on-device
-augmentation, teacher in eval without gradients, one optimizer step per batch, no per-step sync.
+The hand-written loop (``benchmarks/_common.py``) is what a careful user would write: data on the
+device, the same on-device augmentation, teacher in eval without gradients, one optimizer step per
+batch, no per-step sync. The thread count in effect is reported (``--threads``, else kdhub's rule:
+``$KDHUB_THREADS``, ``$OMP_NUM_THREADS``, the cores available).
 
     .venv/bin/python benchmarks/engine_overhead.py --student resnet8 --teacher resnet20 --steps 30
 """
@@ -12,81 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
-import torch.nn.functional as F
+from _common import HandLoop, kd_config, kdhub_epoch
 
 import kdhub
 from kdhub.config import parse_config
-from kdhub.engine.data import augment
 from kdhub.engine.loop import Trainer, pick_device
-
-
-def config(args: argparse.Namespace) -> dict:
-    return {
-        "seed": 0,
-        "epochs": 1,
-        "data": {
-            "name": "synthetic",
-            "options": {
-                "num_classes": 100,
-                "image_size": 32,
-                "train_size": args.batch * args.steps,
-                "test_size": 64,
-                "crop_padding": 4,
-                "horizontal_flip": True,
-            },
-            "batch_size": args.batch,
-        },
-        "student": args.student,
-        "teacher": {"name": args.teacher},
-        "ce_weight": 0.1,
-        "methods": [{"name": "kd", "weight": 0.9, "options": {"temperature": 4}}],
-        "metrics": [],
-        "train": {"progress": False, "device": args.device, "amp": args.amp},
-    }
-
-
-def hand_written(trainer: Trainer) -> float:
-    """One epoch of a plain KD loop over the trainer's own data and models; returns images/s."""
-    data, student, teacher = trainer.data, trainer.student, trainer.teacher
-    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    split = data.splits["train"]  # the in-memory data path: the hand loop reads its tensors directly
-    gen = torch.Generator(device=data.device).manual_seed(0)
-    order = torch.randperm(len(split), device=data.device, generator=gen)
-    bs = trainer.batch_size
-    _sync(data.device)
-    start = time.perf_counter()
-    for i in range(0, len(split) - bs + 1, bs):
-        index = order[i : i + bs]
-        x = data.normalise(augment(split.images[index], data.bundle.augmentation, gen))
-        y = split.labels[index]
-        with torch.autocast(data.device.type, dtype=torch.bfloat16, enabled=trainer.config.train.amp == "bf16"):
-            s = student(x)
-            with torch.no_grad():
-                t = teacher(x)
-        s, t = s.float(), t.float()
-        kd = F.kl_div(F.log_softmax(s / 4, 1), F.log_softmax(t / 4, 1), reduction="batchmean", log_target=True) * 16
-        loss = 0.1 * F.cross_entropy(s, y) + 0.9 * kd
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    _sync(data.device)
-    return len(split) / (time.perf_counter() - start)
-
-
-def kdhub_epoch(trainer: Trainer, epoch: int) -> float:
-    _sync(trainer.device)
-    start = time.perf_counter()
-    trainer._train_epoch(epoch)
-    _sync(trainer.device)
-    return trainer.data.size("train") / (time.perf_counter() - start)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -98,16 +32,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="none", choices=["none", "bf16"])
+    parser.add_argument("--threads", type=int, default=None, help="train.threads (default: kdhub's rule)")
     args = parser.parse_args()
-    trainer = Trainer(parse_config(config(args)))
+    cfg = kd_config(args.student, args.teacher, args.batch, args.steps, args.device, args.amp)
+    cfg["train"]["threads"] = args.threads
+    trainer = Trainer(parse_config(cfg))
+    hand = HandLoop(trainer)
     kdhub_epoch(trainer, 1)  # warm-up both paths
-    hand_written(trainer)
+    hand.epoch()
     ours, theirs = [], []
     for r in range(args.repeats):
         ours.append(kdhub_epoch(trainer, r + 2))
-        theirs.append(hand_written(trainer))
+        theirs.append(hand.epoch())
     result = {
         "device": str(pick_device(args.device)),
+        "threads": torch.get_num_threads(),
         "pair": f"{args.teacher}->{args.student}",
         "batch": args.batch,
         "steps": args.steps,
@@ -116,6 +55,7 @@ def main() -> None:
         "ratio": statistics.median(ours) / statistics.median(theirs),
         "kdhub_version": kdhub.__version__,
     }
+    trainer.close()
     print(json.dumps(result, indent=2))
 
 

@@ -4,29 +4,46 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdhub.base import EpochOrFraction, Options, Plugin, resolve_epoch
+from kdhub.base import EpochOrFraction, FiniteFloat, Options, Plugin, resolve_epoch
+from kdhub.command import Command
 from kdhub.dataset import Augmentation, DataBundle, Dataset, TensorSplit
-from kdhub.errors import ConfigError, IncompatibleError, KdhubError, PluginLoadError, PluginNotFoundError
+from kdhub.errors import (
+    ConfigError,
+    DivergedError,
+    IncompatibleError,
+    KdhubError,
+    PluginLoadError,
+    PluginNotFoundError,
+    RunFailedError,
+)
 from kdhub.hookspecs import hookimpl
 from kdhub.method import LossValue, Method, SetupContext, StepOutputs
 from kdhub.metric import EvalBatch, Metric, MetricContext, MetricResult
 from kdhub.model import FEATURE_ROLES, Model
+from kdhub.outputs import Outputs
 from kdhub.plugins import plugin_classes
 from kdhub.policy import EpochAction, EpochReport, Policy, PolicyContext, StepPlan
 from kdhub.runlog import MemoryLog, RunLog, Table
+from kdhub.runview import RunView
+from kdhub.tables import AGREEMENT, PER_CLASS_ACCURACY, TableSchema
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AGREEMENT",
     "FEATURE_ROLES",
+    "PER_CLASS_ACCURACY",
     "Augmentation",
+    "Command",
     "ConfigError",
     "DataBundle",
     "Dataset",
+    "DivergedError",
     "EpochAction",
     "EpochOrFraction",
     "EpochReport",
     "EvalBatch",
+    "FiniteFloat",
     "IncompatibleError",
     "KdhubError",
     "LossValue",
@@ -37,16 +54,20 @@ __all__ = [
     "MetricResult",
     "Model",
     "Options",
+    "Outputs",
     "Plugin",
     "PluginLoadError",
     "PluginNotFoundError",
     "Policy",
     "PolicyContext",
+    "RunFailedError",
     "RunLog",
+    "RunView",
     "SetupContext",
     "StepOutputs",
     "StepPlan",
     "Table",
+    "TableSchema",
     "TensorSplit",
     "__version__",
     "create",

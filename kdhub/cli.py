@@ -1,15 +1,17 @@
-"""The ``kdhub`` command: run configs, look plugins up, run the demo, compare runs."""
+"""The ``kdhub`` command: run configs and studies, look plugins up, run the demo, export and evaluate students;
+plugins add more commands (``kdhub compare``)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from typing import Any
 
-from kdhub.compare import add_compare_parser
-from kdhub.errors import KdhubError
+from kdhub import evaluate, export
+from kdhub.errors import KdhubError, Terminated
 
 EXIT_USAGE = 2
 
@@ -20,24 +22,75 @@ def _registry() -> Any:
     return get_registry()
 
 
+def _warn_load_failures() -> None:
+    """One line per plugin that failed to load (``kdhub plugins`` tells why)."""
+    from kdhub.plugins import load_failures
+
+    for failure in load_failures():
+        print(
+            f"kdhub: warning: plugin {failure.entry_point!r} from {failure.distribution} failed to load "
+            f"({failure.error.splitlines()[0][:160]}); `kdhub plugins` for details",
+            file=sys.stderr,
+        )
+
+
+def prepare_run(config_file: str | None, overrides: list[str], resume: str | None, uri: str | None) -> Any:
+    """The validated RunConfig of ``kdhub run``, checked before any data is loaded or run started.
+
+    With ``resume``, the run must exist, not be deleted or FINISHED, and a config (file or
+    ``--set``) may change only the resumable keys (:data:`kdhub.config.RESUMABLE`).
+    """
+    from kdhub.config import apply_overrides, check_resume, load_config, parse_config, resolve_plugins
+    from kdhub.tracking import check_reference, check_resumable, load_run_config, uri_problem
+
+    if uri is not None:
+        problem = uri_problem(uri)
+        if problem:
+            raise KdhubError(f"--tracking-uri: {problem}")
+    if not config_file and not resume:
+        raise KdhubError("run: give a CONFIG file, or --resume RUN_ID")
+    config = load_config(config_file, overrides) if config_file else None
+    if config is not None and uri:
+        config.tracking.uri = uri
+    if resume:
+        store = uri or (config.tracking.uri if config is not None else None)
+        check_resumable(resume, store)
+        logged = load_run_config(resume, store)
+        if config is None:
+            config = parse_config(apply_overrides(logged, overrides), "resumed run")
+            if uri:
+                config.tracking.uri = uri
+        check_resume(config, logged, resume)
+    if config is None:  # unreachable: a config file or --resume was given
+        raise KdhubError("run: give a CONFIG file, or --resume RUN_ID")
+    resolve_plugins(config, _registry())
+    if config.teacher is not None and config.teacher.weights:
+        check_reference(config.teacher.weights, config.tracking.uri, "teacher.weights")
+    return config
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from kdhub.config import load_config, parse_config
     from kdhub.engine.loop import run
 
-    if args.config:
-        config = load_config(args.config, args.set)
-    elif args.resume:
-        from kdhub.config import apply_overrides
-        from kdhub.tracking import load_run_config
-
-        config = parse_config(apply_overrides(load_run_config(args.resume, args.tracking_uri), args.set), "resumed run")
-    else:
-        raise KdhubError("run: give a CONFIG file, or --resume RUN_ID")
-    if args.tracking_uri:
-        config.tracking.uri = args.tracking_uri
+    _registry()
+    _warn_load_failures()
+    config = prepare_run(args.config, args.set, args.resume, args.tracking_uri)
     result = run(config, resume_run_id=args.resume)
     if result.run_id is not None:  # only the logging process (rank 0) reports
         print(f"run {result.run_id}: test accuracy last {result.last_acc:.2f}%, best {result.best_acc:.2f}%")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from kdhub.tracking import running_runs
+
+    runs = [r for r in running_runs(args.tracking_uri, args.experiment) if not (args.stale and r["alive"])]
+    if not runs:
+        print("no stale run: every RUNNING run's process is alive" if args.stale else "no RUNNING run")
+        return 0
+    for run in runs:
+        state = "alive" if run["alive"] else f"stale; resume: kdhub run --resume {run['run_id']}"
+        print(f"{run['run_id']}  {run['name']}  ({run['why']})  {state}")
     return 0
 
 
@@ -54,6 +107,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                     "version": i.version,
                     "module": i.module,
                     "registers": i.registered,
+                    "hooks": i.hooks,
                 }
                 for i in infos
             ],
@@ -62,14 +116,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             ],
         }
         print(json.dumps(payload, indent=2))
-        return 0
+        return 1 if failures else 0
     for info in infos:
         print(f"{info.distribution} {info.version}  [{info.name} = {info.module}]")
         for kind, names in info.registered.items():
             print(f"  {kind}: {', '.join(names)}")
+        if info.hooks:
+            print(f"  hooks: {', '.join(h.removeprefix('kdhub_') for h in info.hooks)}")
+        if not info.registered and not info.hooks:
+            print("  (registers nothing and implements no hook)")
     for failure in failures:
         print(f"FAILED {failure.distribution} [{failure.entry_point}]: {failure.error}")
-    return 0
+    return 1 if failures else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -80,57 +138,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _type_text(annotation: Any) -> str:
-    import types
-    from typing import Annotated, Literal, Union, get_args, get_origin
-
-    origin = get_origin(annotation)
-    if origin is Literal:
-        return " | ".join(str(a) for a in get_args(annotation))
-    if origin is Annotated:
-        return _type_text(get_args(annotation)[0])
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_text(a) for a in get_args(annotation))
-    if annotation is type(None):
-        return "None"
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def option_rows(options_model: type) -> list[tuple[str, str, str, str, str]]:
-    """(name, type, default, bounds, description) for every field of a pydantic options model."""
-    rows = []
-    for name, field in options_model.model_fields.items():
-        annotation = _type_text(field.annotation)
-        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
-        bounds = []
-        for meta in field.metadata:
-            for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "len >=")):
-                value = getattr(meta, attr, None)
-                if value is not None:
-                    bounds.append(f"{symbol} {value}")
-        rows.append((name, annotation, default, ", ".join(bounds), field.description or ""))
-    return rows
-
-
 def cmd_show(args: argparse.Namespace) -> int:
+    from kdhub.reference import capabilities, option_rows
+
     entry = _registry().entry(args.kind, args.name)
     cls = entry.cls
     print(f"{args.kind} {entry.name}  (from {entry.origin}, {cls.__module__}.{cls.__name__})\n")
     print((cls.__doc__ or "").strip().replace("\n    ", "\n"))
-    facts = []
-    for attr in (
-        "per_sample",
-        "output_based",
-        "feature_roles",
-        "needs_teacher",
-        "default_weight",
-        "wants_class_losses",
-    ):
-        if hasattr(cls, attr):
-            facts.append(f"{attr}={getattr(cls, attr)!r}")
+    facts = capabilities(cls)
     if facts:
-        print("\n" + "  ".join(facts))
-    rows = option_rows(cls.Options)
+        print("\n" + "  ".join(f"{k}={v!r}" for k, v in facts.items()))
+    rows = [(r.name, r.type, r.default, r.bounds, r.description) for r in option_rows(cls.Options)]
     print("\noptions:" if rows else "\noptions: none")
     widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else []
     for row in rows:
@@ -253,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("runs", help="the RUNNING runs, and whether their process is alive or gone (stale)")
+    p.add_argument("--stale", action="store_true", help="only the runs whose process is gone (killed, machine lost)")
+    p.add_argument("--experiment", help="only this MLflow experiment (default: all)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.set_defaults(func=cmd_runs)
+
     p = sub.add_parser("plugins", help="list the installed plugins, what they register and load errors")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plugins)
@@ -288,22 +312,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     p.set_defaults(func=cmd_demo)
 
-    add_compare_parser(sub)
+    export.add_parser(sub)
+    evaluate.add_parser(sub)
+    _add_plugin_commands(sub)
     return parser
 
 
+def _add_plugin_commands(sub: Any) -> None:
+    """A subcommand for every registered command plugin (``kdhub compare`` ...); built-in names win."""
+    taken = set(sub.choices)
+    for entry in _registry().entries("command"):
+        if entry.name in taken:
+            print(
+                f"kdhub: warning: command {entry.name!r} from {entry.origin} clashes with a built-in command; skipped",
+                file=sys.stderr,
+            )
+            continue
+        command = entry.cls()
+        p = sub.add_parser(entry.name, help=entry.cls.help or entry.cls.summary())
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except KdhubError as err:
-        message = str(err)
-        print(f"kdhub: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("kdhub: interrupted", file=sys.stderr)
-        return 130
+        try:
+            args = build_parser().parse_args(argv)  # loads the plugins: they may add commands
+            code = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+            return code
+        except KdhubError as err:
+            print(f"kdhub: error: {err}", file=sys.stderr)
+            return err.exit_code
+        except Terminated:
+            print("kdhub: terminated (SIGTERM); the run can be resumed", file=sys.stderr)
+            return 143
+        except KeyboardInterrupt:
+            print("kdhub: interrupted", file=sys.stderr)
+            return 130
+    except BrokenPipeError:
+        # the reader (``| head``) went away: stop quietly, and keep Python from complaining at exit
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

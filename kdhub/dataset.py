@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -53,6 +54,8 @@ class DataBundle:
     std: tuple[float, ...]
     augmentation: Augmentation = field(default_factory=Augmentation)
     class_names: list[str] = field(default_factory=list)
+    source: str = ""
+    """Where the data came from (a folder, a URL, a loader), recorded with the run; default the dataset's name."""
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -72,5 +75,9 @@ class Dataset(Plugin):
 
     kind: ClassVar[str] = "dataset"
 
+    @abstractmethod
     def load(self) -> DataBundle:
-        raise NotImplementedError
+        """The train and test splits (uint8 images on the CPU) with classes, normalisation and augmentation.
+
+        Raise :class:`kdhub.KdhubError` with one line naming the file or folder for bad data.
+        """

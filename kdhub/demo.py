@@ -10,6 +10,7 @@ import yaml
 
 from kdhub.config import parse_config
 from kdhub.engine.loop import RunResult, run
+from kdhub.tables import PER_CLASS_ACCURACY
 from kdhub.tracking import load_table, tracking_uri
 
 __all__ = ["demo", "demo_configs"]
@@ -37,7 +38,7 @@ def demo(epochs: int | None = None, tracking_uri: str | None = None) -> dict[str
         print(f"== {name}: {config['tracking']['run_name']}")
         results[name] = run(parse_config(config))
     uri = configs["teacher"]["tracking"]["uri"]
-    tables = {name: load_table(r.run_id, "test/per_class_accuracy", uri) for name, r in results.items()}
+    tables = {name: load_table(str(r.run_id), PER_CLASS_ACCURACY.key("test"), uri) for name, r in results.items()}
     print(report(tables, results))
     print(f"\nAll three runs are in the MLflow store {uri} (experiment 'kdhub-demo'). Open the UI with:")
     print(f"  mlflow ui --backend-store-uri {uri}")

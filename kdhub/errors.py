@@ -1,10 +1,15 @@
-"""The exceptions kdhub raises for bad input; the CLI turns each into one line and exit code 2."""
+"""The exceptions kdhub raises; the CLI turns each into one line and its ``exit_code`` (2 for bad input)."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 
 class KdhubError(Exception):
     """Base of every user-facing kdhub error."""
+
+    exit_code: int = 2
 
 
 class ConfigError(KdhubError):
@@ -24,3 +29,44 @@ class PluginLoadError(KdhubError):
 
 class IncompatibleError(KdhubError):
     """A plugin needs something the chosen models or data cannot give (found at config time)."""
+
+
+class RunFailedError(KdhubError):
+    """A run started but could not finish (it is marked FAILED in MLflow with this message)."""
+
+    exit_code = 1
+
+
+class DivergedError(RunFailedError):
+    """A loss term or the weights became NaN or infinite; the checkpoints of earlier epochs are kept."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process received SIGTERM (a scheduler's or ``kill``'s stop): handled like Ctrl-C, the run ends KILLED."""
+
+
+@contextlib.contextmanager
+def plugin_errors(path: str, kind: str, name: str) -> Iterator[None]:
+    """Name the config path of a plugin in what its ``load()`` / ``build()`` raises.
+
+    A KdhubError whose message starts with ``options.`` gets the path prepended
+    (``student.options.pretrained: ...``); any other one is prefixed with ``path: ``. Any other
+    exception becomes a one-line KdhubError naming the plugin (the original is its ``__cause__``).
+    """
+    try:
+        yield
+    except KdhubError as err:
+        message = str(err)
+        if message.startswith(f"{path}.") or message.startswith(f"{path}:"):
+            raise
+        prefixed = f"{path}.{message}" if message.startswith("options.") else f"{path}: {message}"
+        try:
+            renamed = type(err)(prefixed)
+        except TypeError:
+            renamed = KdhubError(prefixed)
+        raise renamed from None
+    except MemoryError:
+        raise KdhubError(f"{path}: {kind} {name!r} ran out of memory (choose smaller options)") from None
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise KdhubError(f"{path}: {kind} {name!r} failed: {type(err).__name__}: {first}") from err

@@ -6,15 +6,19 @@ Register hooks receive a ``register`` callable; call it once per plugin class::
     def kdhub_register_methods(register):
         register(MyMethod)
 
-Lifecycle hooks observe runs; they may raise to abort a run.
+Lifecycle hooks observe runs through a read-only :class:`kdhub.RunView`; they may raise to stop a
+run (``KeyboardInterrupt``: KILLED, anything else: FAILED).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pluggy
+
+if TYPE_CHECKING:
+    from kdhub.runview import RunView
 
 hookspec = pluggy.HookspecMarker("kdhub")
 hookimpl = pluggy.HookimplMarker("kdhub")
@@ -48,18 +52,23 @@ def kdhub_register_datasets(register: Register) -> None:
 
 
 @hookspec
-def kdhub_run_started(run: Any) -> None:
-    """A run is about to train. ``run`` has ``config``, ``run_id`` and ``epoch`` (0, or the resumed epoch)."""
+def kdhub_register_commands(register: Register) -> None:
+    """Register ``kdhub`` subcommands (subclasses of ``kdhub.Command``)."""
 
 
 @hookspec
-def kdhub_epoch_ended(run: Any, epoch: int, metrics: dict[str, float]) -> None:
-    """An epoch ended (checkpoint written); ``metrics`` are the values logged for it."""
+def kdhub_run_started(run: RunView) -> None:
+    """A run is about to train; ``run.epoch`` is 0, or the epoch a resumed run continues after."""
 
 
 @hookspec
-def kdhub_run_finished(run: Any, status: str, error: BaseException | None) -> None:
-    """A run ended with ``status`` FINISHED, FAILED or KILLED."""
+def kdhub_epoch_ended(run: RunView, epoch: int, metrics: dict[str, float]) -> None:
+    """An epoch ended: its checkpoint is written and ``metrics`` (the values logged for it) are in MLflow."""
+
+
+@hookspec
+def kdhub_run_finished(run: RunView, status: str, error: BaseException | None) -> None:
+    """A run ended with ``status`` FINISHED, FAILED or KILLED (``error`` says why)."""
 
 
 REGISTER_HOOKS: dict[str, str] = {
@@ -68,4 +77,5 @@ REGISTER_HOOKS: dict[str, str] = {
     "metric": "kdhub_register_metrics",
     "model": "kdhub_register_models",
     "dataset": "kdhub_register_datasets",
+    "command": "kdhub_register_commands",
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -9,29 +10,20 @@ import torch
 from torch import Tensor, nn
 
 from kdhub.base import Plugin
+from kdhub.outputs import EvalBatch
 from kdhub.runlog import Table
+from kdhub.tables import TableSchema
 
 __all__ = ["EvalBatch", "Metric", "MetricContext", "MetricResult"]
 
 
-@dataclass
-class EvalBatch:
-    """One evaluation batch: both models in eval mode, no augmentation, no gradients."""
-
-    student_logits: Tensor
-    teacher_logits: Tensor | None
-    labels: Tensor
-    indices: Tensor
-    student_features: dict[str, list[Tensor]] = field(default_factory=dict)
-    teacher_features: dict[str, list[Tensor]] = field(default_factory=dict)
-
-
-@dataclass
+@dataclass(kw_only=True)
 class MetricContext:
     """What a metric knows about the evaluation it is about to see.
 
     ``student_shapes`` / ``teacher_shapes`` are the per-sample feature shapes by role (from the dry
     run), so accumulators can be sized before the first batch (a process may see no batch).
+    ``num_samples`` is the split's size and ``batch_size`` the evaluation batch size (0 = unknown).
     """
 
     num_classes: int
@@ -42,10 +34,10 @@ class MetricContext:
     student: nn.Module
     teacher: nn.Module | None = None
     num_samples: int = 0
+    batch_size: int = 0
     seed: int = 0
     student_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
     teacher_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_teacher(self) -> bool:
@@ -54,7 +46,7 @@ class MetricContext:
 
 @dataclass
 class MetricResult:
-    """Scalars (logged as ``<split>/<name>``), tables (artifacts) and matplotlib figures."""
+    """Scalars (logged as ``<split>/<name>/<key>``), tables (artifacts) and matplotlib figures."""
 
     scalars: dict[str, float] = field(default_factory=dict)
     tables: dict[str, Table] = field(default_factory=dict)
@@ -68,29 +60,37 @@ class Metric(Plugin):
     sums ``accumulators()`` across processes (in place) and calls ``compute()``. Keep
     accumulators as tensors (counts, sums, confusion matrices) so that summing is correct.
     ``start(ctx)`` is called once before training (e.g. to remember initial weights).
+    ``kdhub.testing.check_metric`` checks a metric against the engine's own evaluation.
+
+    Capabilities (class defaults; a property where an option decides): ``needs_teacher`` and
+    ``feature_roles`` (roles needed from both models in evaluation). ``tables`` names the
+    shared tables (:mod:`kdhub.tables`) the metric logs.
     """
 
     kind: ClassVar[str] = "metric"
-    needs_teacher: ClassVar[bool] = False
-
-    def feature_roles(self) -> tuple[str, ...]:
-        """Feature roles this metric needs from both models in evaluation."""
-        return ()
+    CAPABILITIES: ClassVar[tuple[str, ...]] = ("needs_teacher", "feature_roles", "tables")
+    tables: ClassVar[tuple[TableSchema, ...]] = ()
+    needs_teacher: bool = False
+    feature_roles: tuple[str, ...] = ()
 
     def start(self, ctx: MetricContext) -> None:
         """Called once before training begins."""
 
     def reset(self, ctx: MetricContext) -> None:
+        """Start a new evaluation: size the accumulators (zeros) from ``ctx`` before any batch."""
         self.ctx = ctx
 
+    @abstractmethod
     def update(self, batch: EvalBatch) -> None:
-        raise NotImplementedError
+        """Add one batch to the accumulators, on the device and without waiting for it (no ``.item()``)."""
 
     def accumulators(self) -> dict[str, Tensor]:
+        """The tensors the engine sums across processes before :meth:`compute` (in place)."""
         return {}
 
+    @abstractmethod
     def compute(self) -> MetricResult:
-        raise NotImplementedError
+        """The result from the (summed) accumulators; a process that saw no batch still has them."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import ClassVar
 
 from torch import nn
@@ -26,12 +27,20 @@ class Model(Plugin):
 
     ``taps(net)`` maps a role to module names of ``net``; a name taps the module's output, and
     ``"<name>:input"`` taps its input (e.g. the input of a final ReLU is the pre-activation).
+
+    ``feature_roles`` (a class default; a property where an option decides) lists the roles the
+    model provides, so a config asking for others is refused before anything is built; ``None``
+    means "known only once built" (e.g. timm models), checked when the run builds the model.
     """
 
     kind: ClassVar[str] = "model"
+    CAPABILITIES: ClassVar[tuple[str, ...]] = ("feature_roles",)
+    feature_roles: tuple[str, ...] | None = None
 
+    @abstractmethod
     def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-        raise NotImplementedError
+        """A new network (random weights) for the data's classes, channels and image size."""
 
     def taps(self, net: nn.Module) -> dict[str, list[str]]:
+        """Feature role -> names of ``net``'s modules whose outputs (or ``name:input``) are the features."""
         return {}

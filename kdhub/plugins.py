@@ -4,6 +4,10 @@
   ``KDHUB_STRICT_PLUGINS=1`` makes it fatal.
 - ``KDHUB_LOAD_PLUGINS=a,b`` loads only those distributions besides the built-ins;
   ``KDHUB_LOAD_PLUGINS=""`` loads the built-ins only.
+- ``KDHUB_TRACE_PLUGINS=1`` prints the traceback of every load failure to stderr.
+- Each ``register(cls)`` call is checked on its own: a refused class is recorded as a failure and
+  the plugin's later ``register`` calls still happen (the outcome never depends on the order).
+- A lifecycle hook that raises ends the run FAILED with a :class:`PluginHookError` naming the plugin.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import importlib
 import inspect
 import os
 import pkgutil
+import sys
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,13 +27,14 @@ from typing import Any
 import pluggy
 
 from kdhub import hookspecs
-from kdhub.errors import PluginLoadError
+from kdhub.errors import KdhubError, PluginLoadError
 from kdhub.registry import Registry
 
 __all__ = [
+    "LIFECYCLE_HOOKS",
     "LoadFailure",
+    "PluginHookError",
     "PluginInfo",
-    "get_manager",
     "get_registry",
     "load_failures",
     "loaded_plugins",
@@ -40,6 +46,11 @@ __all__ = [
 
 GROUP = "kdhub"
 BUILTIN_DISTRIBUTION = "kdhub"
+LIFECYCLE_HOOKS = ("kdhub_run_started", "kdhub_epoch_ended", "kdhub_run_finished")
+
+
+class PluginHookError(KdhubError):
+    """A plugin's lifecycle hook raised; the message names the plugin and the hook."""
 
 
 @dataclass
@@ -59,6 +70,7 @@ class PluginInfo:
     version: str
     module: str
     registered: dict[str, list[str]] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,10 +99,22 @@ def _selected() -> set[str] | None:
     return {_normalise(n) for n in raw.split(",") if n.strip()} | {BUILTIN_DISTRIBUTION}
 
 
+def _trace() -> bool:
+    return os.environ.get("KDHUB_TRACE_PLUGINS", "") not in ("", "0", "false", "False")
+
+
 def _fail(state: _State, failure: LoadFailure) -> None:
+    if _trace() and failure.detail:
+        print(
+            f"kdhub: plugin {failure.entry_point!r} from {failure.distribution}: {failure.error}\n{failure.detail}",
+            file=sys.stderr,
+        )
     if _strict():
         raise PluginLoadError(f"plugin {failure.entry_point!r} from {failure.distribution}: {failure.error}")
     state.failures.append(failure)
+    state.registry.load_errors.append(
+        f"plugin {failure.entry_point!r} from {failure.distribution} failed to load: `kdhub plugins` says why"
+    )
 
 
 def _new_state() -> _State:
@@ -133,18 +157,34 @@ def _register(state: _State, module: Any, name: str, dist: str, version: str) ->
         )
         return
     info = PluginInfo(name, dist, version, getattr(module, "__name__", repr(module)))
+    for hook_name in LIFECYCLE_HOOKS:
+        if any(i.plugin is module for i in getattr(state.manager.hook, hook_name).get_hookimpls()):
+            info.hooks.append(hook_name)
     for kind, hook_name in hookspecs.REGISTER_HOOKS.items():
         impls = [i for i in getattr(state.manager.hook, hook_name).get_hookimpls() if i.plugin is module]
         if not impls:
             continue
         added: list[str] = []
 
-        def register(cls: type, kind: str = kind, added: list[str] = added) -> None:
-            state.registry.add(kind, cls, dist, version)
+        def register(cls: type[Any], kind: str = kind, added: list[str] = added, hook_name: str = hook_name) -> None:
+            # every call stands alone: a refused class is recorded, the plugin's next calls still happen
+            try:
+                state.registry.add(kind, cls, dist, version)
+            except Exception as err:
+                what = getattr(cls, "__name__", None) or type(cls).__name__
+                _fail(
+                    state,
+                    LoadFailure(
+                        dist, name, f"{hook_name}: {what} refused: {type(err).__name__}: {err}", traceback.format_exc()
+                    ),
+                )
+                return
             added.append(cls.name)
 
         try:
             impls[0].function(register=register)
+        except PluginLoadError:
+            raise
         except Exception as err:
             _fail(
                 state,
@@ -167,10 +207,6 @@ def get_registry() -> Registry:
     return _get().registry
 
 
-def get_manager() -> pluggy.PluginManager:
-    return _get().manager
-
-
 def load_failures() -> list[LoadFailure]:
     return list(_get().failures)
 
@@ -187,7 +223,7 @@ def reset() -> None:
 
 def register_module(module: Any, name: str | None = None, distribution: str = "local") -> None:
     """Register a module or object with hook implementations by hand (notebooks, tests)."""
-    _register(_get(), module, name or getattr(module, "__name__", repr(module)), distribution, "")
+    _register(_get(), module, name or str(getattr(module, "__name__", repr(module))), distribution, "")
 
 
 def unregister(name: str, distribution: str = "local") -> None:
@@ -197,11 +233,38 @@ def unregister(name: str, distribution: str = "local") -> None:
 
 
 def notify(hook: str, **kwargs: Any) -> None:
-    """Call a lifecycle hook (``run_started``, ``epoch_ended``, ``run_finished``) on every plugin."""
-    getattr(_get().manager.hook, f"kdhub_{hook}")(**kwargs)
+    """Call a lifecycle hook (``run_started``, ``epoch_ended``, ``run_finished``) on every plugin.
+
+    The implementations run in pluggy's order (last registered first). One that raises stops the
+    call with a one-line :class:`PluginHookError` naming the plugin and its distribution (the
+    original exception is its ``__cause__``; ``KDHUB_TRACE_PLUGINS=1`` prints its traceback).
+    """
+    caller = getattr(_get().manager.hook, f"kdhub_{hook}")
+    impls = caller.get_hookimpls()
+    if any(i.hookwrapper or getattr(i, "wrapper", False) for i in impls):  # pluggy must drive wrappers
+        try:
+            caller(**kwargs)
+        except Exception as err:
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise PluginHookError(f"a plugin's kdhub_{hook} raised {type(err).__name__}: {first}") from err
+        return
+    for impl in reversed(impls):
+        arguments = {k: kwargs[k] for k in impl.argnames if k in kwargs}
+        try:
+            impl.function(**arguments)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:
+            plugin = impl.plugin_name or "?"
+            dist, _, entry = plugin.partition(":")
+            where = f"plugin {entry!r} from {dist}" if entry else f"plugin {plugin!r}"
+            if _trace():
+                traceback.print_exc()
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise PluginHookError(f"{where}: kdhub_{hook} raised {type(err).__name__}: {first}") from err
 
 
-def plugin_classes(package: str | ModuleType, base: type) -> Iterator[type]:
+def plugin_classes(package: str | ModuleType, base: type[Any]) -> Iterator[type[Any]]:
     """Every named subclass of ``base`` defined in the submodules of ``package``, by module name.
 
     Built-in plugin packages use it in their register hooks so that a new module is picked up
@@ -213,5 +276,5 @@ def plugin_classes(package: str | ModuleType, base: type) -> Iterator[type]:
             continue
         module = importlib.import_module(f"{pkg.__name__}.{info.name}")
         for _, obj in inspect.getmembers(module, inspect.isclass):
-            if issubclass(obj, base) and obj.__module__ == module.__name__ and getattr(obj, "name", ""):
+            if issubclass(obj, base) and obj.__module__ == module.__name__ and obj.__dict__.get("name"):
                 yield obj

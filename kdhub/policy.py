@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from kdhub.base import Plugin
-from kdhub.method import StepOutputs
+from kdhub.outputs import StepOutputs
 from kdhub.runlog import RunLog
 
 __all__ = ["EpochAction", "EpochReport", "Policy", "PolicyContext", "StepPlan"]
@@ -19,12 +20,13 @@ __all__ = ["EpochAction", "EpochReport", "Policy", "PolicyContext", "StepPlan"]
 class StepPlan:
     """A policy's decision for one step.
 
-    ``kd_weight`` multiplies every method's weight; ``class_mask`` (bool ``[C]`` on the training
-    device, None = all) selects the taught classes; ``teacher_scale`` multiplies the teacher's
-    logits before the methods see them.
+    ``ce_weight`` is the weight of the cross-entropy term (None, the default: the run's
+    ``ce_weight``); ``kd_weight`` multiplies every method's weight; ``class_mask`` (bool ``[C]`` on
+    the training device, None = all) selects the taught classes; ``teacher_scale`` multiplies the
+    teacher's logits before the methods see them. A bare ``StepPlan()`` trains as the run says.
     """
 
-    ce_weight: float = 1.0
+    ce_weight: float | None = None
     kd_weight: float = 1.0
     class_mask: Tensor | None = None
     teacher_scale: float | None = None
@@ -38,8 +40,10 @@ class EpochAction:
     reset_optimizer: bool = False
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PolicyContext:
+    """What a policy knows about the run, once, before training."""
+
     epochs: int
     steps_per_epoch: int
     num_classes: int
@@ -51,7 +55,7 @@ class PolicyContext:
     method_names: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EpochReport:
     """What the engine tells a policy after each epoch (epochs count from 1).
 
@@ -64,22 +68,32 @@ class EpochReport:
     val_accuracy: float | None = None
     test_accuracy: float | None = None
     class_losses: Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Policy(Plugin):
-    """Base of every policy. ``plan`` is called every step and must not synchronise with the device."""
+    """Base of every policy. ``plan`` is called every step and must not synchronise with the device.
+
+    Capabilities (class defaults; a property where an option decides): ``needs_validation`` (a
+    validation split is required), ``wants_class_losses`` (per-class validation losses in each
+    :class:`EpochReport`) and ``needs_methods`` (the run must have a distillation method).
+    """
 
     kind: ClassVar[str] = "policy"
-    wants_class_losses: ClassVar[bool] = False
-    needs_validation: ClassVar[bool] = False
+    CAPABILITIES: ClassVar[tuple[str, ...]] = ("needs_validation", "wants_class_losses", "needs_methods")
+    wants_class_losses: bool = False
+    needs_validation: bool = False
+    needs_methods: bool = False
 
     def setup(self, ctx: PolicyContext) -> None:
+        """Resolve options against the run (epoch counts, classes) before training."""
         self.ctx = ctx
 
+    @abstractmethod
     def plan(self, epoch: int, step: int) -> StepPlan:
-        """Loss weights and taught classes for ``step`` (global, from 0) of ``epoch`` (from 1)."""
-        raise NotImplementedError
+        """Loss weights and taught classes for ``step`` (global, from 0) of ``epoch`` (from 1).
+
+        Called every training step: return cached tensors, never wait for the device.
+        """
 
     def replacement_loss(self, out: StepOutputs) -> Tensor | None:
         """Per-sample loss ``[B]`` that replaces output-based methods for untaught samples (None = drop)."""
@@ -94,6 +108,8 @@ class Policy(Plugin):
         return method_losses
 
     def epoch_ended(self, report: EpochReport) -> EpochAction:
+        """Decide at the end of an epoch (after test and validation): update state, log, and ask for
+        a restore of the best checkpoint or a reset of the optimizer and schedule if needed."""
         return EpochAction()
 
     def state_dict(self) -> dict[str, Any]:

@@ -52,5 +52,44 @@ class MemoryLog:
     def text(self, name: str, text: str) -> None:
         self.texts[name] = text
 
-    def last(self, key: str) -> float:
-        return self.metric_history[key][-1][1]
+
+class EpochLog:
+    """A RunLog that holds metric values back until :meth:`flush` (tables, figures, params go straight through).
+
+    The engine hands it to plugins during an epoch and flushes it after the epoch's checkpoint
+    is written, so an epoch's metrics, its checkpoint and its files are one unit: a run killed
+    in between resumes without logging a step twice or losing one. Values logged without a step
+    take the epoch's (:meth:`at_step`).
+    """
+
+    def __init__(self, target: RunLog) -> None:
+        self.target = target
+        self.step: int | None = None
+        self.pending: dict[int | None, dict[str, float]] = {}
+
+    def at_step(self, step: int | None) -> None:
+        self.step = step
+
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        self.pending.setdefault(self.step if step is None else step, {}).update(values)
+
+    def params(self, values: dict[str, Any]) -> None:
+        self.target.params(values)
+
+    def table(self, name: str, data: Table) -> None:
+        self.target.table(name, data)
+
+    def figure(self, name: str, figure: Any) -> None:
+        self.target.figure(name, figure)
+
+    def text(self, name: str, text: str) -> None:
+        self.target.text(name, text)
+
+    def flush(self, skip: dict[str, int] | None = None) -> None:
+        """Log what is pending, one batch per step; ``skip`` maps a key to the last step already logged."""
+        for step, values in sorted(self.pending.items(), key=lambda item: -1 if item[0] is None else item[0]):
+            if skip:
+                values = {k: v for k, v in values.items() if step is None or step > skip.get(k, -1)}
+            if values:
+                self.target.metrics(values, step=step)
+        self.pending.clear()

@@ -1,27 +1,45 @@
-"""Test helpers for kdhub and for plugin authors: a tiny tapped network and a method check.
+"""Test helpers for kdhub and for plugin authors: a tiny tapped network, a method check and a metric check.
 
-from kdhub.testing import check_method
-check_method(MyMethod())          # shapes, finiteness, gradients, class-mask semantics
+from kdhub.testing import check_method, check_metric
+check_method(MyMethod())                    # shapes, finiteness, gradients, class-mask semantics
+check_metric(lambda: MyMetric())            # batching, all-reduce and empty-process invariance, via the engine
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from kdhub import plugins
+from kdhub.dataset import DataBundle, TensorSplit
+from kdhub.engine.data import DeviceData
+from kdhub.engine.distributed import DistEnv
+from kdhub.engine.evaluate import Evaluator, Tally
 from kdhub.engine.features import FeatureTaps, dry_run_shapes
-from kdhub.engine.losses import method_loss, split_terms
+from kdhub.engine.losses import method_loss, terms_of
+from kdhub.hookspecs import hookimpl
 from kdhub.method import Method, SetupContext, StepOutputs
+from kdhub.metric import Metric, MetricContext, MetricResult
 
 __all__ = [
     "TINY_TAPS",
     "MethodCheck",
     "TinyNet",
     "check_method",
+    "check_metric",
+    "evaluate_metric",
     "forward_outputs",
     "init_losses",
+    "interrupt_after",
+    "same_results",
     "setup_method",
     "test_batch",
 ]
@@ -67,7 +85,7 @@ TINY_TAPS: dict[str, list[str]] = {
 
 
 def test_batch() -> StepOutputs:
-    """ALGORITHMS.md's batch TB: z_s = [[1,2,3],[0,0,0]], z_t = [[3,2,1],[1,0,-1]], y = [2,0]."""
+    """Reference batch TB (docs/reference-values.md): z_s = [[1,2,3],[0,0,0]], z_t = [[3,2,1],[1,0,-1]], y = [2,0]."""
     return StepOutputs(
         student_logits=torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]),
         teacher_logits=torch.tensor([[3.0, 2.0, 1.0], [1.0, 0.0, -1.0]]),
@@ -137,7 +155,17 @@ def forward_outputs(
             t_feats = t_rec.collect()
     if indices is None:
         indices = torch.arange(len(labels))
-    return StepOutputs(s_logits, t_logits, labels, indices, epoch, 0, class_mask, s_feats, t_feats)
+    return StepOutputs(
+        student_logits=s_logits,
+        teacher_logits=t_logits,
+        labels=labels,
+        indices=indices,
+        epoch=epoch,
+        step=0,
+        class_mask=class_mask,
+        student_features=s_feats,
+        teacher_features=t_feats,
+    )
 
 
 @dataclass
@@ -176,12 +204,7 @@ def check_method(
     setup_method(method, student, teacher, student_taps, teacher_taps, images, num_classes, epochs=10)
     method.train()
     out = forward_outputs(method, student, teacher, student_taps, teacher_taps, images, labels, epoch=epoch)
-    raw = split_terms(method.loss(out))
-    for key, value in raw.items():
-        expected = (batch_size,) if method.per_sample else ()
-        assert tuple(value.shape) == expected, (
-            f"{method.name} term {key!r}: shape {tuple(value.shape)}, want {expected}"
-        )
+    for key, value in terms_of(method, out).items():  # the engine's own shape check
         assert torch.isfinite(value).all(), f"{method.name} term {key!r} is not finite"
     terms = method_loss(method, out)
     loss = torch.stack(list(terms.values())).sum()
@@ -200,15 +223,15 @@ def _check_class_mask(method: Method, out: StepOutputs, num_classes: int) -> Non
     mask = torch.ones(num_classes, dtype=torch.bool)
     mask[0] = False
     masked = StepOutputs(
-        leaves_logits,
-        out.teacher_logits,
-        out.labels,
-        out.indices,
-        out.epoch,
-        out.step,
-        mask,
-        leaves_feats,
-        out.teacher_features,
+        student_logits=leaves_logits,
+        teacher_logits=out.teacher_logits,
+        labels=out.labels,
+        indices=out.indices,
+        epoch=out.epoch,
+        step=out.step,
+        class_mask=mask,
+        student_features=leaves_feats,
+        teacher_features=out.teacher_features,
     )
     loss = torch.stack(list(method_loss(method, masked).values())).sum()
     inputs = [leaves_logits] + [t for v in leaves_feats.values() for t in v]
@@ -240,3 +263,215 @@ def init_losses(
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+# metrics ------------------------------------------------------------------------------------------
+
+
+def evaluate_metric(
+    make: Callable[[], Metric],
+    student: nn.Module,
+    teacher: nn.Module | None,
+    pixels: Tensor,
+    labels: Tensor,
+    *,
+    batch_size: int,
+    world_size: int = 1,
+    split: str = "test",
+    epoch: int = 1,
+    taps: dict[str, list[str]] | None = None,
+    num_classes: int | None = None,
+    start: bool = True,
+    mean: float = 0.5,
+    std: float = 0.25,
+) -> MetricResult:
+    """Evaluate a fresh metric from ``make`` as the engine does, on ``world_size`` simulated processes.
+
+    ``pixels`` (uint8 ``[N, C, H, W]``) and ``labels`` form the split; each simulated process has
+    its own model copies (one process uses the models given), metric and
+    :class:`~kdhub.engine.data.DeviceData` shard, and goes through the engine's
+    :class:`~kdhub.engine.evaluate.Evaluator` (a process may get no batch). Every accumulator is
+    then summed across the processes (the all-reduce) and the first one computes the result.
+    """
+    taps = taps if taps is not None else TINY_TAPS
+    num_classes = num_classes if num_classes is not None else int(labels.max()) + 1
+    channels = pixels.shape[1]
+    split_data = TensorSplit(pixels, labels)
+    bundle = DataBundle(
+        train=split_data, test=split_data, num_classes=num_classes, mean=(mean,) * channels, std=(std,) * channels
+    )
+    example = ((pixels[:2].float() / 255 - mean) / std).to(torch.float32)
+    tallies: list[Tally] = []
+    metrics: list[Metric] = []
+    for rank in range(world_size):
+        s = copy.deepcopy(student) if world_size > 1 else student
+        t = copy.deepcopy(teacher) if world_size > 1 and teacher is not None else teacher
+        if t is not None:
+            t.eval()
+        data = DeviceData(bundle, torch.device("cpu"), val_fraction=0.0, seed=0, rank=rank, world_size=world_size)
+        metric = make()
+        ctx = MetricContext(
+            num_classes=num_classes,
+            split=split,
+            epoch=epoch,
+            device=torch.device("cpu"),
+            class_names=[str(c) for c in range(num_classes)],
+            student=s,
+            teacher=t,
+            num_samples=len(labels),
+            batch_size=batch_size,
+            seed=0,
+            student_shapes=dry_run_shapes(s, taps, example)[0],
+            teacher_shapes=dry_run_shapes(t, taps, example)[0] if t is not None else {},
+        )
+        if start:
+            metric.start(ctx)
+        evaluator = Evaluator(
+            data=data,
+            student=s,
+            teacher=t,
+            student_taps=taps,
+            teacher_taps=taps,
+            teaching=[],
+            policy=None,
+            dist=DistEnv(rank, world_size),
+            device=torch.device("cpu"),
+            batch_size=batch_size,
+        )
+        tallies.append(evaluator.accumulate("test", [metric], ctx))
+        metrics.append(metric)
+    accumulators = [m.accumulators() for m in metrics]
+    for other in accumulators[1:]:
+        if list(other) != list(accumulators[0]) or any(other[k].shape != accumulators[0][k].shape for k in other):
+            raise AssertionError("processes hold different accumulators: the all-reduce would not match")
+    for group in [[a[key] for a in accumulators] for key in accumulators[0]] + [
+        list(ts) for ts in zip(*(t.tensors() for t in tallies), strict=True)
+    ]:
+        summed = torch.stack(group).sum(0)
+        for tensor in group:
+            tensor.copy_(summed)
+    return Evaluator.finish(tallies[0], metrics[:1]).results[0]
+
+
+def same_results(
+    first: MetricResult, second: MetricResult, skip: Callable[[str], bool] = lambda key: False, rel: float = 1e-6
+) -> None:
+    """Assert equal scalars and tables (NaN equals NaN); ``skip`` names keys or columns to ignore."""
+    assert set(first.scalars) == set(second.scalars), (sorted(first.scalars), sorted(second.scalars))
+    for key, value in first.scalars.items():
+        if not skip(key):
+            _same(value, second.scalars[key], rel, key)
+    assert set(first.tables) == set(second.tables)
+    for name, table in first.tables.items():
+        assert set(table) == set(second.tables[name]), name
+        for column, values in table.items():
+            if skip(column):
+                continue
+            other = second.tables[name][column]
+            assert len(values) == len(other), (name, column)
+            for x, y in zip(values, other, strict=True):
+                _same(x, y, rel, f"{name}.{column}")
+
+
+def _same(x: Any, y: Any, rel: float, where: str) -> None:
+    if isinstance(x, float) and math.isnan(x):
+        assert isinstance(y, float), (where, x, y)
+        assert math.isnan(y), (where, x, y)
+    elif isinstance(x, float):
+        assert math.isclose(x, y, rel_tol=rel, abs_tol=1e-9), (where, x, y)
+    else:
+        assert x == y, (where, x, y)
+
+
+def check_metric(
+    make: Callable[[], Metric],
+    *,
+    student: nn.Module | None = None,
+    teacher: nn.Module | None = None,
+    taps: dict[str, list[str]] | None = None,
+    num_classes: int = 10,
+    num_samples: int = 40,
+    image_size: int = 8,
+    batch_sizes: tuple[int, ...] = (16, 7),
+    world_sizes: tuple[int, ...] = (2, 3),
+    batch_dependent: Callable[[str], bool] = lambda key: False,
+    split: str = "test",
+    seed: int = 0,
+) -> MetricResult:
+    """Check a metric through the engine's evaluation; returns its result on one process, one batch.
+
+    - scalars are floats with plain names, tables have columns of equal length, figures render;
+    - the result does not depend on the batch size nor on how many processes share the split,
+      including a process that gets no batch (keys for which ``batch_dependent`` is true are only
+      checked across processes at the same batch size);
+    - a metric with ``needs_teacher`` gets a teacher (a wider TinyNet) unless one is given.
+    """
+    torch.manual_seed(seed)
+    student = student if student is not None else TinyNet(num_classes, width=8)
+    probe = make()
+    if teacher is None and probe.needs_teacher:
+        teacher = TinyNet(num_classes, width=16)
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (num_samples, 3, image_size, image_size), generator=generator, dtype=torch.uint8)
+    labels = torch.arange(num_samples) % num_classes
+
+    def evaluate(batch_size: int, world_size: int) -> MetricResult:
+        return evaluate_metric(
+            make,
+            student,
+            teacher,
+            pixels,
+            labels,
+            batch_size=batch_size,
+            world_size=world_size,
+            taps=taps,
+            num_classes=num_classes,
+            split=split,
+        )
+
+    whole = evaluate(num_samples, 1)
+    _check_shape(whole)
+    for batch_size in batch_sizes:
+        alone = evaluate(batch_size, 1)
+        same_results(whole, alone, skip=batch_dependent)
+        batches = math.ceil(num_samples / batch_size)
+        for world_size in (*world_sizes, batches + 1):  # the last leaves a process without a batch
+            same_results(alone, evaluate(batch_size, world_size))
+    return whole
+
+
+def _check_shape(result: MetricResult) -> None:
+    for key, value in result.scalars.items():
+        assert isinstance(value, float), f"scalar {key!r} is a {type(value).__name__}, not a float"
+        assert "/" not in key, f"scalar {key!r}: names must not contain '/' (the engine adds split/metric/)"
+    for name, table in result.tables.items():
+        assert len({len(column) for column in table.values()}) <= 1, f"table {name!r} has columns of different lengths"
+    for name, figure in result.figures.items():
+        figure.savefig(io.BytesIO(), format="png")  # renders, or raises naming the problem
+        assert hasattr(figure, "savefig"), name
+
+
+# runs ---------------------------------------------------------------------------------------------
+
+
+class _Interrupt:
+    def __init__(self, epoch: int, error: BaseException) -> None:
+        self.epoch, self.error = epoch, error
+
+    @hookimpl
+    def kdhub_epoch_ended(self, run: Any, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == self.epoch:
+            raise self.error
+
+
+@contextlib.contextmanager
+def interrupt_after(epoch: int, error: BaseException | None = None) -> Iterator[None]:
+    """Inside the block, every run stops after ``epoch`` (its checkpoint written), through the public
+    ``kdhub_epoch_ended`` hook: ``KeyboardInterrupt`` by default (the run ends KILLED, resumable)."""
+    plugin = _Interrupt(epoch, error if error is not None else KeyboardInterrupt(f"interrupted after epoch {epoch}"))
+    name = f"kdhub-testing-interrupt-{id(plugin)}"
+    plugins.register_module(plugin, name=name)
+    try:
+        yield
+    finally:
+        plugins.unregister(name)

@@ -9,6 +9,7 @@ import torch
 
 # One thread: the models in the tests are small, and threading overhead dominates on 2 shared cores.
 torch.set_num_threads(1)
+os.environ.setdefault("KDHUB_THREADS", "1")  # runs set their own thread count (train.threads); keep it at one
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
@@ -29,5 +30,5 @@ def tiny_config(mlflow_uri: str) -> dict:
         "optim": {"name": "sgd", "lr": 0.05},
         "schedule": {"name": "cosine"},
         "train": {"progress": False},
-        "tracking": {"uri": mlflow_uri, "experiment": "tests"},
+        "tracking": {"uri": mlflow_uri, "experiment": "tests", "log_model": False},
     }

@@ -8,6 +8,7 @@ behind the same contract: the same splits, batches, sample indices and resumable
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from kdhub.dataset import Augmentation, DataBundle, TensorSplit
 
-__all__ = ["Batch", "DataSource", "DeviceData", "augment", "class_balanced_split", "open_data"]
+__all__ = ["Batch", "DataSource", "DeviceData", "augment", "class_balanced_split", "digest", "open_data"]
 
 Batch = tuple[Tensor, Tensor, Tensor]
 """(normalised images on the device, labels, sample indices into the split)."""
@@ -40,7 +41,7 @@ class DataSource(Protocol):
     image_size: int
 
     def has(self, split: str) -> bool:
-        """Whether the split exists (``val`` only with ``data.val_fraction > 0``)."""
+        """Whether the split exists (``val`` / ``holdout`` only with ``data.val_fraction`` / ``holdout_fraction``)."""
         ...
 
     def size(self, split: str) -> int:
@@ -73,6 +74,16 @@ class DataSource(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def describe(self, split: str) -> dict[str, Any]:
+        """What the run records about a split (its MLflow dataset input), computed once per run.
+
+        ``{"name": dataset plugin name, "source": root folder / URL / dataset name, "digest": 16 hex
+        chars of the split's content, "num_samples": int, "shape": [C, H, W], "num_classes": int}``;
+        for ``val`` also ``"indices_digest"``: 16 hex chars of the held-out training indices (two
+        runs with the same seed and ``val_fraction`` share it).
+        """
+        ...
+
 
 def class_balanced_split(labels: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """(kept, held-out) indices: class m gives round(fraction * N_m) samples to the held-out split."""
@@ -87,6 +98,16 @@ def class_balanced_split(labels: Tensor, fraction: float, generator: torch.Gener
     keep = torch.ones(len(labels), dtype=torch.bool)
     keep[held_out] = False
     return keep.nonzero().squeeze(1), held_out
+
+
+def digest(*tensors: Tensor) -> str:
+    """16 hex characters (SHA-256) of the tensors' shapes, dtypes and bytes, in order."""
+    h = hashlib.sha256()
+    for tensor in tensors:
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 def augment(images: Tensor, aug: Augmentation, generator: torch.Generator) -> Tensor:
@@ -123,8 +144,11 @@ class DeviceData:
         rank: int = 0,
         world_size: int = 1,
         train_fraction: float = 1.0,
+        holdout_fraction: float = 0.0,
+        name: str = "data",
     ) -> None:
         self.bundle = bundle
+        self.name = name
         self.device = device
         self.num_classes = bundle.num_classes
         self.class_names = list(bundle.class_names)
@@ -132,6 +156,7 @@ class DeviceData:
         self.image_size = bundle.image_size
         split_gen = torch.Generator().manual_seed(seed)
         kept, held = class_balanced_split(bundle.train.labels, val_fraction, split_gen)
+        kept, holdout = _hold_out(bundle.train.labels, kept, holdout_fraction, split_gen)
         if train_fraction < 1:
             _, used = class_balanced_split(bundle.train.labels[kept], train_fraction, split_gen)
             kept = kept[used]
@@ -139,8 +164,11 @@ class DeviceData:
             "train": _to(bundle.train.subset(kept), device),
             "test": _to(bundle.test, device),
         }
-        if len(held):
-            self.splits["val"] = _to(bundle.train.subset(held), device)
+        for split_name, index in (("val", held), ("holdout", holdout)):
+            if len(index):
+                self.splits[split_name] = _to(bundle.train.subset(index), device)
+        self.held_out = held
+        self._descriptions: dict[str, dict[str, Any]] = {}
         self.mean = torch.tensor(bundle.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(bundle.std, device=device).view(1, -1, 1, 1)
         self.generator = torch.Generator(device=device).manual_seed(seed + 1)
@@ -194,6 +222,28 @@ class DeviceData:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
 
+    def describe(self, split: str) -> dict[str, Any]:
+        """See :meth:`DataSource.describe`; the digest hashes the split's uint8 images and labels."""
+        if split not in self._descriptions:
+            data = self.splits[split]
+            info: dict[str, Any] = {
+                "name": self.name,
+                "source": self.bundle.source or self.name,
+                "digest": digest(data.images, data.labels),
+                "num_samples": len(data),
+                "shape": list(data.images.shape[1:]),
+                "num_classes": self.num_classes,
+            }
+            if split == "val":
+                info["indices_digest"] = digest(self.held_out)
+            self._descriptions[split] = info
+        return dict(self._descriptions[split])
+
+    @property
+    def normalization(self) -> dict[str, list[float]]:
+        """The input transform the network was trained with: ``(pixel / 255 - mean) / std`` per channel."""
+        return {"mean": [float(v) for v in self.bundle.mean], "std": [float(v) for v in self.bundle.std]}
+
 
 def open_data(
     loaded: DataBundle,
@@ -204,11 +254,26 @@ def open_data(
     seed: int,
     rank: int = 0,
     world_size: int = 1,
+    holdout_fraction: float = 0.0,
+    name: str = "data",
 ) -> DataSource:
-    """The data source for what a dataset plugin's ``load()`` returned."""
+    """The data source for what a dataset plugin's ``load()`` returned (``name``: the dataset plugin's).
+
+    The engine holds out, by the run seed and class-balanced: ``val`` (``val_fraction`` of the
+    training set), then ``holdout`` (``holdout_fraction`` of what is left: a second, nested
+    validation split for searches), then keeps ``train_fraction`` of the rest for training.
+    """
     if isinstance(loaded, DataBundle):
-        return DeviceData(loaded, device, val_fraction, seed, rank, world_size, train_fraction)
+        return DeviceData(loaded, device, val_fraction, seed, rank, world_size, train_fraction, holdout_fraction, name)
     raise TypeError(f"a dataset's load() returned {type(loaded).__name__}; expected a kdhub.DataBundle")
+
+
+def _hold_out(labels: Tensor, kept: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A second class-balanced split (``holdout``) out of the training data left after validation."""
+    if fraction <= 0:
+        return kept, torch.empty(0, dtype=torch.long)
+    rest, held = class_balanced_split(labels[kept], fraction, generator)
+    return kept[rest], kept[held]
 
 
 def _to(split: TensorSplit, device: torch.device) -> TensorSplit:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -33,6 +34,14 @@ class DistEnv:
         for tensor in tensors:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every process's ``obj`` (picklable, tensors on the CPU), in rank order, on rank 0 (None elsewhere)."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Average gradients across processes (for trainable parts outside the DDP-wrapped student)."""
         if not self.enabled:
@@ -41,10 +50,6 @@ class DistEnv:
             if param.grad is not None:
                 dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
                 param.grad.div_(self.world_size)
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
 
 
 def init_distributed(device: torch.device) -> DistEnv:

@@ -51,9 +51,10 @@ class FeatureTaps:
         return module.register_forward_hook(hook)
 
     def collect(self) -> dict[str, list[Tensor]]:
-        out = {}
+        """The features recorded since the last call, by role (every tapped module ran in the forward)."""
+        out: dict[str, list[Tensor]] = {}
         for role, values in self._store.items():
-            out[role] = list(values)  # type: ignore[arg-type]
+            out[role] = [v for v in values if v is not None]
             values[:] = [None] * len(values)
         return out
 

@@ -1,41 +1,66 @@
-"""The generic distillation loop. It knows plugins only through the registry and their contracts."""
+"""The epoch loop: one generic distillation loop that knows plugins only through their contracts.
+
+:meth:`Trainer.fit` runs, before the first epoch, the metrics' ``start`` and the methods'
+initialisation stages, then the ``kdhub_run_started`` hook. Every epoch then does, in order:
+
+1. **train** — one pass over the shuffled, augmented training split; each step asks the policy
+   for its plan (loss weights, taught classes), runs both models, adds cross-entropy and every
+   method's weighted, masked loss, and steps the optimizer and the schedule;
+2. **test** — test accuracy (every ``train.eval_every`` epochs and at the last);
+3. **validation** — validation accuracy and, for policies that want them, per-class
+   distillation losses (``holdout`` accuracy too when that split exists);
+4. **best** — the best student so far, by validation accuracy (test accuracy without a
+   validation split), is kept;
+5. **policy** — ``policy.epoch_ended`` sees the accuracies and class losses and may ask for a
+   restore or a reset;
+6. **scheduled metrics** — the metrics due this epoch (``every`` / ``at``) on their splits;
+7. **log** — the epoch's values are staged for MLflow;
+8. **restore / reset** — the best checkpoint is restored and the optimizer and schedule reset,
+   if the policy asked;
+9. **checkpoint** — ``epoch_XXX.pt`` (when due), then ``last.pt``, which commits the epoch;
+   the staged values are then logged, so a resumed run neither repeats nor skips a step;
+10. **hooks** — ``kdhub_epoch_ended`` with a read-only :class:`kdhub.RunView`.
+
+After the last epoch: every metric on its split (tables and figures without an epoch suffix),
+the summary values and ``final.pt``.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
-import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdhub import plugins
 from kdhub.config import RunConfig, dump_config, parse_config, resolve_plugins
-from kdhub.engine import checkpoint
-from kdhub.engine.data import DataSource, open_data
-from kdhub.engine.distributed import DistEnv, init_distributed
-from kdhub.engine.features import FeatureTaps, check_roles, dry_run_shapes
-from kdhub.engine.losses import method_loss, split_terms, total
+from kdhub.engine import checkpoint, speed
+from kdhub.engine.build import RunParts, build_run, pick_device, seed_everything
+from kdhub.engine.evaluate import Evaluation, Evaluator
+from kdhub.engine.hostsync import training_steps
+from kdhub.engine.losses import method_loss
 from kdhub.engine.schedule import make_optimizer, make_scheduler
-from kdhub.errors import ConfigError, IncompatibleError
-from kdhub.method import Method, SetupContext, StepOutputs
-from kdhub.metric import EvalBatch, Metric, MetricContext, MetricResult
-from kdhub.policy import EpochReport, Policy, PolicyContext
-from kdhub.runlog import MemoryLog, RunLog
+from kdhub.errors import DivergedError, KdhubError, Terminated
+from kdhub.metric import Metric, MetricContext, MetricResult
+from kdhub.outputs import StepOutputs
+from kdhub.policy import EpochAction, EpochReport
+from kdhub.runlog import EpochLog, MemoryLog, RunLog
+from kdhub.runview import RunView
 
-__all__ = ["RunResult", "Trainer", "pick_device", "run"]
-
-log = logging.getLogger("kdhub")
+__all__ = ["RunResult", "Trainer", "pick_device", "run", "seed_everything"]
 
 
 @dataclass
@@ -49,200 +74,88 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def pick_device(spec: str) -> torch.device:
-    if spec != "auto":
-        return torch.device(spec)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@dataclass
-class _Teaching:
-    method: Method
-    weight: float
-    key: str
-
-
 class Trainer:
-    """One run: builds everything from the config, then trains, evaluates, logs and checkpoints."""
+    """One run: its parts (:func:`kdhub.engine.build.build_run`), the optimizer, and the epoch loop."""
 
     def __init__(self, config: RunConfig, tracker: Any | None = None, resume_run_id: str | None = None) -> None:
         self.config = config
         self.registry = plugins.get_registry()
         self.options = resolve_plugins(config, self.registry)
-        self.device = pick_device(config.train.device)
-        self.dist: DistEnv = init_distributed(self.device)
-        if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+        self.threads = speed.configure_process(config.train, pick_device(config.train.device)).count
         self.tracker = tracker
-        self.log: RunLog = tracker if tracker is not None else MemoryLog()
         self.resume_run_id = resume_run_id
         self.run_id: str | None = None
         self.epoch = 0
-        seed_everything(config.seed)
-        if config.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        self._build()
-        # checkpoints are written here, then logged to MLflow; run() removes it at the end
+        # checkpoints and downloaded artifacts live here until close() (a `with Trainer(...)` block)
         self.workdir = Path(tempfile.mkdtemp(prefix="kdhub-run-"))
-
-    # construction -----------------------------------------------------------------------------
-    def _plugin(self, kind: str, path: str, name: str) -> Any:
-        return self.registry.get(kind, name)(self.options[path])
-
-    def _build(self) -> None:
-        cfg = self.config
-        bundle = self._plugin("dataset", "data", cfg.data.name).load()
-        self.data: DataSource = open_data(
-            bundle,
-            self.device,
-            val_fraction=cfg.data.val_fraction,
-            train_fraction=cfg.data.train_fraction,
-            seed=cfg.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
+        self.fetched: dict[str, Path] = {}
+        try:
+            self.parts: RunParts = build_run(config, self.registry, self.options, self.fetch)
+        except BaseException:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise
+        p = self.parts
+        self.device, self.dist, self.data = p.device, p.dist, p.data
+        self.student, self.teacher, self.teaching = p.student, p.teacher, p.teaching
+        self.policy, self.metrics = p.policy, p.metrics
+        self.num_classes, self.class_names = p.num_classes, p.class_names
+        self.batch_size, self.steps_per_epoch = p.batch_size, p.steps_per_epoch
+        self.log: RunLog = tracker if tracker is not None else MemoryLog()
+        self.epoch_log = EpochLog(self.log)
+        self.checkpoints = checkpoint.Checkpointer(
+            self.workdir / "checkpoints",
+            p.model_spec,
+            self._publish if tracker is not None and config.tracking.log_checkpoints else None,
         )
-        self.num_classes = self.data.num_classes
-        self.class_names = self.data.class_names
-        per_rank_batch = max(1, cfg.data.batch_size // self.dist.world_size)
-        self.batch_size, self.rank_batch = cfg.data.batch_size, per_rank_batch
-        self.steps_per_epoch = self.data.steps_per_epoch(self.batch_size, cfg.data.drop_last)
-        if self.steps_per_epoch == 0:
-            raise ConfigError(
-                f"data.batch_size: {self.batch_size} is larger than the {self.data.size('train')} training images"
-            )
-
-        model_plugin = self._plugin("model", "student", cfg.student.name)
-        self.student = model_plugin.build(self.num_classes, self.data.in_channels, self.data.image_size).to(self.device)
-        self.student_taps = model_plugin.taps(self.student)
-        self.teacher: nn.Module | None = None
-        self.teacher_taps: dict[str, list[str]] = {}
-        if cfg.teacher is not None:
-            t_plugin = self._plugin("model", "teacher", cfg.teacher.name)
-            self.teacher = t_plugin.build(self.num_classes, self.data.in_channels, self.data.image_size).to(self.device)
-            self.teacher_taps = t_plugin.taps(self.teacher)
-            if cfg.teacher.weights:
-                from kdhub.tracking import resolve_artifact
-
-                uri = self.tracker.uri if self.tracker is not None else cfg.tracking.uri
-                path = resolve_artifact(cfg.teacher.weights, uri)
-                checkpoint.load_weights(self.teacher, path, f"teacher.weights ({cfg.teacher.weights})")
-            else:
-                log.warning("teacher has no weights: distilling from a randomly initialised %s", cfg.teacher.name)
-            self.teacher.eval().requires_grad_(False)
-
-        self.teaching = [
-            _Teaching(
-                self._plugin("method", f"methods.{i}", ref.name),
-                ref.weight if ref.weight is not None else self.registry.get("method", ref.name).default_weight,
-                ref.name,
-            )
-            for i, ref in enumerate(cfg.methods)
-        ]
-        method_roles = {r for t in self.teaching for r in t.method.feature_roles}
-        for t in self.teaching:
-            who = f"methods: method {t.key!r}"
-            check_roles(who, cfg.student.name, self.student_taps, t.method.feature_roles, "student")
-            if self.teacher is not None:
-                check_roles(who, cfg.teacher.name, self.teacher_taps, t.method.feature_roles, "teacher")
-        example = self.data.example(2)
-        s_shapes, _ = dry_run_shapes(self.student, self.student_taps, example)
-        t_shapes = dry_run_shapes(self.teacher, self.teacher_taps, example)[0] if self.teacher is not None else {}
-        self.setup_ctx = SetupContext(
-            num_classes=self.num_classes,
-            num_train=self.data.size("train"),
-            epochs=cfg.epochs,
-            steps_per_epoch=self.steps_per_epoch,
-            student=self.student,
-            teacher=self.teacher,
-            student_taps=self.student_taps,
-            teacher_taps=self.teacher_taps,
-            student_shapes=s_shapes,
-            teacher_shapes=t_shapes,
-            train_labels=self.data.labels("train"),
-            device=self.device,
+        self.evaluator = Evaluator(
+            data=p.data,
+            student=p.student,
+            teacher=p.teacher,
+            student_taps=p.student_taps,
+            teacher_taps=p.teacher_taps,
+            teaching=p.teaching,
+            policy=p.policy,
+            dist=p.dist,
+            device=p.device,
+            batch_size=config.data.eval_batch_size,
+            autocast=self._autocast,
         )
-        for t in self.teaching:
-            try:
-                t.method.setup(self.setup_ctx)
-            except IncompatibleError as err:
-                raise IncompatibleError(f"methods: method {t.key!r}: {err}") from None
-            t.method.to(self.device)
-        self.method_params = [p for t in self.teaching for p in t.method.parameters() if p.requires_grad]
-        self.s_taps = FeatureTaps(self.student, self.student_taps, method_roles)
-        self.t_taps = FeatureTaps(self.teacher, self.teacher_taps, method_roles) if self.teacher is not None else None
-
-        self.policy: Policy = self._plugin("policy", "policy", cfg.policy.name)
-        if self.policy.needs_validation and not self.data.has("val"):
-            raise ConfigError(
-                f"data.val_fraction: policy {cfg.policy.name!r} needs a validation split (set it > 0, e.g. 0.05)"
-            )
-        val_counts = None
-        if self.data.has("val"):
-            val_counts = torch.bincount(self.data.labels("val"), minlength=self.num_classes).cpu()
-        self.policy.setup(
-            PolicyContext(
-                epochs=cfg.epochs,
-                steps_per_epoch=self.steps_per_epoch,
-                num_classes=self.num_classes,
-                ce_weight=cfg.ce_weight,
-                device=self.device,
-                has_validation=self.data.has("val"),
-                class_names=self.class_names,
-                validation_class_counts=val_counts,
-                method_names=[t.key for t in self.teaching],
-            )
-        )
-
-        self.metrics: list[tuple[Any, Metric]] = []
-        for i, ref in enumerate(cfg.metrics):
-            metric = self._plugin("metric", f"metrics.{i}", ref.name)
-            if metric.needs_teacher and self.teacher is None:
-                raise ConfigError(f"metrics.{i}: metric {ref.name!r} needs a teacher")
-            if ref.split == "val" and not self.data.has("val"):
-                raise ConfigError(f"metrics.{i}.split: 'val' needs data.val_fraction > 0")
-            check_roles(
-                f"metrics.{i}: metric {ref.name!r}",
-                cfg.student.name,
-                self.student_taps,
-                metric.feature_roles(),
-                "student",
-            )
-            if self.teacher is not None:
-                check_roles(
-                    f"metrics.{i}: metric {ref.name!r}",
-                    cfg.teacher.name,
-                    self.teacher_taps,
-                    metric.feature_roles(),
-                    "teacher",
-                )
-            self.metrics.append((ref, metric))
-
-        if cfg.train.channels_last:
-            self.student = self.student.to(memory_format=torch.channels_last)
-        self.train_model: nn.Module = self.student
+        model: nn.Module = p.student
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
-        if cfg.train.compile:
-            self.train_model = torch.compile(self.train_model)
+            model = nn.parallel.DistributedDataParallel(p.student, device_ids=ids)
+        self.train_model = speed.compile_model(
+            model, config.train.compile, f"student ({config.student.name})", config.train.compile_backend
+        )
+        self.teacher_forward = (
+            speed.TeacherForward(p.teacher, p.teacher_recorder, config.train, self.device, config.teacher.name)
+            if p.teacher is not None and config.teacher is not None
+            else None
+        )
         self._new_optimizer(start_step=0)
         self.best = {"selection": -math.inf, "test_acc": -math.inf, "epoch": 0, "test_at_selection": math.nan}
         self.last_acc = math.nan
-        self._teacher_cache: dict[str, Tensor] = {}
         self.history: list[dict[str, float]] = []
+        self.logged: dict[str, int] = {}  # key -> last step already in MLflow (a resumed run)
+
+    # helpers ----------------------------------------------------------------------------------
+    def fetch(self, reference: str, where: str = "") -> Path:
+        """A local file for a path or ``runs:/`` reference, downloaded once into the work folder;
+        ``where`` (a config path) names it in errors."""
+        from kdhub.tracking import resolve_artifact
+
+        if reference not in self.fetched:
+            uri = self.tracker.uri if self.tracker is not None else self.config.tracking.uri
+            folder = self.workdir / "downloads" / str(len(self.fetched))
+            self.fetched[reference] = resolve_artifact(reference, uri, folder, where)
+        return self.fetched[reference]
+
+    def _publish(self, path: Path, folder: str) -> None:
+        assert self.tracker is not None
+        self.tracker.artifact(path, folder)
 
     def _trainable(self) -> list[nn.Parameter]:
-        return list(self.student.parameters()) + self.method_params
+        return list(self.student.parameters()) + self.parts.method_params
 
     def _new_optimizer(self, start_step: int) -> None:
         cfg = self.config
@@ -257,39 +170,63 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def view(self) -> RunView:
+        """The read-only view of this run that lifecycle hooks receive."""
+        return RunView(
+            run_id=self.run_id,
+            config=self.config.model_copy(deep=True),
+            epoch=self.epoch,
+            epochs=self.config.epochs,
+            num_classes=self.num_classes,
+            class_names=tuple(self.class_names),
+            history=tuple(types.MappingProxyType(dict(h)) for h in self.history),
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            tracking_uri=self.tracker.uri if self.tracker is not None else self.config.tracking.uri,
+        )
+
     # training ---------------------------------------------------------------------------------
     def _forward(self, images: Tensor, with_teacher: bool) -> tuple[Tensor, dict, Tensor | None, dict]:
         if self.config.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        s_rec, t_rec = self.parts.student_recorder, self.parts.teacher_recorder
         with self._autocast():
             s_logits = self.train_model(images)
-            s_feats = self.s_taps.collect()
-            t_logits, t_feats = None, {}
-            if with_teacher and self.teacher is not None:
-                with torch.no_grad():
-                    t_logits = self.teacher(images)
-                    t_feats = self.t_taps.collect()
-        return s_logits.float(), s_feats, (t_logits.float() if t_logits is not None else None), t_feats
+            s_feats = s_rec.collect()
+        t_logits: Tensor | None = None
+        t_feats: dict[str, list[Tensor]] = {}
+        if with_teacher and self.teacher_forward is not None and t_rec is not None:
+            t_logits, t_feats = self.teacher_forward(images)
+        return s_logits.float(), s_feats, t_logits, t_feats
 
-    def _init_stage(self) -> None:
+    def _init_stages(self) -> None:
         """Initialisation stages of methods that declare them (AB, FT, FSP), before epoch 1."""
         for t in self.teaching:
             if t.method.init_epochs <= 0:
                 continue
             optimizer = make_optimizer(self._trainable(), self.config.optim)
             for init_epoch in range(1, t.method.init_epochs + 1):
-                total = torch.zeros((), device=self.device)
-                for step, (x, y, idx) in enumerate(
-                    self.data.train_batches(self.rank_batch, self.config.data.drop_last)
-                ):
+                loss_sum = torch.zeros((), device=self.device)
+                batches = training_steps(self.data.train_batches(self.parts.rank_batch, self.config.data.drop_last))
+                for step, (x, y, idx) in enumerate(batches):
                     s_logits, s_feats, t_logits, t_feats = self._forward(x, True)
-                    out = StepOutputs(s_logits, t_logits, y, idx, 0, step, None, s_feats, t_feats)
-                    loss = t.method.init_loss(out)
+                    out = StepOutputs(
+                        student_logits=s_logits,
+                        teacher_logits=t_logits,
+                        labels=y,
+                        indices=idx,
+                        epoch=0,
+                        step=step,
+                        student_features=s_feats,
+                        teacher_features=t_feats,
+                    )
+                    with self._autocast():
+                        loss = t.method.init_loss(out)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    total += loss.detach()
-                self.log.metrics({f"init/{t.key}": (total / self.steps_per_epoch).item()}, step=init_epoch)
+                    loss_sum += loss.detach()
+                self.log.metrics({f"init/{t.key}": (loss_sum / self.steps_per_epoch).item()}, step=init_epoch)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.config
@@ -297,12 +234,15 @@ class Trainer:
         for t in self.teaching:
             t.method.train()
         sums: dict[str, Tensor] = {}
+        first_bad_term: dict[str, Tensor] = {}  # per loss term: the first step it was not finite (-1: never)
         zero = torch.zeros((), device=self.device)
         correct, seen = zero.clone(), zero.clone()
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first step with a non-finite loss
+        check_every = cfg.train.finite_check_steps
         start = time.perf_counter()
         step0 = (epoch - 1) * self.steps_per_epoch
         plan = None
-        batches = self.data.train_batches(self.rank_batch, cfg.data.drop_last)
+        batches = training_steps(self.data.train_batches(self.parts.rank_batch, cfg.data.drop_last))
         for step, (x, y, idx) in enumerate(self._progress(batches, epoch), start=step0):
             plan = self.policy.plan(epoch, step)
             teach = plan.kd_weight > 0 and bool(self.teaching)
@@ -310,30 +250,49 @@ class Trainer:
             if plan.teacher_scale is not None and t_logits is not None:
                 t_logits = t_logits * plan.teacher_scale
             loss = zero
-            if plan.ce_weight > 0:
-                ce = plan.ce_weight * F.cross_entropy(s_logits, y)
+            ce_weight = cfg.ce_weight if plan.ce_weight is None else plan.ce_weight  # None: the run's
+            if ce_weight > 0:
+                ce = ce_weight * F.cross_entropy(s_logits, y)
                 loss = loss + ce
-                sums["ce"] = sums.get("ce", zero) + ce.detach()
+                self._accumulate(sums, first_bad_term, "ce", ce.detach(), step)
             if teach:
-                out = StepOutputs(s_logits, t_logits, y, idx, epoch, step, plan.class_mask, s_feats, t_feats)
-                replacement = self.policy.replacement_loss(out) if plan.class_mask is not None else None
-                for t in self.teaching:
-                    for term, value in method_loss(t.method, out, replacement).items():
-                        weighted = (plan.kd_weight * t.weight) * value
-                        loss = loss + weighted
-                        key = f"{t.key}.{term}" if term else t.key
-                        sums[key] = sums.get(key, zero) + weighted.detach()
+                out = StepOutputs(
+                    student_logits=s_logits,
+                    teacher_logits=t_logits,
+                    labels=y,
+                    indices=idx,
+                    epoch=epoch,
+                    step=step,
+                    class_mask=plan.class_mask,
+                    student_features=s_feats,
+                    teacher_features=t_feats,
+                )
+                with self._autocast():  # methods' own layers (regressors, embeddings) in the forward's precision
+                    replacement = self.policy.replacement_loss(out) if plan.class_mask is not None else None
+                    for t in self.teaching:
+                        for term, value in method_loss(t.method, out, replacement).items():
+                            weighted = (plan.kd_weight * t.weight) * value
+                            loss = loss + weighted
+                            key = f"{t.key}.{term}" if term else t.key
+                            self._accumulate(sums, first_bad_term, key, weighted.detach(), step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.dist.average_gradients(self.method_params)
+            self.dist.average_gradients(self.parts.method_params)
             self.optimizer.step()
             self.scheduler.step()
             sums["total"] = sums.get("total", zero) + loss.detach()
             correct += (s_logits.argmax(1) == y).sum()
             seen += y.numel()
-        totals = torch.stack([v.float() for v in sums.values()] + [correct, seen])
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+            if check_every and (step - step0 + 1) % check_every == 0:
+                self._check_finite(epoch, first_bad, first_bad_term)  # one host sync every check_every steps
+        weights = torch.stack([p.detach().float().abs().sum() for p in self._trainable()]).sum()
+        bad = (first_bad >= 0).float()
+        totals = torch.stack([v.float() for v in sums.values()] + [correct, seen, bad, weights])
         self.dist.all_reduce_([totals])
-        *loss_sums, n_correct, n_seen = totals.tolist()  # the one host sync of the epoch
+        *loss_sums, n_correct, n_seen, n_bad, weight_sum = totals.tolist()  # the one host sync of the epoch
+        if n_bad or not math.isfinite(weight_sum):
+            self._check_finite(epoch, first_bad, first_bad_term, math.isfinite(weight_sum), synced=True)
         elapsed = time.perf_counter() - start  # after the sync, so queued device work is counted
         steps = self.steps_per_epoch * self.dist.world_size
         values = {f"loss/{k}": v / steps for k, v in zip(sums, loss_sums, strict=True)}
@@ -341,8 +300,52 @@ class Trainer:
         values["lr"] = self.optimizer.param_groups[0]["lr"]
         values["images_per_s"] = n_seen / max(elapsed, 1e-9)
         if plan is not None:
-            values["weight/ce"], values["weight/kd"] = plan.ce_weight, plan.kd_weight
+            values["policy/ce_weight"] = cfg.ce_weight if plan.ce_weight is None else plan.ce_weight
+            values["policy/distill_factor"] = plan.kd_weight
         return values
+
+    @staticmethod
+    def _accumulate(sums: dict[str, Tensor], first_bad: dict[str, Tensor], key: str, value: Tensor, step: int) -> None:
+        """Add a step's loss term to its sum, and remember (on the device) the first step it was not finite."""
+        sums[key] = sums[key] + value if key in sums else value.clone()
+        seen = first_bad.get(key)
+        if seen is None:
+            seen = torch.full((), -1, dtype=torch.long, device=value.device)
+        first_bad[key] = torch.where((seen < 0) & ~torch.isfinite(value), step, seen)
+
+    def _check_finite(
+        self,
+        epoch: int,
+        first_bad: Tensor,
+        first_bad_term: dict[str, Tensor],
+        weights_finite: bool = True,
+        synced: bool = False,
+    ) -> None:
+        """Stop a diverging run: raise DivergedError naming the epoch, the step and the loss terms.
+
+        ``first_bad`` is the first step of this process whose loss was not finite (-1: none), and
+        ``first_bad_term`` the same per loss term; unless ``synced``, the processes first agree
+        whether any of them saw one.
+        """
+        if not synced:
+            flag = (first_bad >= 0).float().reshape(1)
+            self.dist.all_reduce_([flag])  # every process stops together
+            if not flag.item():
+                return
+        step = int(first_bad.item())
+        if step >= 0:
+            terms = [k for k, v in first_bad_term.items() if int(v.item()) == step]
+            what = f"loss term {', '.join(repr(k) for k in terms)}" if terms else "the loss"
+            within = step - (epoch - 1) * self.steps_per_epoch + 1
+            where = f"epoch {epoch}, step {within} of {self.steps_per_epoch} (global step {step})"
+        elif not weights_finite:
+            what, where = "the weights", f"the end of epoch {epoch}"
+        else:
+            what, where = "the loss of another process", f"epoch {epoch}"
+        kept = f"the checkpoints of epochs up to {epoch - 1} are kept" if epoch > 1 else "no epoch had finished"
+        raise DivergedError(
+            f"training diverged: {what} became non-finite at {where}; {kept} (lower optim.lr or the loss weights)"
+        )
 
     def _progress(self, batches: Any, epoch: int) -> Any:
         if not (self.config.train.progress and self.dist.is_main and self.steps_per_epoch >= 50):
@@ -352,7 +355,7 @@ class Trainer:
         return tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="batch")
 
     # evaluation -------------------------------------------------------------------------------
-    def _metric_context(self, split: str, epoch: int) -> MetricContext:
+    def metric_context(self, split: str, epoch: int) -> MetricContext:
         return MetricContext(
             num_classes=self.num_classes,
             split=split,
@@ -362,87 +365,39 @@ class Trainer:
             student=self.student,
             teacher=self.teacher,
             num_samples=self.data.size(split),
+            batch_size=self.config.data.eval_batch_size,
             seed=self.config.seed,
-            student_shapes=self.setup_ctx.student_shapes,
-            teacher_shapes=self.setup_ctx.teacher_shapes,
+            student_shapes=self.parts.setup.student_shapes,
+            teacher_shapes=self.parts.setup.teacher_shapes,
         )
 
-    @torch.no_grad()
-    def evaluate(
-        self, split: str, metrics: list[Metric], epoch: int, class_losses: bool = False
-    ) -> tuple[float, dict[int, MetricResult], Tensor | None]:
+    def evaluate(self, split: str, metrics: list[Metric], epoch: int, class_losses: bool = False) -> Evaluation:
         """Accuracy on ``split``, the results of ``metrics`` and (optionally) per-class distillation losses."""
-        self.student.eval()
-        for t in self.teaching:
-            t.method.eval()
-        roles = {r for m in metrics for r in m.feature_roles()}
-        if class_losses:
-            roles |= {r for t in self.teaching for r in t.method.feature_roles}
-        for metric in metrics:
-            metric.reset(self._metric_context(split, epoch))
-        correct = torch.zeros((), device=self.device, dtype=torch.float64)
-        count = torch.zeros((), device=self.device, dtype=torch.float64)
-        loss_sum = torch.zeros(self.num_classes, device=self.device, dtype=torch.float64)
-        loss_count = torch.zeros(self.num_classes, device=self.device, dtype=torch.float64)
-        cache = self._teacher_cache.get(split)
-        need_teacher = self.teacher is not None and (bool(roles) or cache is None)
-        new_cache: list[Tensor] = []
-        with FeatureTaps(self.student, self.student_taps, roles) as s_rec, contextlib.ExitStack() as stack:
-            t_rec = (
-                stack.enter_context(FeatureTaps(self.teacher, self.teacher_taps, roles))
-                if self.teacher is not None
-                else None
-            )
-            offset = 0
-            for x, y, idx in self.data.eval_batches(split, self.config.data.eval_batch_size):
-                with self._autocast():
-                    s_logits = self.student(x).float()
-                    t_logits = self.teacher(x).float() if need_teacher else None
-                if self.teacher is not None and t_logits is None:
-                    t_logits = cache[offset : offset + len(y)]
-                elif t_logits is not None:
-                    new_cache.append(t_logits)
-                offset += len(y)
-                batch = EvalBatch(s_logits, t_logits, y, idx, s_rec.collect(), t_rec.collect() if t_rec else {})
-                correct += (s_logits.argmax(1) == y).sum()
-                count += y.numel()
-                for metric in metrics:
-                    metric.update(batch)
-                if class_losses:
-                    out = StepOutputs(
-                        s_logits, t_logits, y, idx, epoch, 0, None, batch.student_features, batch.teacher_features
-                    )
-                    per_sample = [
-                        t.weight * total(split_terms(t.method.loss(out))) for t in self.teaching if t.method.per_sample
-                    ]
-                    method_losses = sum(per_sample[1:], per_sample[0]) if per_sample else None
-                    losses = self.policy.sample_losses(out, method_losses)
-                    if losses is not None:
-                        loss_sum += torch.bincount(y, weights=losses.double(), minlength=self.num_classes)
-                        loss_count += torch.bincount(y, minlength=self.num_classes)
-        if self.teacher is not None and cache is None and new_cache and not roles:
-            self._teacher_cache[split] = torch.cat(new_cache)
-        self.dist.all_reduce_([correct, count, loss_sum, loss_count])
-        results = {}
-        for i, metric in enumerate(metrics):
-            self.dist.all_reduce_(list(metric.accumulators().values()))
-            results[i] = metric.compute()
-        self.student.train()
-        acc = 100 * correct.item() / max(1.0, count.item())
-        per_class = (loss_sum / loss_count).cpu() if class_losses else None  # 0/0 -> NaN for an empty class
-        return acc, results, per_class
+        return self.evaluator.evaluate(split, metrics, self.metric_context(split, epoch), class_losses)
+
+    def _evaluate_epoch(self, epoch: int, values: dict[str, float]) -> Tensor | None:
+        """Test, validation and holdout accuracy of the epoch into ``values``; the policy's class losses."""
+        if epoch % self.config.train.eval_every == 0 or epoch == self.config.epochs:
+            values["test/acc"] = self.last_acc = self.evaluate("test", [], epoch).accuracy
+        class_losses = None
+        if self.data.has("val"):
+            val = self.evaluate("val", [], epoch, class_losses=self.policy.wants_class_losses)
+            values["val/acc"], class_losses = val.accuracy, val.class_losses
+        if self.data.has("holdout"):
+            values["holdout/acc"] = self.evaluate("holdout", [], epoch).accuracy
+        return class_losses
 
     def _log_results(self, split: str, name: str, result: MetricResult, epoch: int, final: bool) -> dict[str, float]:
         scalars = {f"{split}/{name}/{k}": v for k, v in result.scalars.items()}
-        self.log.metrics(scalars, step=epoch)
         suffix = "" if final else f"_epoch_{epoch:03d}"
         for table_name, table in result.tables.items():
-            self.log.table(f"{split}/{table_name}{suffix}", table)
+            self.epoch_log.table(f"{split}/{table_name}{suffix}", table)
         for fig_name, fig in result.figures.items():
-            self.log.figure(f"{split}/{fig_name}{suffix}", fig)
+            self.epoch_log.figure(f"{split}/{fig_name}{suffix}", fig)
         return scalars
 
     def _scheduled_metrics(self, epoch: int, final: bool) -> dict[str, float]:
+        """The metrics due at ``epoch`` (all of them when ``final``), each split evaluated once."""
         by_split: dict[str, list[tuple[str, Metric]]] = {}
         for ref, metric in self.metrics:
             due = final or (ref.every and epoch % ref.every == 0) or epoch in ref.at
@@ -450,149 +405,163 @@ class Trainer:
                 by_split.setdefault(ref.split, []).append((ref.name, metric))
         logged: dict[str, float] = {}
         for split, items in by_split.items():
-            _, results, _ = self.evaluate(split, [m for _, m in items], epoch)
-            for i, (name, _) in enumerate(items):
-                logged.update(self._log_results(split, name, results[i], epoch, final))
+            evaluation = self.evaluate(split, [m for _, m in items], epoch)
+            for (name, _), result in zip(items, evaluation.results, strict=True):
+                logged.update(self._log_results(split, name, result, epoch, final))
         return logged
 
     # state ------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        cfg = self.config
+    def _process_state(self) -> dict[str, Any]:
+        """What differs between torchrun's processes: methods' state (CRD's memory banks), metrics, data, RNG."""
         return {
-            "format": "kdhub-checkpoint-1",
-            "epoch": self.epoch,
-            "model": self.student.state_dict(),
-            "model_spec": {"name": cfg.student.name, "options": cfg.student.options, "num_classes": self.num_classes},
             "methods": [t.method.state_dict() for t in self.teaching],
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "policy": self.policy.state_dict(),
             "metrics": [m.state_dict() for _, m in self.metrics],
             "data": self.data.state_dict(),
             "rng": checkpoint.rng_state(),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything resuming needs: models, methods, optimizer, schedule, policy, metrics, data and RNG.
+
+        Under torchrun every process's own part is gathered (``processes``, by rank): a collective
+        call, made by every process; the full state is returned on rank 0 only (None elsewhere).
+        """
+        processes = self.dist.gather(checkpoint.to_cpu(self._process_state()))
+        if processes is None:
+            return {}
+        return {
+            "format": "kdhub-checkpoint-2",
+            "epoch": self.epoch,
+            "model": self.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "policy": self.policy.state_dict(),
+            "processes": processes,
             "best": dict(self.best),
             "last_acc": self.last_acc,
             "history": list(self.history),
-            "best_state": self._best_state(),
+            "pending_log": {step: dict(values) for step, values in self.epoch_log.pending.items()},
         }
 
-    def _best_state(self) -> dict[str, Any] | None:
-        path = self.workdir / "checkpoints" / "best.pt"
-        return checkpoint.load(path) if path.exists() else None
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # kdhub-checkpoint-1 (one process) kept these at the top level
+        processes = state.get("processes") or [{k: state[k] for k in ("methods", "metrics", "data", "rng")}]
+        if len(processes) != self.dist.world_size:
+            raise KdhubError(
+                f"the checkpoint was written by {len(processes)} process(es); resume it with as many"
+                f" (torchrun --nproc_per_node {len(processes)}), not {self.dist.world_size}"
+            )
+        own = processes[self.dist.rank]
         self.student.load_state_dict(state["model"])
-        for t, s in zip(self.teaching, state["methods"], strict=True):
+        for t, s in zip(self.teaching, own["methods"], strict=True):
             t.method.load_state_dict(s)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.policy.load_state_dict(state["policy"])
-        for (_, m), s in zip(self.metrics, state["metrics"], strict=True):
+        for (_, m), s in zip(self.metrics, own["metrics"], strict=True):
             m.load_state_dict(s)
-        self.data.load_state_dict(state["data"])
-        checkpoint.set_rng_state(state["rng"])
+        self.data.load_state_dict(own["data"])
+        checkpoint.set_rng_state(own["rng"])
         self.best, self.last_acc, self.history = dict(state["best"]), state["last_acc"], list(state["history"])
         self.epoch = state["epoch"]
-        if state.get("best_state") is not None:
-            checkpoint.save(state["best_state"], self.workdir / "checkpoints" / "best.pt")
-
-    def _save(self, name: str, state: dict[str, Any], folder: str = "checkpoints") -> Path:
-        path = checkpoint.save(state, self.workdir / folder / name)
-        if self.tracker is not None and self.config.tracking.log_checkpoints:
-            self.tracker.artifact(path, folder)
-        return path
-
-    def _restore_best(self) -> None:
-        path = self.workdir / "checkpoints" / "best.pt"
-        if not path.exists():
-            return
-        state = checkpoint.load(path)
-        self.student.load_state_dict(state["model"])
-        for t, s in zip(self.teaching, state["methods"], strict=True):
-            t.method.load_state_dict(s)
+        self.checkpoints.keep_best(state.get("best_state"))
+        self.epoch_log.pending = {step: dict(values) for step, values in state.get("pending_log", {}).items()}
 
     # the run ----------------------------------------------------------------------------------
     def fit(self) -> RunResult:
-        cfg = self.config
-        start_epoch = self.epoch + 1
-        if self.epoch == 0:
-            for _, metric in self.metrics:
-                metric.start(self._metric_context("train", 0))
-            self._init_stage()
-        plugins.notify("run_started", run=self)
-        epochs = range(start_epoch, cfg.epochs + 1)
-        bar = None
-        if cfg.train.progress and self.dist.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.epochs, initial=start_epoch - 1, desc=cfg.tracking.run_name or "train", unit="epoch")
-        for epoch in epochs:
+        """Train from the current epoch to the last, evaluate, log and checkpoint (see the module docstring)."""
+        self._start()
+        bar = self._epoch_bar()
+        for epoch in range(self.epoch + 1, self.config.epochs + 1):
             self.epoch = epoch
-            if self.tracker is not None:
-                self.tracker.at_step(epoch)
+            self.epoch_log.at_step(epoch)
             values = self._train_epoch(epoch)
-            if epoch % cfg.train.eval_every == 0 or epoch == cfg.epochs:
-                values["test/acc"], _, _ = self.evaluate("test", [], epoch)
-                self.last_acc = values["test/acc"]
-            class_losses, val_acc = None, None
-            if self.data.has("val"):
-                val_acc, _, class_losses = self.evaluate("val", [], epoch, class_losses=self.policy.wants_class_losses)
-                values["val/acc"] = val_acc
-            self._track_best(epoch, val_acc, values.get("test/acc"))
-            values.update({"test/acc_best": self.best["test_acc"]})
-            report = EpochReport(epoch, self.log, val_acc, values.get("test/acc"), class_losses)
-            action = self.policy.epoch_ended(report)
-            if epoch < cfg.epochs:
+            class_losses = self._evaluate_epoch(epoch, values)
+            self._track_best(epoch, values.get("val/acc"), values.get("test/acc"))
+            values["test/acc_max_seen"] = self.best["test_acc"]
+            action = self._policy_epoch_ended(epoch, values, class_losses)
+            if epoch < self.config.epochs:
                 values.update(self._scheduled_metrics(epoch, final=False))
-            self.log.metrics(values, step=epoch)
+            self.epoch_log.metrics(values)
             self.history.append({"epoch": epoch, **values})
-            if action.restore_best:
-                self._restore_best()
-                self.log.metrics({"policy/restored_best_epoch": self.best["epoch"]}, step=epoch)
-            if action.reset_optimizer:
-                self._new_optimizer(start_step=epoch * self.steps_per_epoch)
-            if self.dist.is_main:
-                if epoch % cfg.checkpoint.resume_every == 0 or epoch == cfg.epochs:
-                    self._save("last.pt", self.state_dict())
-                if cfg.checkpoint.every and epoch % cfg.checkpoint.every == 0:
-                    self._save(
-                        f"epoch_{epoch:03d}.pt",
-                        {
-                            "model": self.student.state_dict(),
-                            "epoch": epoch,
-                            "model_spec": self.state_dict()["model_spec"],
-                        },
-                    )
-            plugins.notify("epoch_ended", run=self, epoch=epoch, metrics=values)
+            self._apply(action, epoch)
+            self._checkpoint(epoch)
+            self.epoch_log.flush(self.logged)
+            plugins.notify("epoch_ended", run=self.view(), epoch=epoch, metrics=dict(values))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{values['loss/total']:.3f}", acc=f"{self.last_acc:.1f}")
         if bar is not None:
             bar.close()
+        return self._finish()
+
+    def _start(self) -> None:
+        if self.epoch == 0:
+            for _, metric in self.metrics:
+                metric.start(self.metric_context("train", 0))
+            self._init_stages()
+        elif self.epoch_log.pending:  # a resumed run: log what the checkpoint committed but MLflow may lack
+            self.epoch_log.flush(self.logged)
+        plugins.notify("run_started", run=self.view())
+
+    def _epoch_bar(self) -> Any:
+        if not (self.config.train.progress and self.dist.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        name = self.config.tracking.run_name or "train"
+        return tqdm(total=self.config.epochs, initial=self.epoch, desc=name, unit="epoch")
+
+    def _policy_epoch_ended(self, epoch: int, values: dict[str, float], class_losses: Tensor | None) -> EpochAction:
+        report = EpochReport(
+            epoch=epoch,
+            log=self.epoch_log,
+            val_accuracy=values.get("val/acc"),
+            test_accuracy=values.get("test/acc"),
+            class_losses=class_losses,
+        )
+        return self.policy.epoch_ended(report)
+
+    def _apply(self, action: EpochAction, epoch: int) -> None:
+        if action.restore_best:
+            restored = self.checkpoints.restore_best(self.student, [t.method for t in self.teaching])
+            if restored is not None:
+                self.epoch_log.metrics({"policy/restored_best_epoch": restored})
+        if action.reset_optimizer:
+            self._new_optimizer(start_step=epoch * self.steps_per_epoch)
+
+    def _checkpoint(self, epoch: int) -> None:
+        """Epoch files first, then ``last.pt``, which commits the epoch (with its staged log values)."""
+        cfg = self.config.checkpoint
+        resumable = epoch % cfg.resume_every == 0 or epoch == self.config.epochs
+        state = self.state_dict() if resumable else {}  # every process takes part in gathering it
+        if not self.dist.is_main:
+            return
+        if cfg.every and epoch % cfg.every == 0:
+            self.checkpoints.save_epoch(epoch, self.student.state_dict())
+        if resumable:
+            self.checkpoints.save_last(state)
+
+    def _finish(self) -> RunResult:
+        cfg = self.config
+        self.epoch_log.at_step(cfg.epochs)
         final = self._scheduled_metrics(cfg.epochs, final=True)
-        summary = {
-            "test/acc_last": self.last_acc,
-            "test/acc_best": self.best["test_acc"],
-            "best_epoch": self.best["epoch"],
-        }
-        if self.data.has("val"):
+        summary = {"test/acc_last": self.last_acc}
+        if self.data.has("val"):  # the selected epoch is the best by validation, else the best by test
+            summary["best_val_epoch"] = self.best["epoch"]
             summary["test/acc_at_best_val"] = self.best["test_at_selection"]
-        self.log.metrics(summary, step=cfg.epochs)
+        else:
+            summary["best_test_epoch"] = self.best["epoch"]
+        self.epoch_log.metrics({**final, **summary})
+        self.epoch_log.flush(self.logged)
         if self.dist.is_main:
-            self._save(
-                "final.pt",
-                {
-                    "model": self.student.state_dict(),
-                    "epoch": cfg.epochs,
-                    "model_spec": self.state_dict()["model_spec"],
-                },
-            )
+            self.checkpoints.save_final(cfg.epochs, self.student.state_dict())
         return RunResult(
             self.run_id,
             "FINISHED",
             self.best["test_acc"],
             self.last_acc,
-            {**final, **summary},
+            {**final, **summary, "test/acc_max_seen": self.best["test_acc"]},
             self.student,
             self.history,
         )
@@ -605,44 +574,123 @@ class Trainer:
             self.best.update(
                 selection=selection, epoch=epoch, test_at_selection=test_acc if test_acc is not None else math.nan
             )
-            state = {"model": self.student.state_dict(), "methods": [t.method.state_dict() for t in self.teaching]}
-            checkpoint.save(state, self.workdir / "checkpoints" / "best.pt")
+            self.checkpoints.save_best(epoch, self.student.state_dict(), [t.method.state_dict() for t in self.teaching])
+
+    def close(self) -> None:
+        """Remove the feature hooks and the work folder (checkpoints and downloads)."""
+        self.parts.student_recorder.remove()
+        if self.parts.teacher_recorder is not None:
+            self.parts.teacher_recorder.remove()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, track: bool = True) -> RunResult:
     """Train one run from a config (a RunConfig or a dict), logging it to MLflow unless ``track`` is False.
 
     With ``resume_run_id``, the run's ``checkpoints/last.pt`` is loaded and training continues into
-    the same MLflow run.
+    the same MLflow run; a run stopped before its first checkpoint starts again from scratch in it.
+    A FINISHED run, or one whose process is still alive (its heartbeat is fresh), is not resumed.
+    SIGTERM stops a run as Ctrl-C does: KILLED, with the command that resumes it.
     """
     if isinstance(config, dict):
         config = parse_config(config)
-    from kdhub.tracking import Tracker, default_run_name, resolve_artifact, run_params, run_tags
+    from kdhub.tracking import Tracker, default_run_name, log_run_end, log_run_start, run_params, run_tags
 
-    env_rank = int(os.environ.get("RANK", "0"))
-    tracker = Tracker(config.tracking.uri, config.tracking.experiment) if track and env_rank == 0 else None
-    trainer = Trainer(config, tracker, resume_run_id)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment) if track and rank0 else None
+    checkpoint_path = None
     if resume_run_id is not None:
         uri = tracker.uri if tracker is not None else config.tracking.uri
-        trainer.load_state_dict(checkpoint.load(resolve_artifact(f"runs:/{resume_run_id}/checkpoints/last.pt", uri)))
-    if tracker is not None:
-        trainer.run_id = tracker.start(
-            config.tracking.run_name or default_run_name(config), run_tags(config), resume_run_id
-        )
-        if resume_run_id is None:
-            tracker.params(run_params(config, trainer.options))
-            tracker.text("config.yaml", dump_config(config))
+        checkpoint_path = _resumable(config, resume_run_id, uri, check_alive=rank0)
+    with _sigterm_interrupts(), Trainer(config, tracker, resume_run_id) as trainer:
+        if checkpoint_path is not None:
+            where = f"--resume {resume_run_id}"
+            path = trainer.fetch(f"runs:/{resume_run_id}/{checkpoint_path}", where)
+            trainer.load_state_dict(checkpoint.load(path, f"{where}: {checkpoint_path}"))
+
+        def start() -> None:
+            assert tracker is not None
+            trainer.run_id = tracker.start(
+                config.tracking.run_name or default_run_name(config), run_tags(config), resume_run_id
+            )
+            tracker.beat()
+            if resume_run_id is None:
+                params = run_params(config, trainer.options, device=str(trainer.device))
+                tracker.params({**params, "threads": str(trainer.threads)})
+                tracker.text("config.yaml", dump_config(config))
+            else:
+                trainer.logged = tracker.logged_steps()
+            log_run_start(tracker, config, trainer.data)
+
+        def end(result: RunResult) -> None:
+            assert tracker is not None
+            log_run_end(tracker, config, trainer.data, result)
+
+        return _fit(trainer, tracker, start, end)
+
+
+def _resumable(config: RunConfig, run_id: str, uri: str | None, check_alive: bool = True) -> str | None:
+    """The checkpoint a run resumes from (None: from scratch); refuses a finished or still running run,
+    and a config that changes more than the resumable keys."""
+    from kdhub.config import check_resume
+    from kdhub.tracking import artifact_exists, check_resumable, liveness, load_run_config, run_info
+
+    path = "checkpoints/last.pt"
+    if not check_alive:  # torchrun's other processes: rank 0 decides, and marks the run RUNNING
+        return path if artifact_exists(run_id, path, uri) else None
+    check_resumable(run_id, uri)  # exists, not deleted, not FINISHED
+    check_resume(config, load_run_config(run_id, uri), run_id)
+    info = run_info(run_id, uri)
+    if info["status"] == "RUNNING":
+        alive, why = liveness(info)
+        if alive:
+            raise KdhubError(f"--resume {run_id}: the run is still running ({why}); stop that process first")
+    return path if artifact_exists(run_id, path, uri) else None
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into :class:`kdhub.errors.Terminated` (a KeyboardInterrupt) while a run trains."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated("terminated by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fit(trainer: Trainer, tracker: Any, start: Callable[[], None], end: Callable[[RunResult], None]) -> RunResult:
+    """Train, with the MLflow run started before (``start``) and the student logged after (``end``)."""
+    started = False
+    try:
+        if tracker is not None:
+            start()
+            started = True
         result = trainer.fit()
+        if tracker is not None:
+            end(result)
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        if tracker is not None:
-            tracker.finish(status, f"{type(err).__name__}: {err} (resume with: kdhub run --resume {trainer.run_id})")
-        plugins.notify("run_finished", run=trainer, status=status, error=err)
+        if started:
+            reason = f"{type(err).__name__}: {err}"
+            if not isinstance(err, DivergedError):
+                reason += f" (resume with: kdhub run --resume {trainer.run_id})"
+            tracker.finish(status, reason)
+        plugins.notify("run_finished", run=trainer.view(), status=status, error=err)
         raise
-    finally:
-        shutil.rmtree(trainer.workdir, ignore_errors=True)
     if tracker is not None:
         tracker.finish("FINISHED")
-    plugins.notify("run_finished", run=trainer, status="FINISHED", error=None)
+    plugins.notify("run_finished", run=trainer.view(), status="FINISHED", error=None)
     return result

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,10 +37,8 @@ STUDY_TAG = "kdhub.study"
 ROLE_TAG = "kdhub.study.role"
 HASH_TAG = "kdhub.study.config"
 POINT_TAG = "kdhub.study.point"
-SEED_TAG = "kdhub.study.seed"
 TRIAL_TAG = "kdhub.study.trial"
 SUPERSEDED_TAG = "kdhub.study.superseded"
-PID_TAG, HOST_TAG = "kdhub.study.pid", "kdhub.study.host"
 INVOCATION_TAG = "kdhub.study.invocation"
 
 Echo = Callable[[str], None]
@@ -97,23 +94,15 @@ def find_children(uri: str, study: StudyConfig, parent_id: str) -> list[dict[str
 
 
 def _alive(parent: dict[str, Any]) -> str | None:
-    """Who is running the parent run now, if it is a live process on this machine."""
+    """Who is running the parent run now, if its study process is alive (its heartbeat is fresh)."""
+    from kdhub.tracking import liveness
+
     if parent["status"] != "RUNNING":
         return None
-    tags = parent["tags"]
-    host, pid = tags.get(HOST_TAG), tags.get(PID_TAG, "")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+    alive, why = liveness(parent)
+    if not alive or parent["tags"].get("kdhub.pid") == str(os.getpid()):
         return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists() and b"python" not in cmdline.read_bytes() and b"kdhub" not in cmdline.read_bytes():
-        return None  # the pid was reused by another program
-    return f"process {pid} on {host}"
+    return why
 
 
 # the state of every run in this invocation --------------------------------------------------------
@@ -146,7 +135,7 @@ def _latest(children: list[dict[str, Any]], role: str) -> dict[str, dict[str, An
 
 def classify(plan: list[PlannedRun], children: list[dict[str, Any]], uri: str) -> list[Entry]:
     """What to do with every planned run given the runs an earlier invocation left."""
-    from kdhub.tracking import artifact_exists
+    from kdhub.tracking import artifact_exists, metric_max
 
     earlier = _latest(children, "run")
     entries, conflicts = [], []
@@ -159,12 +148,14 @@ def classify(plan: list[PlannedRun], children: list[dict[str, Any]], uri: str) -
                 if same:
                     entry.state, entry.earlier, entry.run_id = "finished", True, old["run_id"]
                     entry.metrics = dict(old["metrics"])
+                    if ACCURACIES["best"] not in entry.metrics:  # not logged: the best of the test history
+                        entry.metrics[ACCURACIES["best"]] = metric_max(uri, old["run_id"], "test/acc")
                 else:
                     conflicts.append(f"{run.display} (run {old['run_id']})")
             elif (
                 old["status"] in ("RUNNING", "KILLED", "SCHEDULED")
                 and same
-                and artifact_exists(uri, old["run_id"], "checkpoints/last.pt")
+                and artifact_exists(old["run_id"], "checkpoints/last.pt", uri)
             ):
                 entry.resume_id = old["run_id"]
             else:
@@ -198,7 +189,7 @@ class Progress:
 
 
 def _accuracy(metrics: dict[str, float]) -> str:
-    last, best = metrics.get("test/acc_last"), metrics.get("test/acc_best")
+    last, best = metrics.get("test/acc_last"), metrics.get(ACCURACIES["best"])
     if last is None or not math.isfinite(last):
         return ""
     return f"test {last:.2f}% (best {best:.2f}%)" if best is not None else f"test {last:.2f}%"
@@ -305,18 +296,19 @@ class _Study:
 
     # parent run -------------------------------------------------------------------------------
     def _open_parent(self, parent_run: dict[str, Any] | None) -> Any:
-        from kdhub.tracking import Tracker
+        from kdhub.tracking import KIND_TAG, Tracker, set_run_state
 
         study = self.study
         parent = Tracker(self.uri, study.experiment)
-        tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
         try:
             if parent_run is None:
-                parent.start(study.name, {STUDY_TAG: study.name, ROLE_TAG: "parent", INVOCATION_TAG: "1", **tags})
-            else:
-                parent.start(None, {}, resume_run_id=parent_run["run_id"])
+                tags = {KIND_TAG: "study", STUDY_TAG: study.name, ROLE_TAG: "parent", INVOCATION_TAG: "1"}
+                parent.start(study.name, tags)
+            else:  # the same parent run, reopened
+                parent.run_id = parent_run["run_id"]
                 invocation = int(parent_run["tags"].get(INVOCATION_TAG, "1")) + 1
-                parent.tags({**tags, INVOCATION_TAG: str(invocation)})
+                set_run_state(self.uri, parent.run_id, "RUNNING", {INVOCATION_TAG: str(invocation)})
+            parent.beat()  # host, pid and a heartbeat: a second invocation sees this one is alive
         except KdhubError:
             raise
         except Exception as err:
@@ -405,7 +397,7 @@ class _Study:
             elif (
                 found is not None
                 and found["status"] in ("RUNNING", "KILLED")
-                and artifact_exists(self.uri, found["run_id"], "checkpoints/last.pt")
+                and artifact_exists(found["run_id"], "checkpoints/last.pt", self.uri)
             ):
                 entry.resume_id = found["run_id"]
                 self.resumable.append(entry)
@@ -481,6 +473,7 @@ class _Study:
 
     def _task(self, entry: Entry) -> RunTask:
         from kdhub.study.spec import substitute
+        from kdhub.tracking import study_run_tags
 
         run, study = entry.run, self.study
         ids = {text: self.entries[key].run_id or "" for text, key in run.deps.items()}
@@ -488,12 +481,10 @@ class _Study:
         tracking = dict(config.get("tracking") or {})
         tags = {
             **tracking.get("tags", {}),
-            "mlflow.parentRunId": self.parent.run_id,
-            STUDY_TAG: study.name,
+            **study_run_tags(study.name, run.name, run.label, run.seed, self.parent.run_id),
             ROLE_TAG: run.role,
             KEY_TAG: run.key,
             POINT_TAG: run.point,
-            SEED_TAG: str(run.seed),
             HASH_TAG: run.hash,
         }
         if run.role == "trial":
@@ -679,7 +670,7 @@ class _Study:
 
     def _compare(self) -> tuple[dict[str, Any], list[str]]:
         """One comparison per compared run and grid point (its seeds averaged), nested under the parent."""
-        from kdhub.compare import compare_runs
+        from kdhub.plugins import get_registry
         from kdhub.tracking import delete_run, find_runs
 
         spec = self.study.compare
@@ -690,6 +681,7 @@ class _Study:
             f"tags.mlflow.parentRunId = '{self.parent.run_id}' and tags.`{ROLE_TAG}` = 'compare'",
         ):
             delete_run(self.uri, old["run_id"])  # redone with every finished run below
+        comparer: Any = get_registry().create("command", "compare")  # the command plugin that compares runs
         comparisons, notes = {}, []
         for label, base, runs in compare_groups(spec, [e.run for e in self.entries.values()]):
             base_ids, run_ids = self._finished_ids(base), self._finished_ids(runs)
@@ -697,7 +689,7 @@ class _Study:
                 notes.append(f"comparison {label} vs {spec.baseline} skipped: no finished run on one side")
                 continue
             try:
-                comparison = compare_runs(
+                comparison = comparer.compare(
                     base_ids,
                     run_ids,
                     uri=self.uri,
@@ -745,7 +737,7 @@ def study_status(study: StudyConfig, tracking_uri: str | None = None) -> dict[st
                 "state": state,
                 "run_id": run_id,
                 "test_acc_last": metrics.get("test/acc_last", math.nan),
-                "test_acc_best": metrics.get("test/acc_best", math.nan),
+                "test_acc_best": metrics.get(ACCURACIES["best"], math.nan),
                 "reason": old["tags"].get("kdhub.failure", "") if old else "",
             }
         )

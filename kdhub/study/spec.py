@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kdhub.config import apply_overrides, parse_config, resolve_plugins
+from kdhub.config import apply_overrides, parse_config, read_yaml, resolve_plugins
 from kdhub.errors import ConfigError, KdhubError
 from kdhub.plugins import get_registry
 from kdhub.registry import format_validation_error
@@ -289,21 +289,7 @@ def config_hash(config: dict[str, Any]) -> str:
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     """Read and validate a study file; ``overrides`` (``--set``) apply to its ``base`` config."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{path}: no such study file")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file; save the study as UTF-8 YAML") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}".replace("\n", " ")) from None
-    except RecursionError:
-        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+    data = read_yaml(path, "study file")  # kdhub's safe loader: no tags, no alias bombs, one line per problem
     return parse_study(data, str(path), overrides)
 
 
@@ -563,8 +549,9 @@ def compare_groups(
 
 
 def _check_compare(spec: StudyCompare, study: StudyConfig, planned: list[PlannedRun]) -> None:
-    from kdhub.compare import ACCURACY_TABLE
+    from kdhub.tables import PER_CLASS_ACCURACY
 
+    table, registry = PER_CLASS_ACCURACY, get_registry()
     by_name = {r.name: r for r in study.runs}
     for where, name in [("compare.baseline", spec.baseline)] + [
         (f"compare.runs.{i}", n) for i, n in enumerate(spec.runs)
@@ -573,12 +560,12 @@ def _check_compare(spec: StudyCompare, study: StudyConfig, planned: list[Planned
             raise ConfigError(f"{where}: {name!r} names no run of the study")
         if study.search is not None and name == study.search.run:
             raise ConfigError(f"{where}: {name!r} is the search's template run; it does not run on its own")
-        # the metric of the same name logs the table the comparison reads
+        # a metric that declares the table the comparison reads
         config = parse_config(next(r.config for r in planned if r.name == name))
-        if not any(m.name == ACCURACY_TABLE and m.split == spec.split for m in config.metrics):
+        if not any(table in registry.get("metric", m.name).tables and m.split == spec.split for m in config.metrics):
             raise ConfigError(
-                f"{where}: run {name!r} does not evaluate {ACCURACY_TABLE} on split {spec.split!r};"
-                f" add {{name: {ACCURACY_TABLE}, split: {spec.split}}} to its metrics"
+                f"{where}: run {name!r} has no metric logging the {table.name} table on split {spec.split!r};"
+                f" add {{name: {table.name}, split: {spec.split}}} to its metrics"
             )
     if spec.baseline in spec.runs:
         raise ConfigError(f"compare.runs: {spec.baseline!r} is the baseline")

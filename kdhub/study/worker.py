@@ -186,10 +186,8 @@ def execute(task: RunTask) -> Outcome:
     start = time.perf_counter()
     if task.cwd and os.path.isdir(task.cwd):
         os.chdir(task.cwd)
-    if task.threads:
-        import torch
-
-        torch.set_num_threads(task.threads)
+    if task.threads:  # a worker process of its own: the run's threads whatever the user's environment says
+        os.environ["KDHUB_THREADS"] = str(task.threads)
     if task.worker:
         _interruptible()
     current = _Current(task)
@@ -204,7 +202,7 @@ def execute(task: RunTask) -> Outcome:
         result = run(task.config, resume_run_id=task.resume_run_id)
         outcome.status, outcome.run_id = "FINISHED", result.run_id
         outcome.metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-        outcome.metrics.setdefault("test/acc_best", float(result.best_acc))
+        outcome.metrics.setdefault("test/acc_max_seen", float(result.best_acc))
         outcome.metrics.setdefault("test/acc_last", float(result.last_acc))
     except KeyboardInterrupt:
         raise

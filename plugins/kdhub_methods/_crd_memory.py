@@ -97,7 +97,10 @@ class ContrastMemory(nn.Module):
             weight = torch.ones(b, n, device=device)
             if index is not None:
                 weight.scatter_(1, index[:, None], 0.0)
-        return torch.multinomial(weight, k, replacement=False)
+        # torch.multinomial(weight, k, replacement=False) draws exactly this (exponential keys, top k),
+        # but first checks the weights with a .item(): a host sync every step on CUDA
+        keys = torch.empty_like(weight).exponential_(1)
+        return torch.div(weight, keys, out=keys).topk(k, dim=1).indices
 
     def scores(self, bank: Tensor, v: Tensor, idx: Tensor) -> Tensor:
         """Dot products ``<bank[idx[i, j]], v_i>``: ``[B, J]`` (the bank carries no gradient)."""

@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 import kdhub
 
 Shape = tuple[int, ...]
+StageIndex = Annotated[int, Field(ge=-64, le=63)]
+"""An index into a model's list of stages (negative counts from the end)."""
+Stages = tuple[StageIndex, ...]
 _F = TypeVar("_F", bound=Callable[..., Tensor])
 
 

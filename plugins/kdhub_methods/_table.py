@@ -6,16 +6,11 @@ python -m kdhub_methods._table > docs/methods.md
 from __future__ import annotations
 
 import sys
-import typing
-from typing import Any
-
-from pydantic.fields import FieldInfo
 
 import kdhub
+from kdhub.reference import capabilities, markdown_options
 
 COMMAND = "python -m kdhub_methods._table > docs/methods.md"
-
-_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))  # attributes of pydantic's constraint metadata
 
 
 def _cell(text: str) -> str:
@@ -27,29 +22,11 @@ def _builtin_methods() -> list[type[kdhub.Method]]:
     return [c for c in classes if c.__module__.split(".")[0] == __package__]
 
 
-def _kind(cls: type[kdhub.Method]) -> str:
-    if not cls.needs_teacher:
+def _kind(facts: dict) -> str:
+    if not facts["needs_teacher"]:
         return "teacher-free"
-    parts = [p for p, on in (("output", cls.output_based), ("feature", bool(cls.feature_roles))) if on]
+    parts = [p for p, on in (("output", facts["output_based"]), ("feature", bool(facts["feature_roles"]))) if on]
     return " + ".join(parts) or "other"
-
-
-def _type_name(annotation: Any) -> str:
-    if typing.get_origin(annotation) is typing.Literal:
-        return "one of " + ", ".join(repr(v) for v in typing.get_args(annotation))
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
-def _allowed(field: FieldInfo) -> str:
-    parts = [_type_name(field.annotation)]
-    for meta in field.metadata:
-        for attr, symbol in _BOUNDS:
-            value = getattr(meta, attr, None)
-            if value is not None:
-                parts.append(f"{symbol} {value}")
-    return ", ".join(parts)
 
 
 def _defaults(cls: type[kdhub.Method]) -> str:
@@ -76,12 +53,13 @@ def methods_markdown() -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for cls in methods:
+        facts = capabilities(cls)
         row = [
             f"[`{cls.name}`](#{cls.name})",
             _cell(cls.summary()),
-            _kind(cls),
+            _kind(facts),
             "per-sample" if cls.per_sample else "batch-relational",
-            ", ".join(f"`{r}`" for r in cls.feature_roles) or "—",
+            ", ".join(f"`{r}`" for r in facts["feature_roles"]) or "—",
             f"{cls.default_weight:g}",
             _defaults(cls),
             _cell(cls.paper) or "—",
@@ -89,15 +67,7 @@ def methods_markdown() -> str:
         lines.append("| " + " | ".join(row) + " |")
     for cls in methods:
         lines += ["", f"## {cls.name}", "", _cell(cls.summary()), ""]
-        fields = cls.Options.model_fields
-        if not fields:
-            lines.append("No options.")
-            continue
-        lines += ["| option | default | allowed | description |", "| --- | --- | --- | --- |"]
-        for name, field in fields.items():
-            lines.append(
-                f"| `{name}` | `{field.default!r}` | {_cell(_allowed(field))} | {_cell(field.description or '')} |"
-            )
+        lines += markdown_options(cls.Options)
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 import kdhub
-from kdhub_methods._feature_common import ConvReg, require_maps, resolve_stages, role_shapes, taught_weight
+from kdhub_methods._feature_common import ConvReg, Stages, require_maps, resolve_stages, role_shapes, taught_weight
 
 SCALE = 3.0 / 1000.0  # RepDistiller's (and the authors' code's) fixed factor on the summed loss
 
@@ -61,15 +61,19 @@ class AB(kdhub.Method):
     """
 
     name = "ab"
-    feature_roles: ClassVar[tuple[str, ...]] = ("preact_stages",)
+    feature_roles = ("preact_stages",)
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Heo et al. 2019"
 
     class Options(kdhub.Options):
-        init_epochs: int = Field(30, ge=0, description="epochs of the initialisation stage trained with the AB loss")
-        margin: float = Field(1.0, gt=0, description="margin m of the activation-boundary loss")
-        stages: tuple[int, ...] | None = Field(
-            None, description="indices into 'preact_stages' of both models (negative from the end); None = all"
+        init_epochs: int = Field(
+            30, ge=0, le=10_000, description="epochs of the initialisation stage trained with the AB loss"
+        )
+        margin: kdhub.FiniteFloat = Field(1.0, gt=0, le=1e4, description="margin m of the activation-boundary loss")
+        stages: Stages | None = Field(
+            None,
+            max_length=64,
+            description="indices into 'preact_stages' of both models (negative from the end); None = all",
         )
         main_loss: bool = Field(
             False, description="also add the AB loss in the main stage (the paper and RepDistiller do not)"

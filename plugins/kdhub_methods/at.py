@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 import kdhub
-from kdhub_methods._feature_common import match_spatial, require_maps, resolve_stages, role_shapes
+from kdhub_methods._feature_common import Stages, match_spatial, require_maps, resolve_stages, role_shapes
 
 
 def attention_map(f: Tensor, p: float) -> Tensor:
@@ -53,14 +53,16 @@ class AT(kdhub.Method):
     """
 
     name = "at"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages",)
+    feature_roles = ("stages",)
     default_weight: ClassVar[float] = 1000.0
     paper: ClassVar[str] = "Zagoruyko & Komodakis 2017"
 
     class Options(kdhub.Options):
-        p: float = Field(2.0, gt=0, le=8, description="power of |F| in the attention map (the paper uses 2)")
-        stages: tuple[int, ...] | None = Field(
-            None, description="indices into 'stages' of both models (negative from the end); None = all"
+        p: kdhub.FiniteFloat = Field(
+            2.0, gt=0, le=8, description="power of |F| in the attention map (the paper uses 2)"
+        )
+        stages: Stages | None = Field(
+            None, max_length=64, description="indices into 'stages' of both models (negative from the end); None = all"
         )
 
     def setup(self, ctx: kdhub.SetupContext) -> None:

@@ -71,17 +71,17 @@ class CC(kdhub.Method):
 
     name = "cc"
     per_sample: ClassVar[bool] = False
-    feature_roles: ClassVar[tuple[str, ...]] = ("pooled",)
+    feature_roles = ("pooled",)
     default_weight: ClassVar[float] = 0.02
     paper: ClassVar[str] = "Peng et al. 2019"
 
     class Options(kdhub.Options):
-        embed_dim: int = Field(128, ge=1, description="output size of the linear embeddings of both models")
+        embed_dim: int = Field(128, ge=1, le=65536, description="output size of the linear embeddings of both models")
         form: Literal["repdistiller", "gaussian"] = Field(
             "repdistiller",
             description="repdistiller = the authors' code in RepDistiller; gaussian = the paper's kernel",
         )
-        gamma: float = Field(0.4, gt=0, description="Gaussian kernel width (form: gaussian only)")
+        gamma: kdhub.FiniteFloat = Field(0.4, gt=0, le=1e4, description="Gaussian kernel width (form: gaussian only)")
         order: int = Field(2, ge=0, le=10, description="order of the kernel's Taylor expansion (form: gaussian only)")
 
         @model_validator(mode="after")

@@ -88,17 +88,22 @@ class CRD(kdhub.Method):
     """
 
     name = "crd"
-    feature_roles: ClassVar[tuple[str, ...]] = ("pooled",)
+    feature_roles = ("pooled",)
     default_weight: ClassVar[float] = 0.8
     paper: ClassVar[str] = "Tian et al. 2020"
 
     class Options(kdhub.Options):
         feat_dim: int = Field(128, ge=1, le=65536, description="dimension of the embedding and of the memory banks")
         num_negatives: int = Field(
-            16384, ge=1, description="negatives K per anchor (clamped to the pool size of small data sets)"
+            16384,
+            ge=1,
+            le=10_000_000,
+            description="negatives K per anchor (clamped to the pool size of small data sets)",
         )
-        nce_temperature: float = Field(0.07, gt=0, le=10, description="temperature tau of the NCE scores")
-        momentum: float = Field(0.5, ge=0, lt=1, description="momentum of the memory-bank update")
+        nce_temperature: kdhub.FiniteFloat = Field(
+            0.07, ge=1e-3, le=10, description="temperature tau of the NCE scores"
+        )
+        momentum: kdhub.FiniteFloat = Field(0.5, ge=0, lt=1, description="momentum of the memory-bank update")
         negatives: Literal["other_classes", "uniform"] = Field(
             "other_classes",
             description="other_classes: negatives from other classes (RepDistiller's mode exact); "

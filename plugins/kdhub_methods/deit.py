@@ -42,7 +42,7 @@ class DeiT(kdhub.Method):
     paper: ClassVar[str] = "Touvron et al. ICML 2021"
 
     class Options(kdhub.Options):
-        label_smoothing: float = Field(
+        label_smoothing: kdhub.FiniteFloat = Field(
             0.0, ge=0, le=1, description="smoothing of the teacher's hard label, (1 - a) onehot + a / C"
         )
 

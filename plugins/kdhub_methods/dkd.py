@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 import kdhub
@@ -20,8 +21,12 @@ def dkd_terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample ``(TCKD, NCKD)``, each already multiplied by ``T^2``.
 
-    Everything is computed from log-sum-exps, so no probability is ever logged after underflowing
+    Everything is computed in log space, so no probability is ever logged after underflowing
     (mdistiller takes ``log`` of summed probabilities and masks with ``-1000``; the values agree).
+    The binary distribution ``[p_y, 1 - p_y]`` comes from the target's log-odds against the
+    non-target classes, ``d = z_y - logsumexp_{k != y} z_k``: ``log p_y = logsigmoid(d)`` and
+    ``log(1 - p_y) = logsigmoid(-d) = -softplus(d)``. So ``log(1 - p_y)`` keeps full float32
+    precision when ``p_y`` is tiny, where ``logsumexp_{k != y} - logsumexp_k`` would cancel.
     """
     t = temperature
     z_s = student_logits.float() / t
@@ -29,14 +34,14 @@ def dkd_terms(
     target = _target_mask(z_s, labels)
     y = labels.unsqueeze(1)
 
-    lse_s = z_s.logsumexp(1, keepdim=True)
-    lse_t = z_t.logsumexp(1, keepdim=True)
     nt_lse_s = z_s.masked_fill(target, float("-inf")).logsumexp(1, keepdim=True)
     nt_lse_t = z_t.masked_fill(target, float("-inf")).logsumexp(1, keepdim=True)
+    d_s = z_s.gather(1, y) - nt_lse_s  # log(p_y / (1 - p_y))
+    d_t = z_t.gather(1, y) - nt_lse_t
 
     # binary distributions [p_y, 1 - p_y] in log space
-    log_b_s = torch.cat([z_s.gather(1, y) - lse_s, nt_lse_s - lse_s], dim=1)
-    log_b_t = torch.cat([z_t.gather(1, y) - lse_t, nt_lse_t - lse_t], dim=1)
+    log_b_s = torch.cat([F.logsigmoid(d_s), F.logsigmoid(-d_s)], dim=1)
+    log_b_t = torch.cat([F.logsigmoid(d_t), F.logsigmoid(-d_t)], dim=1)
     tckd = (log_b_t.exp() * (log_b_t - log_b_s)).sum(1)
 
     # distributions over the non-target classes; the target entry is finite and weighted by 0
@@ -63,8 +68,11 @@ class DKD(kdhub.Method):
     The two weighted terms are returned separately (``tckd`` and ``nckd``) so both are logged; their
     sum is the DKD loss. The loss decomposes per sample.
 
-    Reference recipe (CIFAR-100, mdistiller): CE weight 1, alpha = 1, beta = 8 (2 for resnet56 ->
-    resnet20 and resnet110 -> resnet32; 6 for the wrn and vgg13 pairs), T = 4, 20 warm-up epochs::
+    Reference recipe (CIFAR-100, mdistiller's ``configs/cifar100/dkd/*.yaml`` over the defaults of
+    ``mdistiller/engine/cfg.py``): CE weight 1, alpha = 1, beta = 8 (2 for resnet56 -> resnet20 and
+    resnet110 -> resnet32; 6 for wrn_40_2 -> wrn_16_2, wrn_40_2 -> wrn_40_1, vgg13 -> vgg8 and
+    vgg13 -> MobileNetV2; 8, the default, for wrn_40_2 -> ShuffleV1 and the resnet32x4 / ResNet50
+    pairs), T = 4, 20 warm-up epochs::
 
         ce_weight: 1.0
         methods:
@@ -79,10 +87,12 @@ class DKD(kdhub.Method):
     paper: ClassVar[str] = "Zhao et al. CVPR 2022"
 
     class Options(kdhub.Options):
-        alpha: float = Field(1.0, ge=0, description="weight of the target-class term TCKD")
-        beta: float = Field(8.0, ge=0, description="weight of the non-target-class term NCKD")
-        temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature T")
-        warmup: int = Field(20, ge=0, description="epochs of linear warm-up min(epoch / warmup, 1); 0 = none")
+        alpha: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e4, description="weight of the target-class term TCKD")
+        beta: kdhub.FiniteFloat = Field(8.0, ge=0, le=1e4, description="weight of the non-target-class term NCKD")
+        temperature: kdhub.FiniteFloat = Field(4.0, ge=0.01, le=100, description="softmax temperature T")
+        warmup: int = Field(
+            20, ge=0, le=100_000, description="epochs of linear warm-up min(epoch / warmup, 1); 0 = none"
+        )
 
     def warmup_factor(self, epoch: int) -> float:
         """``min(epoch / warmup, 1)`` (epochs from 1); 1 when the warm-up is off."""

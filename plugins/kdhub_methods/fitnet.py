@@ -44,13 +44,16 @@ class FitNet(kdhub.Method):
     """
 
     name = "fitnet"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages",)
+    feature_roles = ("stages",)
     default_weight: ClassVar[float] = 100.0
     paper: ClassVar[str] = "Romero et al. 2015"
 
     class Options(kdhub.Options):
         stage: int = Field(
-            1, description="index into the 'stages' features of both models (negative counts from the end)"
+            1,
+            ge=-64,
+            le=63,
+            description="index into the 'stages' features of both models (negative counts from the end)",
         )
 
     def setup(self, ctx: kdhub.SetupContext) -> None:

@@ -63,21 +63,21 @@ class FSP(kdhub.Method):
     """
 
     name = "fsp"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stem", "stages")
     default_weight: ClassVar[float] = 50.0
     paper: ClassVar[str] = "Yim et al. 2017"
 
     class Options(kdhub.Options):
-        init_epochs: int = Field(30, ge=0, description="epochs of the initialisation stage trained with the FSP loss")
+        init_epochs: int = Field(
+            30, ge=0, le=10_000, description="epochs of the initialisation stage trained with the FSP loss"
+        )
         include_stem: bool = Field(True, description="start the chain of features at the stem (RepDistiller)")
         main_loss: bool = Field(
             False, description="also add the FSP loss in the main stage (the paper and RepDistiller do not)"
         )
 
-    def __init__(self, options: kdhub.Options | None = None, **kwargs: object) -> None:
-        super().__init__(options, **kwargs)
-        if not self.options.include_stem:
-            self.feature_roles = ("stages",)  # the engine taps only what this instance uses
+    @property
+    def feature_roles(self) -> tuple[str, ...]:
+        return ("stem", "stages") if self.options.include_stem else ("stages",)
 
     @property
     def init_epochs(self) -> int:

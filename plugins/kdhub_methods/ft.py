@@ -96,16 +96,16 @@ class FT(kdhub.Method):
     """
 
     name = "ft"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages",)
+    feature_roles = ("stages",)
     default_weight: ClassVar[float] = 200.0
     paper: ClassVar[str] = "Kim et al. 2018"
 
     class Options(kdhub.Options):
         init_epochs: int = Field(
-            30, ge=0, description="epochs of paraphraser training (reconstruction) before distilling"
+            30, ge=0, le=10_000, description="epochs of paraphraser training (reconstruction) before distilling"
         )
-        rate: float = Field(0.5, gt=0, le=4, description="factor channels = int(rate * teacher channels)")
-        stage: int = Field(-1, description="index into 'stages' of both models (negative from the end)")
+        rate: kdhub.FiniteFloat = Field(0.5, gt=0, le=4, description="factor channels = int(rate * teacher channels)")
+        stage: int = Field(-1, ge=-64, le=63, description="index into 'stages' of both models (negative from the end)")
         form: Literal["repdistiller", "paper"] = Field(
             "repdistiller", description="repdistiller = compare attention maps of the factors; paper = whole factors"
         )

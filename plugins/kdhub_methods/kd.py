@@ -5,17 +5,10 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 import kdhub
-
-
-def kl_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(z_t/T) || softmax(z_s/T)) per sample, from log-softmax on both sides (no NaN on underflow)."""
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+from kdhub.functional import kl_per_sample
 
 
 class KD(kdhub.Method):
@@ -43,7 +36,7 @@ class KD(kdhub.Method):
     paper: ClassVar[str] = "Hinton et al. 2015"
 
     class Options(kdhub.Options):
-        temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature T")
+        temperature: kdhub.FiniteFloat = Field(4.0, ge=0.01, le=100, description="softmax temperature T")
         reduction: Literal["batchmean", "per_class_mean"] = Field(
             "batchmean", description="batchmean = true KL; per_class_mean also divides by C (DeiT/TAKD)"
         )

@@ -36,13 +36,15 @@ class LabelSmoothing(kdhub.Method):
     """
 
     name = "label_smoothing"
-    needs_teacher: ClassVar[bool] = False
+    needs_teacher = False
     output_based: ClassVar[bool] = False
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Szegedy et al. CVPR 2016"
 
     class Options(kdhub.Options):
-        alpha: float = Field(0.1, ge=0, le=1, description="smoothing mass alpha: q = (1 - alpha) onehot + alpha / C")
+        alpha: kdhub.FiniteFloat = Field(
+            0.1, ge=0, le=1, description="smoothing mass alpha: q = (1 - alpha) onehot + alpha / C"
+        )
 
     def loss(self, out: kdhub.StepOutputs) -> torch.Tensor:
         return F.cross_entropy(

@@ -10,7 +10,14 @@ from pydantic import Field
 from torch import Tensor
 
 import kdhub
-from kdhub_methods._feature_common import full_precision, match_spatial, require_maps, resolve_stages, role_shapes
+from kdhub_methods._feature_common import (
+    Stages,
+    full_precision,
+    match_spatial,
+    require_maps,
+    resolve_stages,
+    role_shapes,
+)
 
 
 @full_precision
@@ -62,16 +69,18 @@ class NST(kdhub.Method):
     """
 
     name = "nst"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages",)
+    feature_roles = ("stages",)
     default_weight: ClassVar[float] = 50.0
     paper: ClassVar[str] = "Huang & Wang 2017"
 
     class Options(kdhub.Options):
-        stages: tuple[int, ...] | None = Field(
-            None, description="indices into 'stages' of both models (negative from the end); None = all"
+        stages: Stages | None = Field(
+            None, max_length=64, description="indices into 'stages' of both models (negative from the end); None = all"
         )
         degree: int = Field(2, ge=1, le=8, description="degree d of the polynomial kernel (x.y + c)^d")
-        offset: float = Field(0.0, ge=0, description="offset c of the polynomial kernel (x.y + c)^d")
+        offset: kdhub.FiniteFloat = Field(
+            0.0, ge=0, le=1e4, description="offset c of the polynomial kernel (x.y + c)^d"
+        )
 
     def setup(self, ctx: kdhub.SetupContext) -> None:
         s_shapes, t_shapes = role_shapes(ctx, "stages", self.name)

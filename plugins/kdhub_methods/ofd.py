@@ -93,7 +93,7 @@ class OFD(kdhub.Method):
     """
 
     name = "ofd"
-    feature_roles: ClassVar[tuple[str, ...]] = ("preact_stages",)
+    feature_roles = ("preact_stages",)
     default_weight: ClassVar[float] = 0.001
     paper: ClassVar[str] = "Heo et al. 2019"
 

@@ -52,7 +52,7 @@ class PKT(kdhub.Method):
 
     name = "pkt"
     per_sample: ClassVar[bool] = False
-    feature_roles: ClassVar[tuple[str, ...]] = ("pooled",)
+    feature_roles = ("pooled",)
     default_weight: ClassVar[float] = 30000.0
     paper: ClassVar[str] = "Passalis & Tefas 2018"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -102,22 +102,20 @@ class ReviewKD(kdhub.Method):
     """
 
     name = "reviewkd"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages", "preact_stages", "pooled")
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Chen et al. 2021"
 
     class Options(kdhub.Options):
-        warmup_epochs: int = Field(20, ge=0, description="epochs of linear warm-up of the loss (0 = none)")
+        warmup_epochs: int = Field(20, ge=0, le=100_000, description="epochs of linear warm-up of the loss (0 = none)")
         teacher_preact: bool = Field(
             True, description="match the teacher's pre-ReLU stages (true, as the reference codes) or its stages"
         )
-        max_mid_channels: int = Field(512, ge=1, description="upper bound of the ABF's hidden channels")
+        max_mid_channels: int = Field(512, ge=1, le=65536, description="upper bound of the ABF's hidden channels")
 
-    def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
+    @property
+    def feature_roles(self) -> tuple[str, ...]:
         # the post-ReLU-only variant must not demand pre-ReLU taps of the models
-        if not self.options.teacher_preact:
-            self.feature_roles = ("stages", "pooled")
+        return ("stages", "preact_stages", "pooled") if self.options.teacher_preact else ("stages", "pooled")
 
     @property
     def teacher_role(self) -> str:

@@ -76,13 +76,13 @@ class RKD(kdhub.Method):
 
     name = "rkd"
     per_sample: ClassVar[bool] = False
-    feature_roles: ClassVar[tuple[str, ...]] = ("pooled",)
+    feature_roles = ("pooled",)
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Park et al. 2019"
 
     class Options(kdhub.Options):
-        distance_weight: float = Field(25.0, ge=0, description="weight w_D of the distance term")
-        angle_weight: float = Field(50.0, ge=0, description="weight w_A of the angle term")
+        distance_weight: kdhub.FiniteFloat = Field(25.0, ge=0, le=1e6, description="weight w_D of the distance term")
+        angle_weight: kdhub.FiniteFloat = Field(50.0, ge=0, le=1e6, description="weight w_A of the angle term")
 
         @model_validator(mode="after")
         def _one_term(self) -> RKD.Options:

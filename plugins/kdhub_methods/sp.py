@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 import kdhub
-from kdhub_methods._feature_common import full_precision, resolve_stages, role_shapes
+from kdhub_methods._feature_common import Stages, full_precision, resolve_stages, role_shapes
 
 
 @full_precision
@@ -50,13 +50,16 @@ class SP(kdhub.Method):
 
     name = "sp"
     per_sample: ClassVar[bool] = False
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages",)
+    feature_roles = ("stages",)
     default_weight: ClassVar[float] = 3000.0
     paper: ClassVar[str] = "Tung & Mori 2019"
 
     class Options(kdhub.Options):
-        stages: tuple[int, ...] = Field(
-            (-1,), min_length=1, description="indices into 'stages' of both models (negative from the end)"
+        stages: Stages = Field(
+            (-1,),
+            min_length=1,
+            max_length=64,
+            description="indices into 'stages' of both models (negative from the end)",
         )
 
     def setup(self, ctx: kdhub.SetupContext) -> None:

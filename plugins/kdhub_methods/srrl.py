@@ -11,8 +11,8 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 import kdhub
+from kdhub.functional import kl_per_sample
 from kdhub_methods._feature_common import MaskedBatchNorm2d, require_vectors, role_shapes, taught_weight
-from kdhub_methods.kd import kl_per_sample
 
 
 class SRRL(kdhub.Method):
@@ -39,28 +39,33 @@ class SRRL(kdhub.Method):
     never a submodule of the method. The connector's BatchNorm takes its batch statistics from the
     taught samples only.
 
-    Reference recipe (CIFAR-100, SimKD's scripts): CE weight 1, SRRL weight 1::
+    Reference recipe (CIFAR-100, SimKD's ``scripts/run_distill.sh``: ``--distill srrl -c 1 -d 1 -b 1``
+    with ``--kd_T 4``, and ``helper/loops.py``'s ``cls * CE + div * KD + beta * SRRL``): CE weight 1,
+    SRRL weight 1, plus a KD term at T = 4 with weight 1::
 
         ce_weight: 1.0
         methods:
           - name: srrl
             weight: 1.0
             options: {fm_weight: 1.0, sr_weight: 1.0, sr_loss: mse}
+          - {name: kd, weight: 1.0, options: {temperature: 4.0}}
     """
 
     name = "srrl"
-    feature_roles: ClassVar[tuple[str, ...]] = ("pooled",)
+    feature_roles = ("pooled",)
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Yang et al. 2021"
 
     class Options(kdhub.Options):
-        fm_weight: float = Field(1.0, ge=0, description="weight of the feature-matching term L_FM")
-        sr_weight: float = Field(1.0, ge=0, description="weight of the softmax-regression term L_SR")
+        fm_weight: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e6, description="weight of the feature-matching term L_FM")
+        sr_weight: kdhub.FiniteFloat = Field(
+            1.0, ge=0, le=1e6, description="weight of the softmax-regression term L_SR"
+        )
         sr_loss: Literal["mse", "kl"] = Field(
             "mse", description="mse: squared error of the logits (the paper's L2); kl: KD's softened KL"
         )
-        temperature: float | None = Field(
-            None, gt=0, le=100, description="softmax temperature of sr_loss=kl (default 1; not allowed with mse)"
+        temperature: kdhub.FiniteFloat | None = Field(
+            None, ge=0.01, le=100, description="softmax temperature of sr_loss=kl (default 1; not allowed with mse)"
         )
 
         @model_validator(mode="after")

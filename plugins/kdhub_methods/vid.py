@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 import kdhub
-from kdhub_methods._feature_common import match_spatial, require_maps, resolve_stages, role_shapes
+from kdhub_methods._feature_common import Stages, match_spatial, require_maps, resolve_stages, role_shapes
 
 
 def inverse_softplus(y: float) -> float:
@@ -56,8 +56,10 @@ class VID(kdhub.Method):
     ``mid_channels``, default the teacher's channel count as in RepDistiller) and per-channel
     variance ``sigma_c^2 = softplus(alpha_c) + eps``, ``alpha`` initialised so that
     ``sigma^2 = init_variance``. Per sample: ``l_i = sum_stages mean_{c,h,w} 0.5 * ((mu - t)^2 /
-    sigma_c^2 + log sigma_c^2)``. The ``alpha_c`` are registered parameters and are trained
-    (RepDistiller's pitfall of unregistered variances is avoided).
+    sigma_c^2 + log sigma_c^2)``. The ``alpha_c`` are registered parameters and are
+    trained, as in RepDistiller (``distiller_zoo/VID.py`` registers ``log_scale`` in the trained
+    ``VIDLoss`` module); mdistiller's ``distillers/VID.py`` keeps them in a plain list left out of
+    ``get_learnable_parameters``, so its variances stay at their initial value.
 
     kdhub's reading: maps of different spatial size are matched by average-pooling the larger
     (RepDistiller); ``stages`` defaults to all (``feat[1:-1]``).
@@ -72,18 +74,18 @@ class VID(kdhub.Method):
     """
 
     name = "vid"
-    feature_roles: ClassVar[tuple[str, ...]] = ("stages",)
+    feature_roles = ("stages",)
     default_weight: ClassVar[float] = 1.0
     paper: ClassVar[str] = "Ahn et al. 2019"
 
     class Options(kdhub.Options):
-        stages: tuple[int, ...] | None = Field(
-            None, description="indices into 'stages' of both models (negative from the end); None = all"
+        stages: Stages | None = Field(
+            None, max_length=64, description="indices into 'stages' of both models (negative from the end); None = all"
         )
-        init_variance: float = Field(5.0, gt=0, description="initial per-channel variance sigma^2")
-        eps: float = Field(1e-5, gt=0, description="lower bound added to the variance")
+        init_variance: kdhub.FiniteFloat = Field(5.0, gt=0, le=1e6, description="initial per-channel variance sigma^2")
+        eps: kdhub.FiniteFloat = Field(1e-5, gt=0, le=1, description="lower bound added to the variance")
         mid_channels: int | None = Field(
-            None, ge=1, description="hidden width of the regressor; None = the teacher stage's channels"
+            None, ge=1, le=65536, description="hidden width of the regressor; None = the teacher stage's channels"
         )
 
         @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""Shared helpers of the analysis metrics: summable fixed-seed subsamples, line fits, figures."""
+"""Shared helpers of the analysis metrics: summable fixed-seed subsamples and line fits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["SampleBuffer", "add_at", "fit_line", "nanmean", "new_figure", "role_shapes"]
+__all__ = ["SampleBuffer", "add_at", "fit_line", "role_shapes"]
 
 
 def add_at(target: Tensor, index: Tensor, values: Tensor | None = None) -> None:
@@ -110,23 +110,6 @@ def fit_line(u: Tensor, v: Tensor) -> dict[str, float]:
     slope = suv / suu
     r = suv / math.sqrt(suu * svv) if svv > 0 else math.nan
     return {"slope": slope, "intercept": v.mean().item() - slope * u.mean().item(), "r": r, "n": float(n)}
-
-
-def new_figure(ncols: int = 1, width: float = 5.0, height: float = 4.0) -> tuple[Any, Any]:
-    """A figure on the Agg canvas, without pyplot (no global state, nothing to close); laid out when drawn."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
-
-
-def nanmean(values: list[float]) -> float:
-    """Mean of the non-NaN values (NaN when there are none)."""
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
 
 
 def role_shapes(ctx: Any, role: str) -> tuple[list[tuple[int, ...]] | None, list[tuple[int, ...]] | None]:

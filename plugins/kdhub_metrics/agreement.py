@@ -8,8 +8,10 @@ import torch
 from pydantic import Field
 
 import kdhub
+from kdhub.figures import new_figure
+from kdhub.functional import nanmean
 
-from ._support import add_at, nanmean, new_figure
+from ._support import add_at
 
 
 class Agreement(kdhub.Metric):
@@ -37,6 +39,7 @@ class Agreement(kdhub.Metric):
     """
 
     name = "agreement"
+    tables = (kdhub.AGREEMENT,)
     needs_teacher = True
 
     class Options(kdhub.Options):
@@ -96,7 +99,9 @@ class Agreement(kdhub.Metric):
             "mean_class_pa": nanmean(by_label),
             "worst_class_pa": min(kept) if kept else float("nan"),
         }
-        return kdhub.MetricResult(scalars=scalars, tables={"agreement": table}, figures={"agreement": _figure(table)})
+        return kdhub.MetricResult(
+            scalars=scalars, tables={kdhub.AGREEMENT.name: table}, figures={"agreement": _figure(table)}
+        )
 
 
 def _figure(table: kdhub.Table):

@@ -6,8 +6,9 @@ import torch
 from pydantic import Field
 
 import kdhub
+from kdhub.figures import new_figure
 
-from ._support import add_at, new_figure
+from ._support import add_at
 
 
 def bin_index(confidence: torch.Tensor, bins: int) -> torch.Tensor:

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeInt
+from pydantic import Field
 from torch import Tensor
 
 import kdhub
+from kdhub.figures import new_figure
+from kdhub.functional import nanmean
 
-from ._support import SampleBuffer, nanmean, new_figure, role_shapes
+from ._support import SampleBuffer, role_shapes
+
+_Layer = Annotated[int, Field(ge=0, le=1000)]
+_Example = Annotated[int, Field(ge=0, le=100_000_000)]
 
 _CHUNK_BYTES = 64 * 2**20  # float64 working set of one column chunk of a Gram matrix
 
@@ -174,29 +180,33 @@ class CKA(kdhub.Metric):
     needs_teacher = True
 
     class Options(kdhub.Options):
-        role: str = Field("stages", min_length=1, description="feature role compared on both models")
-        pairs: list[tuple[NonNegativeInt, NonNegativeInt]] | None = Field(
-            None, description="(student layer, teacher layer) pairs; default: layer i with layer i"
+        role: str = Field("stages", min_length=1, max_length=200, description="feature role compared on both models")
+        pairs: list[tuple[_Layer, _Layer]] | None = Field(
+            None, max_length=1000, description="(student layer, teacher layer) pairs; default: layer i with layer i"
         )
         max_samples: int = Field(
             2048, ge=0, le=1_000_000, description="samples of the full CKA's fixed-seed subsample (0 = no full CKA)"
         )
-        max_memory_mb: float = Field(
+        max_memory_mb: kdhub.FiniteFloat = Field(
             1024.0, gt=0, le=1_000_000, description="bound on the full CKA's feature buffers; the subsample shrinks"
         )
         minibatch: bool = Field(True, description="accumulate the minibatch CKA over evaluation batches")
-        examples: list[NonNegativeInt] = Field(
+        examples: list[_Example] = Field(
             default_factory=lambda: list(range(12)), max_length=1024, description="split indices for per-sample CKA"
         )
-        seed: int = Field(0, ge=0, description="seed of the subsample (fixed, so runs compare on the same samples)")
+        seed: int = Field(
+            0, ge=0, le=2**32 - 1, description="seed of the subsample (fixed, so runs compare on the same samples)"
+        )
 
+    @property
     def feature_roles(self) -> tuple[str, ...]:
         return (self.options.role,)
 
     def reset(self, ctx: kdhub.MetricContext) -> None:
         super().reset(ctx)
         self.pairs: list[tuple[int, int]] = []
-        self.batch_size = 0
+        # the evaluation's batch size (a smaller last batch is left out, whichever process gets it)
+        self.batch_size = min(ctx.batch_size, ctx.num_samples) if ctx.batch_size and ctx.num_samples else 0
         self.hsic: Tensor | None = None
         self.batches = torch.zeros((), dtype=torch.float64, device=ctx.device)
         self.full: SampleBuffer | None = None
@@ -248,7 +258,7 @@ class CKA(kdhub.Metric):
         if self.hsic is None:
             self._allocate([tuple(f.shape[1:]) for f in fs], [tuple(f.shape[1:]) for f in ft])
         if not self.batch_size:
-            self.batch_size = b  # the first batch fixes the minibatch size
+            self.batch_size = b  # no batch size on the context: the first batch fixes it
         s_layers, t_layers = self._layers()
         if self.options.minibatch and b == self.batch_size and b >= 4:
             grams_s = {i: gram(fs[i]) for i in s_layers}

@@ -6,8 +6,9 @@ import torch
 from pydantic import Field
 
 import kdhub
+from kdhub.figures import new_figure
 
-from ._support import SampleBuffer, fit_line, new_figure
+from ._support import SampleBuffer, fit_line
 
 
 def logit_confidence(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -60,13 +61,17 @@ class Confidence(kdhub.Metric):
     needs_teacher = True
 
     class Options(kdhub.Options):
-        q: float = Field(25.0, gt=0, le=50, description="percent of samples in the teacher's lowest / highest part")
+        q: kdhub.FiniteFloat = Field(
+            25.0, gt=0, le=50, description="percent of samples in the teacher's lowest / highest part"
+        )
         bins: int = Field(20, ge=1, le=1000, description="quantile bins of u whose means are drawn")
         max_samples: int = Field(
             100_000, ge=2, le=10_000_000, description="at most this many samples (fixed-seed subsample) are kept"
         )
         plot_points: int = Field(5000, ge=0, le=1_000_000, description="points drawn in the scatter (a subsample)")
-        seed: int = Field(0, ge=0, description="seed of the subsample (fixed, so runs compare on the same samples)")
+        seed: int = Field(
+            0, ge=0, le=2**32 - 1, description="seed of the subsample (fixed, so runs compare on the same samples)"
+        )
 
     def reset(self, ctx: kdhub.MetricContext) -> None:
         super().reset(ctx)

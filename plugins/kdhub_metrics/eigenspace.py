@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +12,9 @@ from pydantic import Field
 from torch import Tensor, nn
 
 import kdhub
+from kdhub.figures import new_figure
 
-from ._support import new_figure
+_Direction = Annotated[int, Field(ge=-100_000, le=100_000)]
 
 
 def first_layer(net: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
@@ -137,14 +138,17 @@ class Eigenspace(kdhub.Metric):
     name = "eigenspace"
 
     class Options(kdhub.Options):
-        layer: str | None = Field(None, description="module name of the layer (default: first Conv2d/Linear)")
+        layer: str | None = Field(
+            None, min_length=1, max_length=1000, description="module name of the layer (default: first Conv2d/Linear)"
+        )
         patches: int = Field(10_000, ge=0, le=100_000_000, description="random input patches for Σ (0 = all)")
         top_k: int = Field(5, ge=1, le=100_000, description="K of the top-K share F_K (capped at d)")
-        pairs: list[tuple[int, int]] = Field(
+        pairs: list[tuple[_Direction, _Direction]] = Field(
             default_factory=lambda: [(0, -1)],
+            max_length=100,
             description="eigen-direction indices (i, j) whose (a_i, a_j) trajectories are drawn; -1 = the last",
         )
-        seed: int = Field(0, ge=0, description="seed of the patch sampling")
+        seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the patch sampling")
 
     def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)

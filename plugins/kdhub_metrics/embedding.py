@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import Annotated
 
 import torch
-from pydantic import Field, NonNegativeInt
+from pydantic import Field
 
 import kdhub
+from kdhub.figures import new_figure
 
-from ._support import SampleBuffer, new_figure, role_shapes
+from ._support import SampleBuffer, role_shapes
 
 
 def tsne_2d(
@@ -66,16 +68,23 @@ class Embedding(kdhub.Metric):
     name = "embedding"
 
     class Options(kdhub.Options):
-        role: str = Field("pooled", min_length=1, description="feature role embedded (the penultimate features)")
-        max_samples: int = Field(2000, ge=3, le=100_000, description="size of the fixed-seed subsample")
-        highlight: list[NonNegativeInt] = Field(
-            default_factory=list, description="classes drawn in colour, the rest in grey (empty = colour by class)"
+        role: str = Field(
+            "pooled", min_length=1, max_length=200, description="feature role embedded (the penultimate features)"
         )
-        perplexity: float = Field(30.0, gt=0, le=1000, description="t-SNE perplexity (capped at (n - 1) / 3)")
+        max_samples: int = Field(2000, ge=3, le=100_000, description="size of the fixed-seed subsample")
+        highlight: list[Annotated[int, Field(ge=0, le=100_000)]] = Field(
+            default_factory=list,
+            max_length=1000,
+            description="classes drawn in colour, the rest in grey (empty = colour by class)",
+        )
+        perplexity: kdhub.FiniteFloat = Field(
+            30.0, gt=0, le=1000, description="t-SNE perplexity (capped at (n - 1) / 3)"
+        )
         max_iter: int = Field(1000, ge=250, le=100_000, description="t-SNE iterations")
         pca_dims: int = Field(50, ge=0, le=10_000, description="PCA components before t-SNE (0 = none)")
-        seed: int = Field(0, ge=0, description="seed of the subsample and of t-SNE")
+        seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the subsample and of t-SNE")
 
+    @property
     def feature_roles(self) -> tuple[str, ...]:
         return (self.options.role,)
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 import kdhub
+from kdhub.figures import new_figure
+from kdhub.functional import kl_per_sample
 
-from ._support import add_at, new_figure
+from ._support import add_at
 
 
 def predictive_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """``KL(softmax(z_t) || softmax(z_s))`` per sample at T = 1, from log-softmax on both sides (float64)."""
-    log_p_s = F.log_softmax(student_logits.double(), dim=1)
-    log_p_t = F.log_softmax(teacher_logits.double(), dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1)
+    """``KL(softmax(z_t) || softmax(z_s))`` per sample at T = 1, in float64."""
+    return kl_per_sample(student_logits, teacher_logits, 1.0, dtype=torch.float64)
 
 
 class Fidelity(kdhub.Metric):

@@ -33,7 +33,7 @@ class Interpolation(kdhub.Metric):
     name = "interpolation"
 
     class Options(kdhub.Options):
-        threshold: float = Field(
+        threshold: kdhub.FiniteFloat = Field(
             99.0, ge=0, le=100, description="train accuracy (%) at or above which a model is said to interpolate"
         )
 

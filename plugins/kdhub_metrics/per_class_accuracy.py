@@ -7,6 +7,8 @@ import math
 import torch
 
 import kdhub
+from kdhub.figures import new_figure
+from kdhub.functional import nanmean, nanmin
 
 
 class PerClassAccuracy(kdhub.Metric):
@@ -20,6 +22,7 @@ class PerClassAccuracy(kdhub.Metric):
     """
 
     name = "per_class_accuracy"
+    tables = (kdhub.PER_CLASS_ACCURACY,)
 
     def reset(self, ctx: kdhub.MetricContext) -> None:
         super().reset(ctx)
@@ -49,46 +52,39 @@ class PerClassAccuracy(kdhub.Metric):
             "count": [int(n) for n in counts.tolist()],
             "student": student,
         }
-        scalars = {"mean_class_acc": _nanmean(student), "worst_class_acc": _nanmin(student)}
+        scalars = {"mean_class_acc": nanmean(student), "worst_class_acc": nanmin(student)}
         if self.ctx.has_teacher:
             table["teacher"] = (100 * self.teacher_correct.cpu() / counts).tolist()
-            scalars["teacher_mean_class_acc"] = _nanmean(table["teacher"])
+            scalars["teacher_mean_class_acc"] = nanmean(table["teacher"])
         return kdhub.MetricResult(
             scalars=scalars,
-            tables={"per_class_accuracy": table},
+            tables={kdhub.PER_CLASS_ACCURACY.name: table},
             figures={"per_class_accuracy": _figure(table)},
         )
 
 
-def _nanmean(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else math.nan
-
-
-def _nanmin(values: list[float]) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return min(kept) if kept else math.nan
-
-
 def _figure(table: kdhub.Table):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Student (and teacher) bars per class; the y axis starts below the worst class so differences show."""
     n = len(table["class"])
-    fig, ax = plt.subplots(figsize=(max(6, 0.25 * n + 2), 3.5))
+    has_teacher = "teacher" in table
+    fig, (ax,) = new_figure(width=min(16.0, max(8.0, 0.32 * n + 3)), height=4.5)
     xs = list(range(n))
-    width = 0.4 if "teacher" in table else 0.8
-    ax.bar([x - width / 2 if "teacher" in table else x for x in xs], table["student"], width, label="student")
-    if "teacher" in table:
-        ax.bar([x + width / 2 for x in xs], table["teacher"], width, label="teacher", alpha=0.7)
+    width = 0.4 if has_teacher else 0.8
+    series = [("student", -width / 2 if has_teacher else 0.0, "C0")]
+    if has_teacher:
+        series.append(("teacher", width / 2, "C1"))
+    finite = [v for key, _, _ in series for v in table[key] if not math.isnan(v)]
+    for key, shift, color in series:
+        values = table[key]
+        label = f"{key} (mean {nanmean(values):.1f} %)"
+        ax.bar([x + shift for x in xs], [0 if math.isnan(v) else v for v in values], width, label=label, color=color)
+    low = max(0.0, 10 * math.floor((min(finite) - 5) / 10)) if finite else 0.0
+    ax.set_ylim(low, 100.5)
     ax.set_xlabel("class")
     ax.set_ylabel("accuracy (%)")
-    if n <= 20:
-        ax.set_xticks(xs, table["name"], rotation=45, ha="right")
-    ax.set_ylim(0, 100)
-    ax.set_title("per-class accuracy", loc="left")
-    ax.legend(loc="lower left", bbox_to_anchor=(1.0, 0.0), frameon=False)
-    fig.tight_layout()
+    if n <= 40:
+        ax.set_xticks(xs, table["name"], rotation=45 if n > 10 else 0, ha="right" if n > 10 else "center")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"per-class accuracy ({n} classes; y axis from {low:.0f} %)", loc="left", fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, frameon=False)
     return fig

@@ -45,7 +45,6 @@ class Annealing(kdhub.Policy):
     """
 
     name = "annealing"
-    needs_validation = True  # to pick the best phase-1 checkpoint; False on instances without restore
 
     class Options(kdhub.Options):
         phase1_epochs: kdhub.EpochOrFraction = Field(
@@ -55,10 +54,12 @@ class Annealing(kdhub.Policy):
         phase2_from_best: bool = Field(True, description="phase 2 starts from the best phase-1 checkpoint")
         reset_optimizer: bool = Field(True, description="phase 2 starts with a fresh optimizer and schedule")
 
+    @property
+    def needs_validation(self) -> bool:
+        return self.options.phase2_from_best  # the best phase-1 checkpoint is chosen on the validation split
+
     def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
-        if not self.options.phase2_from_best:
-            self.needs_validation = False
         self.boundary_done = False
         self._logged = False
 

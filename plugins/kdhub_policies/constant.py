@@ -18,11 +18,11 @@ class Constant(kdhub.Policy):
     name = "constant"
 
     class Options(kdhub.Options):
-        kd_weight: float = Field(1.0, ge=0, description="factor on every method's weight")
+        kd_weight: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e6, description="factor on every method's weight")
 
     def setup(self, ctx: kdhub.PolicyContext) -> None:
         super().setup(ctx)
-        self._plan = kdhub.StepPlan(ce_weight=ctx.ce_weight, kd_weight=self.options.kd_weight)
+        self._plan = kdhub.StepPlan(kd_weight=self.options.kd_weight)
 
     def plan(self, epoch: int, step: int) -> kdhub.StepPlan:
         return self._plan

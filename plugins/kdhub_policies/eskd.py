@@ -42,8 +42,12 @@ class ESKD(kdhub.Policy):
         stop_at: kdhub.EpochOrFraction = Field(
             0.75, description="first epoch (from 1) without distillation, or a fraction of the run"
         )
-        ce_weight_after: float = Field(1.0, ge=0, description="cross-entropy weight once distillation stopped")
-        kd_weight: float = Field(1.0, ge=0, description="factor on every method's weight before the stop")
+        ce_weight_after: kdhub.FiniteFloat = Field(
+            1.0, ge=0, le=1e6, description="cross-entropy weight once distillation stopped"
+        )
+        kd_weight: kdhub.FiniteFloat = Field(
+            1.0, ge=0, le=1e6, description="factor on every method's weight before the stop"
+        )
 
     def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -52,7 +56,7 @@ class ESKD(kdhub.Policy):
     def setup(self, ctx: kdhub.PolicyContext) -> None:
         super().setup(ctx)
         self.stop_epoch = kdhub.resolve_epoch(self.options.stop_at, ctx.epochs)
-        self._before = kdhub.StepPlan(ce_weight=ctx.ce_weight, kd_weight=self.options.kd_weight)
+        self._before = kdhub.StepPlan(kd_weight=self.options.kd_weight)
         self._after = kdhub.StepPlan(ce_weight=self.options.ce_weight_after, kd_weight=0.0)
         if self.stop_epoch > ctx.epochs:
             warnings.warn(

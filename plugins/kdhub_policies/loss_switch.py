@@ -52,10 +52,12 @@ class LossSwitch(kdhub.Policy):
         at: kdhub.EpochOrFraction = Field(
             0.5, description="first epoch (from 1) of the switch, or a fraction of the run"
         )
-        window: float = Field(
+        window: kdhub.FiniteFloat = Field(
             0.0, ge=0, le=100000, description="length of the gradual switch in epochs (float allowed; 0 = abrupt)"
         )
-        kd_weight: float = Field(1.0, ge=0, description="w_kd0: factor on every method's weight on the KD side")
+        kd_weight: kdhub.FiniteFloat = Field(
+            1.0, ge=0, le=1e6, description="w_kd0: factor on every method's weight on the KD side"
+        )
 
     def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,8 @@ from pydantic import Field
 from torch import Tensor
 
 import kdhub
+from kdhub.figures import new_figure
+from kdhub.functional import kl_per_sample
 
 
 class TLLM(kdhub.Policy):
@@ -60,8 +62,9 @@ class TLLM(kdhub.Policy):
     """
 
     name = "tllm"
-    wants_class_losses: ClassVar[bool] = True
-    needs_validation: ClassVar[bool] = True
+    wants_class_losses = True
+    needs_validation = True
+    needs_methods = True
 
     class Options(kdhub.Options):
         mode: Literal["sliding", "fixed"] = Field(
@@ -73,21 +76,28 @@ class TLLM(kdhub.Policy):
         window: kdhub.EpochOrFraction = Field(
             0.05, description="K: window length in epochs (int) or as a fraction of the run (at least 1 epoch)"
         )
-        eta: float = Field(0.0, ge=0, description="stop a class when its loss fell by <= eta over the window")
+        eta: kdhub.FiniteFloat = Field(
+            0.0, ge=0, le=1e6, description="stop a class when its loss fell by <= eta over the window"
+        )
         end: kdhub.EpochOrFraction | None = Field(
             None, description="no new stops after this epoch (int) or fraction of the run (None = never)"
         )
-        max_stopped_fraction: float = Field(
+        max_stopped_fraction: kdhub.FiniteFloat = Field(
             1.0, ge=0, le=1, description="at most floor(fraction * classes) classes are ever stopped"
         )
         replacement: Literal["label_smoothing", "none"] = Field(
             "label_smoothing", description="loss standing in for output-based methods on stopped classes"
         )
-        smoothing: float = Field(0.1, ge=0, le=1, description="label-smoothing alpha of the replacement loss")
-        temperature: float = Field(
-            4.0, gt=0, le=100, description="KD temperature of the teaching curve when every method is batch-relational"
+        smoothing: kdhub.FiniteFloat = Field(
+            0.1, ge=0, le=1, description="label-smoothing alpha of the replacement loss"
         )
-        kd_weight: float = Field(1.0, ge=0, description="factor on every method's weight")
+        temperature: kdhub.FiniteFloat = Field(
+            4.0,
+            ge=0.01,
+            le=100,
+            description="KD temperature of the teaching curve when every method is batch-relational",
+        )
+        kd_weight: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e6, description="factor on every method's weight")
 
     def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
@@ -131,7 +141,7 @@ class TLLM(kdhub.Policy):
             host = torch.ones(ctx.num_classes, dtype=torch.bool)
             host[list(self.stopped)] = False
             mask = host.to(ctx.device)
-        self._plan = kdhub.StepPlan(ce_weight=ctx.ce_weight, kd_weight=self.options.kd_weight, class_mask=mask)
+        self._plan = kdhub.StepPlan(kd_weight=self.options.kd_weight, class_mask=mask)
 
     # -- per step ----------------------------------------------------------------------------
 
@@ -266,12 +276,9 @@ class TLLM(kdhub.Policy):
 
     def figure(self) -> Any:
         """The teaching curves, stopped classes in colour with their stop epoch marked."""
-        from matplotlib.figure import Figure  # Agg canvas, not registered with pyplot
-
         ctx = self._require_setup()
         epochs = sorted(self.curves)
-        fig = Figure(figsize=(7, 4))
-        ax = fig.subplots()
+        fig, (ax,) = new_figure(7, 4)
         for m in range(ctx.num_classes):
             ys = [self.curves[e][m] for e in epochs]
             if m in self.stopped:
@@ -288,7 +295,6 @@ class TLLM(kdhub.Policy):
         ax.set_title(f"TLLM teaching curves: {len(self.stopped)} of {ctx.num_classes} classes stopped")
         if 0 < len(self.stopped) <= 20:
             ax.legend(fontsize="small")
-        fig.tight_layout()
         return fig
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -314,6 +320,4 @@ def _kd_per_sample(student: Tensor, teacher: Tensor | None, temperature: float) 
     """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) per sample, from log-softmax on both sides."""
     if teacher is None:
         raise kdhub.KdhubError("tllm: the teaching curve needs the teacher's logits")
-    log_p_s = F.log_softmax(student.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher.float() / temperature, dim=1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1) * (temperature * temperature)
+    return kl_per_sample(student, teacher, temperature) * (temperature * temperature)

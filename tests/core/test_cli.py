@@ -24,7 +24,7 @@ def test_show_prints_doc_and_options_table(capsys):
     assert "Hinton" in out
     assert "temperature" in out
     assert "default 4.0" in out
-    assert "> 0" in out
+    assert ">= 0.01" in out
 
 
 def test_list_with_pattern(capsys):

@@ -89,3 +89,26 @@ def test_variant_suffix_goes_to_the_variant_option():
     assert registry.create("model", "fam:big").options.variant == "big"
     with pytest.raises(kdhub.ConfigError, match="takes no ':variant'"):
         registry.add("method", Dummy, "x") and registry.options("method", "dummy:x")
+
+
+def test_a_class_missing_a_required_method_is_refused_with_its_names():
+    class NoLoss(kdhub.Method):
+        """A method that forgot its loss."""
+
+        name = "no_loss"
+
+    class HalfMetric(kdhub.Metric):
+        """A metric with update but no compute."""
+
+        name = "half"
+
+        def update(self, batch):
+            pass
+
+    registry = Registry()
+    with pytest.raises(kdhub.KdhubError, match=r"method 'no_loss' \(NoLoss\), which does not implement loss\(\)"):
+        registry.add("method", NoLoss, "x")
+    with pytest.raises(kdhub.KdhubError, match=r"does not implement compute\(\)"):
+        registry.add("metric", HalfMetric, "x")
+    with pytest.raises(TypeError, match="abstract"):
+        NoLoss()

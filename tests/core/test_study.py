@@ -16,6 +16,7 @@ BASE = {
     "data": {"name": "digits", "batch_size": 128},
     "metrics": ["accuracy"],
     "train": {"progress": False},
+    "tracking": {"log_model": False},
 }
 TEACHER = {"name": "cnn", "options": {"width": 8}, "weights": "runs:/${teacher}/checkpoints/final.pt"}
 
@@ -114,15 +115,10 @@ def test_a_bad_run_config_names_the_run():
         expand(study(runs=runs))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the data-free checks (metric needs a teacher, policy needs validation) in "
-    "kdhub.config.resolve_plugins (issue 8 item 1, the lead's branch); remove this mark when they land",
-)
 @pytest.mark.parametrize(
     ("second", "message"),
     [
-        ({"metrics": ["accuracy", "agreement"]}, r"runs.bad: metrics.1.*needs a teacher"),
+        ({"metrics": ["accuracy", "agreement"]}, r"runs.bad: teacher: required by metric 'agreement' at metrics.1"),
         ({"teacher": {"name": "cnn"}, "methods": ["kd"], "policy": "tllm"}, r"runs.bad: .*validation"),
     ],
 )
@@ -234,10 +230,25 @@ def test_mean_std_and_aggregate_over_seeds():
     assert math.isnan(mean_std([1.0])[1])
     assert mean_std([]) == (pytest.approx(math.nan, nan_ok=True), pytest.approx(math.nan, nan_ok=True), 0)
     rows = [
-        {"point": "kd[T=4]", "seed": 0, "state": "finished", "metrics": {"test/acc_best": 90.0, "test/acc_last": 89.0}},
-        {"point": "kd[T=4]", "seed": 1, "state": "finished", "metrics": {"test/acc_best": 94.0, "test/acc_last": 93.0}},
+        {
+            "point": "kd[T=4]",
+            "seed": 0,
+            "state": "finished",
+            "metrics": {"test/acc_max_seen": 90.0, "test/acc_last": 89.0},
+        },
+        {
+            "point": "kd[T=4]",
+            "seed": 1,
+            "state": "finished",
+            "metrics": {"test/acc_max_seen": 94.0, "test/acc_last": 93.0},
+        },
         {"point": "kd[T=4]", "seed": 2, "state": "failed", "metrics": {}},
-        {"point": "vanilla", "seed": 0, "state": "finished", "metrics": {"test/acc_best": 80.0, "test/acc_last": 80.0}},
+        {
+            "point": "vanilla",
+            "seed": 0,
+            "state": "finished",
+            "metrics": {"test/acc_max_seen": 80.0, "test/acc_last": 80.0},
+        },
     ]
     table = aggregate(rows)
     assert table["point"] == ["kd[T=4]", "vanilla"]
@@ -305,9 +316,11 @@ def test_a_bad_study_file_is_one_line_and_exit_2(name, tmp_path, capsys):
 
 def test_binary_files_and_bad_executor_options_are_one_line(tmp_path, capsys):
     binary = tmp_path / "study.yaml"
-    binary.write_bytes(b"\xff\xfe\x00name: s\x00\x81")
+    binary.write_bytes(b"name: s\n\x81\x82\x00\xc3")
     assert main(["study", str(binary), "--dry-run"]) == 2
-    assert "not a UTF-8 text file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "UTF-8" in err
+    assert "\n" not in err.strip()
     assert main(["study", str(tmp_path / "missing.yaml")]) == 2
     assert "no such study file" in capsys.readouterr().err
     good = tmp_path / "good.yaml"

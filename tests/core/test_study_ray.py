@@ -15,6 +15,7 @@ BASE = {
     "student": {"name": "cnn", "options": {"width": 4}},
     "metrics": ["accuracy"],
     "train": {"progress": False},
+    "tracking": {"log_model": False},
 }
 TEACHER = {"name": "cnn", "options": {"width": 8}, "weights": "runs:/${teacher}/checkpoints/final.pt"}
 RUNS = [

@@ -23,6 +23,7 @@ BASE = {
     "schedule": {"name": "cosine"},
     "metrics": ["accuracy"],
     "train": {"progress": False},
+    "tracking": {"log_model": False},
 }
 SPACE = {
     "optim.lr": {"type": "float", "low": 0.0005, "high": 0.5, "log": True},

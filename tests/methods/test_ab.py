@@ -37,10 +37,10 @@ def test_stage_weights_and_scale_golden() -> None:
     source = torch.tensor([-2.0, -0.5, 0.5, 2.0]).view(1, 4, 1, 1)  # per-stage sum 0.5 (see above)
     target = torch.tensor([-1.0, -1.0, 1.0, 1.0]).view(1, 4, 1, 1)
     out = kdhub.StepOutputs(
-        torch.zeros(1, 10),
-        torch.zeros(1, 10),
-        torch.tensor([0]),
-        torch.arange(1),
+        student_logits=torch.zeros(1, 10),
+        teacher_logits=torch.zeros(1, 10),
+        labels=torch.tensor([0]),
+        indices=torch.arange(1),
         student_features={"preact_stages": [source, source, source]},
         teacher_features={"preact_stages": [target, target, target]},
     )

@@ -60,10 +60,10 @@ def test_loss_sums_the_chosen_stages() -> None:
     f_s = [torch.randn(2, 4, 4, 4) for _ in range(3)]
     f_t = [torch.randn(2, 5, 4, 4) for _ in range(3)]
     out = kdhub.StepOutputs(
-        torch.zeros(2, 10),
-        torch.zeros(2, 10),
-        torch.tensor([0, 1]),
-        torch.arange(2),
+        student_logits=torch.zeros(2, 10),
+        teacher_logits=torch.zeros(2, 10),
+        labels=torch.tensor([0, 1]),
+        indices=torch.arange(2),
         student_features={"stages": f_s},
         teacher_features={"stages": f_t},
     )

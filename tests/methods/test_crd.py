@@ -38,7 +38,12 @@ def _ctx(labels: list[int], s_dim: int = 4, t_dim: int = 6, num_classes: int | N
 def _outputs(f_s: torch.Tensor, f_t: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> kdhub.StepOutputs:
     logits = torch.zeros(len(labels), 3)
     return kdhub.StepOutputs(
-        logits, logits, labels, indices, student_features={"pooled": [f_s]}, teacher_features={"pooled": [f_t]}
+        student_logits=logits,
+        teacher_logits=logits,
+        labels=labels,
+        indices=indices,
+        student_features={"pooled": [f_s]},
+        teacher_features={"pooled": [f_t]},
     )
 
 

@@ -33,7 +33,12 @@ def test_label_smoothing_matches_torch_convention() -> None:
 def test_depends_on_the_teacher_only_through_its_top_class() -> None:
     out = test_batch()
     method = kdhub.create("method", "deit")
-    scaled = kdhub.StepOutputs(out.student_logits, out.teacher_logits * 7 + 3, out.labels, out.indices)
+    scaled = kdhub.StepOutputs(
+        student_logits=out.student_logits,
+        teacher_logits=out.teacher_logits * 7 + 3,
+        labels=out.labels,
+        indices=out.indices,
+    )
     torch.testing.assert_close(method.loss(out), method.loss(scaled))
 
 

@@ -35,7 +35,10 @@ Z_T = np.array([[3.0, 2.0, 1.0, 0.0], [0.5, 1.5, -2.0, 1.0], [1.0, 0.0, 2.0, -1.
 @pytest.mark.parametrize("temperature", [1.0, 4.0])
 def test_golden_against_numpy(temperature: float) -> None:
     out = kdhub.StepOutputs(
-        torch.tensor(Z_S, dtype=torch.float32), torch.tensor(Z_T), torch.tensor([0, 1, 2]), torch.arange(3)
+        student_logits=torch.tensor(Z_S, dtype=torch.float32),
+        teacher_logits=torch.tensor(Z_T),
+        labels=torch.tensor([0, 1, 2]),
+        indices=torch.arange(3),
     )
     terms = kdhub.create("method", "dist", beta=2.0, gamma=3.0, temperature=temperature).loss(out)
     inter, intra = _numpy_dist(Z_S, Z_T, temperature)
@@ -57,14 +60,18 @@ def test_inter_on_test_batch_by_hand() -> None:
 
 def test_zero_when_student_equals_teacher() -> None:
     z = torch.tensor(Z_T, dtype=torch.float32)
-    terms = kdhub.create("method", "dist").loss(kdhub.StepOutputs(z, z.clone(), torch.arange(3), torch.arange(3)))
+    terms = kdhub.create("method", "dist").loss(
+        kdhub.StepOutputs(student_logits=z, teacher_logits=z.clone(), labels=torch.arange(3), indices=torch.arange(3))
+    )
     assert terms["inter"].abs() < 1e-6
     assert terms["intra"].abs() < 1e-6
 
 
 def test_constant_outputs_have_finite_gradient() -> None:
     z_s = torch.zeros(4, 5, requires_grad=True)  # every row and column centred to 0
-    out = kdhub.StepOutputs(z_s, torch.randn(4, 5), torch.arange(4), torch.arange(4))
+    out = kdhub.StepOutputs(
+        student_logits=z_s, teacher_logits=torch.randn(4, 5), labels=torch.arange(4), indices=torch.arange(4)
+    )
     terms = kdhub.create("method", "dist").loss(out)
     (terms["inter"] + terms["intra"]).backward()
     assert torch.isfinite(z_s.grad).all()

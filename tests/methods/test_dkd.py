@@ -1,4 +1,4 @@
-"""DKD: golden values on ALGORITHMS.md's test batch, warm-up, stability and the method contract."""
+"""DKD: golden values on the reference batch TB (docs/reference-values.md), warm-up, stability, contract."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 import kdhub
 from kdhub.testing import check_method, test_batch
+from kdhub_methods.dkd import dkd_terms
 
 
 def _numpy_dkd(z_s: np.ndarray, z_t: np.ndarray, y: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
@@ -35,7 +36,7 @@ def test_golden_on_test_batch() -> None:
     terms = kdhub.create("method", "dkd", alpha=1.0, beta=8.0, temperature=4.0).loss(out)
     tckd, nckd = terms["tckd"], terms["nckd"] / 8
     assert tckd.shape == nckd.shape == (2,)
-    # ALGORITHMS.md: TCKD 0.602433, NCKD 0.310721, alpha TCKD + beta NCKD 3.088202 (batch means)
+    # docs/reference-values.md: TCKD 0.602433, NCKD 0.310721, alpha TCKD + beta NCKD 3.088202 (batch means)
     assert tckd.mean().item() == pytest.approx(0.602433, abs=1e-6)
     assert nckd.mean().item() == pytest.approx(0.310721, abs=1e-6)
     assert (terms["tckd"] + terms["nckd"]).mean().item() == pytest.approx(3.088202, abs=1e-6)
@@ -62,11 +63,13 @@ def test_zero_when_student_equals_teacher_and_shift_invariant() -> None:
     torch.manual_seed(0)
     z = torch.randn(6, 10) * 3
     labels = torch.arange(6)
-    out = kdhub.StepOutputs(z, z.clone(), labels, labels, epoch=30)
+    out = kdhub.StepOutputs(student_logits=z, teacher_logits=z.clone(), labels=labels, indices=labels, epoch=30)
     terms = kdhub.create("method", "dkd").loss(out)
     assert terms["tckd"].abs().max() < 1e-6
     assert terms["nckd"].abs().max() < 1e-6
-    shifted = kdhub.StepOutputs(z + 5.0, z.clone(), labels, labels, epoch=30)
+    shifted = kdhub.StepOutputs(
+        student_logits=z + 5.0, teacher_logits=z.clone(), labels=labels, indices=labels, epoch=30
+    )
     terms = kdhub.create("method", "dkd").loss(shifted)  # float32 round-off x T^2 x beta
     assert terms["tckd"].abs().max() < 1e-4
     assert terms["nckd"].abs().max() < 1e-4
@@ -76,7 +79,9 @@ def test_extreme_logits_stay_finite() -> None:
     # a teacher probability that underflows must not give NaN (mdistiller logs summed probabilities)
     z_s = torch.tensor([[200.0, -200.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
     z_t = torch.tensor([[-300.0, 300.0, 0.0], [1e4, -1e4, 0.0]])
-    out = kdhub.StepOutputs(z_s, z_t, torch.tensor([0, 1]), torch.tensor([0, 1]), epoch=20)
+    out = kdhub.StepOutputs(
+        student_logits=z_s, teacher_logits=z_t, labels=torch.tensor([0, 1]), indices=torch.tensor([0, 1]), epoch=20
+    )
     terms = kdhub.create("method", "dkd", temperature=1.0).loss(out)
     total = sum(v.sum() for v in terms.values())
     assert torch.isfinite(total)
@@ -91,3 +96,31 @@ def test_contract() -> None:
     assert method.default_weight == 1.0
     result = check_method(method, epoch=5)
     assert set(result.terms) == {"tckd", "nckd"}
+
+
+def _float64_reference(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:
+    """Per-sample TCKD in float64, with log(1 - p_y) = log1p(-p_y) (exact enough for any p_y)."""
+
+    def log_binary(z: torch.Tensor) -> torch.Tensor:
+        z = z.double() / t
+        log_p = z.gather(1, y[:, None]).squeeze(1) - z.logsumexp(1)
+        return torch.stack([log_p, torch.log1p(-log_p.exp())], 1)
+
+    b_s, b_t = log_binary(z_s), log_binary(z_t)
+    return t * t * (b_t.exp() * (b_t - b_s)).sum(1)
+
+
+@pytest.mark.parametrize(("student_gap", "teacher_gap"), [(14.0, 12.0), (20.0, 16.0), (0.0, 0.0)])
+def test_tckd_keeps_precision_when_the_target_probability_is_tiny(student_gap: float, teacher_gap: float) -> None:
+    # large logits (around 40) with the target class 12-20 below the rest: p_y ~ 1e-8 .. 1e-10, where
+    # logsumexp(non-target) - logsumexp(all) cancels in float32 (about 30-60 % error before the fix)
+    gen = torch.Generator().manual_seed(0)
+    z_s, z_t = torch.randn(4, 100, generator=gen) + 40, torch.randn(4, 100, generator=gen) + 40
+    y = torch.tensor([0, 1, 2, 3])
+    z_s[torch.arange(4), y] -= student_gap
+    z_t[torch.arange(4), y] -= teacher_gap
+    tckd, _ = dkd_terms(z_s, z_t, y, 1.0)
+    assert tckd.dtype == torch.float32
+    reference = _float64_reference(z_s, z_t, y, 1.0)
+    assert (reference > 0).all()
+    torch.testing.assert_close(tckd.double(), reference, rtol=1e-4, atol=0.0)

@@ -61,10 +61,10 @@ def _outputs(method: kdhub.Method, student: nn.Module, pair: Pair, class_mask: T
         feats = recorder.collect()
     t_feats = {role: pair.t_feats[role] for role in method.feature_roles}
     return kdhub.StepOutputs(
-        logits,
-        pair.t_logits,
-        pair.labels,
-        torch.arange(4),
+        student_logits=logits,
+        teacher_logits=pair.t_logits,
+        labels=pair.labels,
+        indices=torch.arange(4),
         class_mask=class_mask,
         student_features=feats,
         teacher_features=t_feats,

@@ -46,10 +46,10 @@ def test_loss_is_zero_for_a_perfect_regression() -> None:
     target = torch.cat([f_s[1], torch.zeros(2, 16, 8, 8)], dim=1) / (1 + 1e-5) ** 0.5
     f_t = [torch.rand(2, 16, 16, 16), target, torch.rand(2, 64, 4, 4)]
     out = kdhub.StepOutputs(
-        torch.zeros(2, 10),
-        torch.zeros(2, 10),
-        torch.tensor([0, 1]),
-        torch.arange(2),
+        student_logits=torch.zeros(2, 10),
+        teacher_logits=torch.zeros(2, 10),
+        labels=torch.tensor([0, 1]),
+        indices=torch.arange(2),
         student_features={"stages": f_s},
         teacher_features={"stages": f_t},
     )

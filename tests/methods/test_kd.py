@@ -1,4 +1,4 @@
-"""KD against ALGORITHMS.md's hand-computed values on the test batch TB."""
+"""KD against the hand-computed values on the reference batch TB (docs/reference-values.md; float32 at T = 4)."""
 
 import pytest
 import torch

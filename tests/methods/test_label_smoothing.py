@@ -1,4 +1,4 @@
-"""label_smoothing: ALGORITHMS.md's golden values, the smoothing convention, no teacher needed."""
+"""label_smoothing: golden values of docs/reference-values.md, the smoothing convention, no teacher needed."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from kdhub.testing import check_method, test_batch
 
 
 def test_golden_on_test_batch() -> None:
-    # ALGORITHMS.md: label-smoothed CE (alpha 0.1) = 0.803109, per sample [0.507606, 1.098612]
+    # docs/reference-values.md: label-smoothed CE (alpha 0.1) = 0.803109, per sample [0.507606, 1.098612]
     loss = kdhub.create("method", "label_smoothing").loss(test_batch())
     assert loss.shape == (2,)
     assert loss.tolist() == pytest.approx([0.507606, 1.098612], abs=1e-6)
@@ -32,7 +32,7 @@ def test_convention_spreads_alpha_over_all_classes() -> None:
 def test_alpha_zero_is_cross_entropy() -> None:
     out = test_batch()
     loss = kdhub.create("method", "label_smoothing", alpha=0.0).loss(out)
-    # ALGORITHMS.md: CE on TB = 0.753109
+    # docs/reference-values.md: CE on TB = 0.753109
     assert loss.mean().item() == pytest.approx(0.753109, abs=1e-6)
 
 

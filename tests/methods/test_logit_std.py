@@ -39,25 +39,35 @@ def test_invariant_to_shift_and_positive_scale() -> None:
     z_s, z_t = torch.randn(5, 10), torch.randn(5, 10) * 4
     labels = torch.arange(5)
     method = kdhub.create("method", "logit_std")
-    base = method.loss(kdhub.StepOutputs(z_s, z_t, labels, labels))
-    moved = method.loss(kdhub.StepOutputs(3.5 * z_s - 2.0, 0.25 * z_t + 7.0, labels, labels))
+    base = method.loss(kdhub.StepOutputs(student_logits=z_s, teacher_logits=z_t, labels=labels, indices=labels))
+    moved = method.loss(
+        kdhub.StepOutputs(
+            student_logits=3.5 * z_s - 2.0, teacher_logits=0.25 * z_t + 7.0, labels=labels, indices=labels
+        )
+    )
     torch.testing.assert_close(moved, base, rtol=1e-5, atol=1e-5)
     assert base.min() > 0.01  # not trivially zero
     # an affine copy of the teacher is a perfect student
-    copy = method.loss(kdhub.StepOutputs(2.0 * z_t + 1.0, z_t, labels, labels))
+    copy = method.loss(
+        kdhub.StepOutputs(student_logits=2.0 * z_t + 1.0, teacher_logits=z_t, labels=labels, indices=labels)
+    )
     assert copy.abs().max() < 1e-5
 
 
 def test_plain_kd_is_not_invariant() -> None:
     out = test_batch()
     kd = kdhub.create("method", "kd", temperature=2.0)
-    scaled = kdhub.StepOutputs(out.student_logits * 3, out.teacher_logits, out.labels, out.indices)
+    scaled = kdhub.StepOutputs(
+        student_logits=out.student_logits * 3, teacher_logits=out.teacher_logits, labels=out.labels, indices=out.indices
+    )
     assert not torch.allclose(kd.loss(out), kd.loss(scaled))
 
 
 def test_constant_student_has_finite_gradient() -> None:
     z_s = torch.zeros(2, 4, requires_grad=True)
-    out = kdhub.StepOutputs(z_s, torch.randn(2, 4), torch.arange(2), torch.arange(2))
+    out = kdhub.StepOutputs(
+        student_logits=z_s, teacher_logits=torch.randn(2, 4), labels=torch.arange(2), indices=torch.arange(2)
+    )
     kdhub.create("method", "logit_std").loss(out).sum().backward()
     assert torch.isfinite(z_s.grad).all()
 

@@ -29,4 +29,4 @@ def test_table_lists_every_builtin_method_with_its_facts() -> None:
     assert "batch-relational" in dist_row
     ls_row = next(line for line in text.splitlines() if line.startswith("| [`label_smoothing`]"))
     assert "teacher-free" in ls_row
-    assert "| `temperature` | `4.0` | float, > 0, <= 100 | softmax temperature T |" in text
+    assert "| `temperature` | float | `4.0` | >= 0.01, <= 100 | softmax temperature T |" in text

@@ -111,7 +111,7 @@ def test_zero_loss_when_student_matches_teacher_above_margin_and_stays_below_it(
 
     def loss(fs: list[torch.Tensor]) -> torch.Tensor:
         out = kdhub.StepOutputs(
-            logits, logits, torch.tensor([0, 1]), torch.tensor([0, 1]),
+            student_logits=logits, teacher_logits=logits, labels=torch.tensor([0, 1]), indices=torch.tensor([0, 1]),
             student_features={"preact_stages": fs}, teacher_features={"preact_stages": feats_t},
         )  # fmt: skip
         return ofd.loss(out)

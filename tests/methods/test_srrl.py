@@ -11,8 +11,8 @@ from _digits_runs import digits_trainer, logged
 from torch import nn
 
 import kdhub
+from kdhub.functional import kl_per_sample
 from kdhub.testing import TINY_TAPS, TinyNet, check_method
-from kdhub_methods.kd import kl_per_sample
 
 
 class _Teacher(nn.Module):
@@ -46,9 +46,13 @@ def _setup(s_dim: int = 4, t_dim: int = 6, **options: object) -> tuple[kdhub.Met
 def _out(h_s: torch.Tensor, h_t: torch.Tensor, z_t: torch.Tensor) -> kdhub.StepOutputs:
     n = len(h_s)
     return kdhub.StepOutputs(
-        torch.zeros(n, 3), z_t, torch.zeros(n, dtype=torch.long), torch.arange(n),
-        student_features={"pooled": [h_s]}, teacher_features={"pooled": [h_t]},
-    )  # fmt: skip
+        student_logits=torch.zeros(n, 3),
+        teacher_logits=z_t,
+        labels=torch.zeros(n, dtype=torch.long),
+        indices=torch.arange(n),
+        student_features={"pooled": [h_s]},
+        teacher_features={"pooled": [h_t]},
+    )
 
 
 def test_terms_against_numpy() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
@@ -12,10 +11,11 @@ import torch
 from torch import nn
 
 import kdhub
-from kdhub.engine.features import FeatureTaps, dry_run_shapes
-from kdhub.testing import TINY_TAPS, TinyNet
+from kdhub.engine.features import FeatureTaps
+from kdhub.testing import TINY_TAPS, TinyNet, evaluate_metric
 
 NUM_CLASSES = 10
+MEAN, STD = 0.5, 0.25  # the normalisation of the test images: images = (pixels / 255 - MEAN) / STD
 
 
 def make_ctx(student: nn.Module, teacher: nn.Module | None, num_samples: int, **kw) -> kdhub.MetricContext:
@@ -44,10 +44,11 @@ def eval_batches(
     batch_size: int,
     indices: torch.Tensor | None = None,
 ) -> Iterator[kdhub.EvalBatch]:
-    """EvalBatches as the engine builds them: both models in eval mode, the metric's roles tapped."""
+    """An independent oracle of what metrics see: both models in eval mode on (normalised) ``images``, the
+    metric's roles tapped, batches in order."""
     if indices is None:
         indices = torch.arange(len(labels))
-    roles = metric.feature_roles()
+    roles = metric.feature_roles
     student.eval()
     if teacher is not None:
         teacher.eval()
@@ -61,67 +62,42 @@ def eval_batches(
             with FeatureTaps(teacher, TINY_TAPS, roles) as rec:
                 t_logits = teacher(x)
                 t_feats = rec.collect()
-        yield kdhub.EvalBatch(s_logits, t_logits, y, idx, s_feats, t_feats)
+        yield kdhub.EvalBatch(
+            student_logits=s_logits,
+            teacher_logits=t_logits,
+            labels=y,
+            indices=idx,
+            student_features=s_feats,
+            teacher_features=t_feats,
+        )
 
 
 def run_eval(
     metric: kdhub.Metric,
     student: nn.Module,
     teacher: nn.Module | None,
-    images: torch.Tensor,
+    pixels: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
     start: bool = True,
-    **ctx_kw,
+    split: str = "test",
+    epoch: int = 1,
 ) -> kdhub.MetricResult:
-    """start (optionally), reset, update over the batches, compute."""
-    ctx = make_ctx(student, teacher, len(labels), **ctx_kw)
-    if start:
-        metric.start(ctx)
-    metric.reset(ctx)
-    for batch in eval_batches(metric, student, teacher, images, labels, batch_size):
-        metric.update(batch)
-    return metric.compute()
-
-
-def run_distributed(
-    factory: Callable[[], kdhub.Metric],
-    student: nn.Module,
-    teacher: nn.Module | None,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int,
-    world: int = 2,
-    shapes: bool = False,
-) -> kdhub.MetricResult:
-    """Simulate ``world`` processes as the engine shards evaluation: rank r takes batches r, r + world, ...
-    (a rank may get none), with its own model copies; every accumulator is summed in place on every
-    rank (all-reduce), then rank 0 computes. ``shapes`` puts dry-run feature shapes on the context."""
-    n = len(labels)
-    metrics = []
-    for rank in range(world):
-        starts = range(rank * batch_size, n, batch_size * world)
-        idx = torch.cat([torch.arange(s, min(s + batch_size, n)) for s in starts] or [torch.zeros(0, dtype=torch.long)])
-        s, t = copy.deepcopy(student), copy.deepcopy(teacher)
-        metric = factory()
-        ctx = make_ctx(s, t, n)
-        if shapes:
-            ctx.student_shapes = dry_run_shapes(s, TINY_TAPS, images[:2])[0]  # type: ignore[attr-defined]
-            ctx.teacher_shapes = dry_run_shapes(t, TINY_TAPS, images[:2])[0] if t is not None else {}  # type: ignore[attr-defined]
-        metric.start(ctx)
-        metric.reset(ctx)
-        for batch in eval_batches(metric, s, t, images[idx], labels[idx], batch_size, indices=idx):
-            metric.update(batch)
-        metrics.append(metric)
-    accs = [m.accumulators() for m in metrics]
-    for a in accs[1:]:
-        assert list(a) == list(accs[0]), "processes hold different accumulators: the all-reduce would not match"
-        assert all(a[k].shape == accs[0][k].shape for k in a)
-    for key in accs[0]:
-        total = sum(a[key] for a in accs)
-        for a in accs:
-            a[key].copy_(total)
-    return metrics[0].compute()
+    """One process of the engine's evaluation (kdhub.testing.evaluate_metric) on uint8 ``pixels``."""
+    return evaluate_metric(
+        lambda: metric,
+        student,
+        teacher,
+        pixels,
+        labels,
+        batch_size=batch_size,
+        start=start,
+        split=split,
+        epoch=epoch,
+        num_classes=NUM_CLASSES,
+        mean=MEAN,
+        std=STD,
+    )
 
 
 def assert_same(a: float, b: float, rel: float = 1e-9, abs_: float = 1e-12) -> None:
@@ -157,13 +133,17 @@ def assert_results_equal(
 
 @pytest.fixture
 def tiny() -> SimpleNamespace:
-    """A student (TinyNet width 8), a teacher (width 16), 40 random 8x8 images and labels 0..9."""
+    """A student (TinyNet width 8), a teacher (width 16), 40 random 8x8 images and labels 0..9.
+
+    ``pixels`` are the uint8 images the engine evaluates; ``images`` the normalised tensors the models see.
+    """
     torch.manual_seed(0)
     student = TinyNet(NUM_CLASSES, width=8).eval()
     teacher = TinyNet(NUM_CLASSES, width=16).eval()
-    images = torch.randn(40, 3, 8, 8)
+    pixels = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    images = (pixels.float() / 255 - MEAN) / STD
     labels = torch.arange(40) % NUM_CLASSES
-    return SimpleNamespace(student=student, teacher=teacher, images=images, labels=labels)
+    return SimpleNamespace(student=student, teacher=teacher, pixels=pixels, images=images, labels=labels)
 
 
 @pytest.fixture
@@ -173,7 +153,6 @@ def fake() -> SimpleNamespace:
         ctx=make_ctx,
         batches=eval_batches,
         run=run_eval,
-        distributed=run_distributed,
         same=assert_same,
         results_equal=assert_results_equal,
     )

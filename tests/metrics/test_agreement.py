@@ -23,7 +23,9 @@ def run(batches: list[kdhub.EvalBatch], num_classes: int, fake, **options) -> kd
 
 def tb() -> kdhub.EvalBatch:
     out = test_batch()
-    return kdhub.EvalBatch(out.student_logits, out.teacher_logits, out.labels, out.indices)
+    return kdhub.EvalBatch(
+        student_logits=out.student_logits, teacher_logits=out.teacher_logits, labels=out.labels, indices=out.indices
+    )
 
 
 def test_test_batch(fake) -> None:
@@ -50,7 +52,9 @@ def test_top_k_and_per_class(fake) -> None:
     s = torch.tensor([[5.0, 4, 3, 0], [0, 5, 4, 3], [3, 0, 5, 4], [1, 2, 3, 4]])
     t = torch.tensor([[9.0, 0, 0, 0], [0, 0, 9, 0], [0, 0, 0, 9], [9, 0, 0, 0]])
     y = torch.tensor([0, 1, 1, 3])
-    result = run([kdhub.EvalBatch(s, t, y, torch.arange(4))], 4, fake, top_k=2)
+    result = run(
+        [kdhub.EvalBatch(student_logits=s, teacher_logits=t, labels=y, indices=torch.arange(4))], 4, fake, top_k=2
+    )
     # top-1: s argmax [0, 1, 2, 3] vs t [0, 2, 3, 0] -> only sample 0 agrees
     assert result.scalars["pa"] == pytest.approx(0.25)
     # top-2 of s: {0,1}, {1,2}, {2,3}, {3,2}; teacher's class 0, 2, 3, 0 -> hits 1, 1, 1, 0
@@ -67,11 +71,11 @@ def test_sums_not_means(fake) -> None:
     s = torch.tensor([[1.0, 0], [1, 0], [0, 1], [1, 0]])
     t = torch.tensor([[1.0, 0], [0, 1], [1, 0], [1, 0]])
     y = torch.tensor([0, 1, 0, 0])
-    whole = run([kdhub.EvalBatch(s, t, y, torch.arange(4))], 2, fake)
+    whole = run([kdhub.EvalBatch(student_logits=s, teacher_logits=t, labels=y, indices=torch.arange(4))], 2, fake)
     parts = run(
         [
-            kdhub.EvalBatch(s[:3], t[:3], y[:3], torch.arange(3)),
-            kdhub.EvalBatch(s[3:], t[3:], y[3:], torch.arange(3, 4)),
+            kdhub.EvalBatch(student_logits=s[:3], teacher_logits=t[:3], labels=y[:3], indices=torch.arange(3)),
+            kdhub.EvalBatch(student_logits=s[3:], teacher_logits=t[3:], labels=y[3:], indices=torch.arange(3, 4)),
         ],
         2,
         fake,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 
 import pytest
+import torch
 from matplotlib.figure import Figure
 
 import kdhub
+from kdhub.testing import check_metric
 
 # small options so each run stays fast; eigenspace takes every patch so that it is deterministic
 CASES = {
@@ -20,6 +22,7 @@ CASES = {
     "embedding": {"max_samples": 30, "max_iter": 250, "pca_dims": 5},
     "eigenspace": {"patches": 0, "top_k": 2},
 }
+SPLIT = {"interpolation": "train"}  # the split each metric is meant for (the default: test)
 BATCH_DEPENDENT = {"cka": lambda key: key.startswith("minibatch")}  # minibatch CKA depends on the batches
 
 
@@ -52,16 +55,15 @@ def test_documented_options(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_fake_evaluation(name: str, tiny, fake) -> None:
-    result = fake.run(make(name), tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=16)
+    result = fake.run(
+        make(name), tiny.student, tiny.teacher, tiny.pixels, tiny.labels, batch_size=16, split=SPLIT.get(name, "test")
+    )
     check_result(result)
-    if name == "interpolation":
-        result = fake.run(make(name), tiny.student, tiny.teacher, tiny.images, tiny.labels, 16, split="train")
-        check_result(result)
 
 
 @pytest.mark.parametrize("name", sorted(n for n in CASES if not kdhub.get_plugin("metric", n).needs_teacher))
 def test_without_teacher(name: str, tiny, fake) -> None:
-    result = fake.run(make(name), tiny.student, None, tiny.images, tiny.labels, batch_size=16, split="train")
+    result = fake.run(make(name), tiny.student, None, tiny.pixels, tiny.labels, batch_size=16, split="train")
     check_result(result)
     assert not any(key.startswith("teacher") for key in result.scalars)
 
@@ -69,33 +71,39 @@ def test_without_teacher(name: str, tiny, fake) -> None:
 @pytest.mark.parametrize("name", sorted(n for n in CASES if kdhub.get_plugin("metric", n).needs_teacher))
 def test_needs_teacher(name: str, tiny, fake) -> None:
     with pytest.raises(kdhub.IncompatibleError):
-        fake.run(make(name), tiny.student, None, tiny.images, tiny.labels, batch_size=16)
+        fake.run(make(name), tiny.student, None, tiny.pixels, tiny.labels, batch_size=16)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_two_batches_equal_one_batch_of_both(name: str, tiny, fake) -> None:
-    """Accumulators are sums over samples: 40 samples in one batch or in batches of 24 and 16."""
-    one = fake.run(make(name), tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=40)
-    two = fake.run(make(name), tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=24)
-    fake.results_equal(one, two, skip=BATCH_DEPENDENT.get(name, lambda key: False))
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_all_reduce_of_two_processes(name: str, tiny, fake) -> None:
-    """Two simulated processes (the engine's sharding, accumulators summed in place) equal one process."""
-    single = fake.run(make(name), tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=8)
-    double = fake.distributed(lambda: make(name), tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=8)
-    fake.results_equal(single, double)
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_process_without_batches(name: str, tiny, fake) -> None:
-    """6 processes, 5 batches: the last process sees nothing yet must hold the same accumulators.
-
-    CKA and embedding can allocate before the first batch only from dry-run feature shapes on the
-    context (``student_shapes`` / ``teacher_shapes``, requested from the core)."""
-    single = fake.run(make(name), tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=8)
-    many = fake.distributed(
-        lambda: make(name), tiny.student, tiny.teacher, tiny.images, tiny.labels, 8, world=6, shapes=True
+def test_check_metric(name: str) -> None:
+    """kdhub.testing.check_metric: the engine's evaluation in one batch, in batches of 16 and 7, on 2 and 3
+    simulated processes and on one more process than there are batches (a process without a batch)."""
+    result = check_metric(
+        lambda: make(name), batch_dependent=BATCH_DEPENDENT.get(name, lambda key: False), split=SPLIT.get(name, "test")
     )
-    fake.results_equal(single, many)
+    check_result(result)
+
+
+def test_check_metric_catches_a_mean_of_batch_means() -> None:
+    """A metric that averages per-batch means (wrong on a partial last batch) fails the check."""
+
+    class MeanOfMeans(kdhub.Metric):
+        name = "mean_of_means"
+
+        def reset(self, ctx: kdhub.MetricContext) -> None:
+            super().reset(ctx)
+            self.sum = torch.zeros((), dtype=torch.float64)
+            self.batches = torch.zeros((), dtype=torch.float64)
+
+        def update(self, batch: kdhub.EvalBatch) -> None:
+            self.sum += batch.student_logits.double().max(1).values.mean()
+            self.batches += 1
+
+        def accumulators(self) -> dict[str, torch.Tensor]:
+            return {"sum": self.sum, "batches": self.batches}
+
+        def compute(self) -> kdhub.MetricResult:
+            return kdhub.MetricResult(scalars={"max_logit": (self.sum / self.batches).item()})
+
+    with pytest.raises(AssertionError, match="max_logit"):
+        check_metric(MeanOfMeans)

@@ -35,7 +35,7 @@ def test_hand_computed_ece(fake) -> None:
     # 0.75 -> bin 11: |0 - .75| = .75.  ECE = (0.8 + 0.38 + 0.75) / 4 = 0.4825
     z = logits_of([0.9, 0.9, 0.62, 0.75])
     y = torch.tensor([0, 1, 0, 1])
-    result = run([kdhub.EvalBatch(z, None, y, torch.arange(4))], 2, fake)
+    result = run([kdhub.EvalBatch(student_logits=z, teacher_logits=None, labels=y, indices=torch.arange(4))], 2, fake)
     assert result.scalars["ece"] == pytest.approx(0.4825, abs=1e-12)
     table = result.tables["calibration"]
     assert table["count"][13] == 2
@@ -58,7 +58,12 @@ def test_matches_numpy_reference(fake) -> None:
     y = torch.randint(0, 7, (500,), generator=gen)
     result = run(
         [
-            kdhub.EvalBatch(z[i : i + 64], None, y[i : i + 64], torch.arange(i, min(i + 64, 500)))
+            kdhub.EvalBatch(
+                student_logits=z[i : i + 64],
+                teacher_logits=None,
+                labels=y[i : i + 64],
+                indices=torch.arange(i, min(i + 64, 500)),
+            )
             for i in range(0, 500, 64)
         ],
         7,
@@ -80,7 +85,13 @@ def test_teacher_and_bins_option(fake) -> None:
     zs = logits_of([0.9, 0.6])
     zt = logits_of([0.99, 0.99])
     y = torch.tensor([0, 0])
-    result = run([kdhub.EvalBatch(zs, zt, y, torch.arange(2))], 2, fake, teacher=True, bins=2)
+    result = run(
+        [kdhub.EvalBatch(student_logits=zs, teacher_logits=zt, labels=y, indices=torch.arange(2))],
+        2,
+        fake,
+        teacher=True,
+        bins=2,
+    )
     # student: bin 1 holds both: |2 - 1.5| / 2 = 0.25; teacher: |2 - 1.98| / 2 = 0.01
     assert result.scalars["ece"] == pytest.approx(0.25)
     assert result.scalars["teacher_ece"] == pytest.approx(0.01)

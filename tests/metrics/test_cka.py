@@ -1,4 +1,4 @@
-"""cka: linear, debiased and minibatch CKA (exact numbers from ALGORITHMS.md), per-sample CKA, the metric."""
+"""cka: linear, debiased and minibatch CKA (exact numbers from docs/reference-values.md), per-sample CKA, the metric."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from kdhub_metrics.cka import debiased_cka, gram, linear_cka, minibatch_cka, per
 
 @pytest.fixture
 def xy() -> tuple[torch.Tensor, torch.Tensor]:
-    np.random.seed(1337)  # NumPy's legacy RNG, as ALGORITHMS.md states
+    np.random.seed(1337)  # NumPy's legacy RNG, as docs/reference-values.md states
     x = np.random.randn(100, 10)
     y = np.random.randn(100, 10) + x
     return torch.from_numpy(x), torch.from_numpy(y)
@@ -121,7 +121,7 @@ def test_per_sample_cka() -> None:
 def test_metric_on_identical_models(tiny, fake) -> None:
     teacher = copy.deepcopy(tiny.student)
     metric = kdhub.create("metric", "cka", max_samples=40, examples=[1, 2])
-    result = fake.run(metric, tiny.student, teacher, tiny.images, tiny.labels, batch_size=8)
+    result = fake.run(metric, tiny.student, teacher, tiny.pixels, tiny.labels, batch_size=8)
     for key in ("full_s0_t0", "full_s2_t2", "minibatch_s1_t1", "full_mean", "minibatch_mean"):
         assert result.scalars[key] == pytest.approx(1.0), key
     assert result.scalars["full_samples"] == 40.0
@@ -134,7 +134,7 @@ def test_metric_on_identical_models(tiny, fake) -> None:
 
 def test_metric_values_match_the_functions(tiny, fake) -> None:
     metric = kdhub.create("metric", "cka", pairs=[(0, 2), (1, 1)], examples=[5])
-    result = fake.run(metric, tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=16)
+    result = fake.run(metric, tiny.student, tiny.teacher, tiny.pixels, tiny.labels, batch_size=16)
     feats = {}
     for who, net in (("s", tiny.student), ("t", tiny.teacher)):
         batches = list(fake.batches(metric, net, None, tiny.images, tiny.labels, 16))
@@ -153,17 +153,17 @@ def test_metric_values_match_the_functions(tiny, fake) -> None:
 def test_memory_bound_and_options(tiny, fake) -> None:
     # stage floats per sample: student 8*8*8 + 16*4*4 + 32*2*2 = 896, teacher (width 16) 1792 -> 10752 bytes
     metric = kdhub.create("metric", "cka", max_samples=2048, max_memory_mb=0.2, examples=[])
-    result = fake.run(metric, tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=16)
+    result = fake.run(metric, tiny.student, tiny.teacher, tiny.pixels, tiny.labels, batch_size=16)
     assert result.scalars["full_samples"] == 19.0  # floor(0.2 * 2**20 / 10752)
     assert "cka_per_sample" not in result.tables
     tiny_budget = kdhub.create("metric", "cka", max_memory_mb=0.01)  # room for no sample: said, not hidden
-    result = fake.run(tiny_budget, tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=16)
+    result = fake.run(tiny_budget, tiny.student, tiny.teacher, tiny.pixels, tiny.labels, batch_size=16)
     assert result.scalars["full_samples"] == 0.0
     assert math.isnan(result.scalars["full_mean"])
     off = kdhub.create("metric", "cka", max_samples=0, minibatch=False)
-    result = fake.run(off, tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=16)
+    result = fake.run(off, tiny.student, tiny.teacher, tiny.pixels, tiny.labels, batch_size=16)
     assert not any(k.startswith(("full", "minibatch")) for k in result.scalars)
     with pytest.raises(kdhub.IncompatibleError, match="out of range"):
         fake.run(
-            kdhub.create("metric", "cka", pairs=[(0, 3)]), tiny.student, tiny.teacher, tiny.images, tiny.labels, 16
+            kdhub.create("metric", "cka", pairs=[(0, 3)]), tiny.student, tiny.teacher, tiny.pixels, tiny.labels, 16
         )

@@ -30,10 +30,10 @@ def run(
     for i in range(0, n, batch_size):
         metric.update(
             kdhub.EvalBatch(
-                zs[i : i + batch_size],
-                zt[i : i + batch_size],
-                y[i : i + batch_size],
-                torch.arange(i, min(i + batch_size, n)),
+                student_logits=zs[i : i + batch_size],
+                teacher_logits=zt[i : i + batch_size],
+                labels=y[i : i + batch_size],
+                indices=torch.arange(i, min(i + batch_size, n)),
             )
         )
     return metric.compute()

@@ -109,7 +109,7 @@ def test_metric_on_tiny_net(tiny, fake) -> None:
     w0 = tiny.student.stem.conv.weight.detach().clone()
     with torch.no_grad():
         tiny.student.stem.conv.weight.add_(0.1 * torch.randn_like(w0))  # "training"
-    result = fake.run(metric, tiny.student, None, tiny.images, tiny.labels, batch_size=16, start=False)
+    result = fake.run(metric, tiny.student, None, tiny.pixels, tiny.labels, batch_size=16, start=False)
     layer = tiny.student.stem.conv
     assert not layer._forward_pre_hooks  # the hook is gone after compute
     # Σ from every im2col patch of the 40 images, computed independently with unfold
@@ -131,17 +131,17 @@ def test_random_patches_history_and_state(tiny, fake) -> None:
     metric = kdhub.create("metric", "eigenspace", patches=100)
     ctx = fake.ctx(tiny.student, None, 40)
     metric.start(ctx)
-    r1 = fake.run(metric, tiny.student, None, tiny.images, tiny.labels, batch_size=10, start=False, epoch=1)
+    r1 = fake.run(metric, tiny.student, None, tiny.pixels, tiny.labels, batch_size=10, start=False, epoch=1)
     assert r1.scalars["patches"] == 100.0  # ceil(100 * 10 / 40) = 25 per batch of 10, 4 batches
     assert r1.scalars["weight_change"] == 0.0
     assert math.isnan(r1.scalars["top_share"])
     with torch.no_grad():
         tiny.student.stem.conv.weight.mul_(1.1)
-    r2 = fake.run(metric, tiny.student, None, tiny.images, tiny.labels, batch_size=10, start=False, epoch=2)
+    r2 = fake.run(metric, tiny.student, None, tiny.pixels, tiny.labels, batch_size=10, start=False, epoch=2)
     assert r2.tables["eigenspace_history"]["epoch"] == [1, 2]
     restored = kdhub.create("metric", "eigenspace", patches=100)
     restored.load_state_dict(metric.state_dict())
-    r3 = fake.run(restored, tiny.student, None, tiny.images, tiny.labels, batch_size=10, start=False, epoch=2)
+    r3 = fake.run(restored, tiny.student, None, tiny.pixels, tiny.labels, batch_size=10, start=False, epoch=2)
     assert r3.scalars["weight_change"] == pytest.approx(r2.scalars["weight_change"])
     assert r3.tables["eigenspace_history"]["epoch"] == [1, 2, 2]
 

@@ -25,7 +25,7 @@ def test_tsne_keeps_separated_clusters() -> None:
 
 def test_metric_table_and_determinism(tiny, fake) -> None:
     metric = kdhub.create("metric", "embedding", max_samples=25, highlight=[3, 7], **FAST)
-    result = fake.run(metric, tiny.student, tiny.teacher, tiny.images, tiny.labels, batch_size=16)
+    result = fake.run(metric, tiny.student, tiny.teacher, tiny.pixels, tiny.labels, batch_size=16)
     table = result.tables["embedding"]
     assert set(table) == {"index", "label", "highlighted", "student_x", "student_y", "teacher_x", "teacher_y"}
     assert len(table["index"]) == 25
@@ -38,7 +38,7 @@ def test_metric_table_and_determinism(tiny, fake) -> None:
         kdhub.create("metric", "embedding", max_samples=25, highlight=[3, 7], **FAST),
         tiny.student,
         tiny.teacher,
-        tiny.images,
+        tiny.pixels,
         tiny.labels,
         batch_size=7,
     )
@@ -48,7 +48,7 @@ def test_metric_table_and_determinism(tiny, fake) -> None:
 def test_uses_penultimate_features(tiny, fake) -> None:
     """The map embeds the 'pooled' features: identical features for student and teacher give identical maps."""
     metric = kdhub.create("metric", "embedding", max_samples=20, **FAST)
-    result = fake.run(metric, tiny.student, tiny.student, tiny.images, tiny.labels, batch_size=16)
+    result = fake.run(metric, tiny.student, tiny.student, tiny.pixels, tiny.labels, batch_size=16)
     table = result.tables["embedding"]
     assert table["student_x"] == table["teacher_x"]
     assert table["student_y"] == table["teacher_y"]
@@ -56,4 +56,4 @@ def test_uses_penultimate_features(tiny, fake) -> None:
 
 def test_bad_highlight(tiny, fake) -> None:
     with pytest.raises(kdhub.ConfigError, match="highlight"):
-        fake.run(kdhub.create("metric", "embedding", highlight=[10]), tiny.student, None, tiny.images, tiny.labels, 16)
+        fake.run(kdhub.create("metric", "embedding", highlight=[10]), tiny.student, None, tiny.pixels, tiny.labels, 16)

@@ -32,8 +32,19 @@ def numpy_kl(zs: np.ndarray, zt: np.ndarray) -> np.ndarray:
 
 def test_test_batch(fake) -> None:
     out = test_batch()
-    result = run([kdhub.EvalBatch(out.student_logits, out.teacher_logits, out.labels, out.indices)], 3, fake)
-    assert result.scalars["kl"] == pytest.approx(0.708319, abs=1e-6)  # ALGORITHMS.md: [1.150421, 0.266217]
+    result = run(
+        [
+            kdhub.EvalBatch(
+                student_logits=out.student_logits,
+                teacher_logits=out.teacher_logits,
+                labels=out.labels,
+                indices=out.indices,
+            )
+        ],
+        3,
+        fake,
+    )
+    assert result.scalars["kl"] == pytest.approx(0.708319, abs=1e-6)  # docs/reference-values.md: [1.150421, 0.266217]
     assert result.scalars["agreement"] == pytest.approx(0.5)
     table = result.tables["fidelity"]
     assert table["kl"][2] == pytest.approx(1.150421, abs=1e-6)
@@ -42,7 +53,15 @@ def test_test_batch(fake) -> None:
 
 def test_identical_outputs_give_zero(fake) -> None:
     z = torch.randn(16, 5) * 3
-    result = run([kdhub.EvalBatch(z, z.clone(), torch.arange(16) % 5, torch.arange(16))], 5, fake)
+    result = run(
+        [
+            kdhub.EvalBatch(
+                student_logits=z, teacher_logits=z.clone(), labels=torch.arange(16) % 5, indices=torch.arange(16)
+            )
+        ],
+        5,
+        fake,
+    )
     assert result.scalars["kl"] == pytest.approx(0.0, abs=1e-12)
     assert result.scalars["agreement"] == 1.0
 
@@ -53,7 +72,13 @@ def test_partial_last_batch(fake) -> None:
     zs, zt = torch.randn(10, 6, generator=gen) * 2, torch.randn(10, 6, generator=gen) * 2
     y = torch.arange(10) % 6
     batches = [
-        kdhub.EvalBatch(zs[i : i + 4], zt[i : i + 4], y[i : i + 4], torch.arange(i, min(i + 4, 10))) for i in (0, 4, 8)
+        kdhub.EvalBatch(
+            student_logits=zs[i : i + 4],
+            teacher_logits=zt[i : i + 4],
+            labels=y[i : i + 4],
+            indices=torch.arange(i, min(i + 4, 10)),
+        )
+        for i in (0, 4, 8)
     ]
     result = run(batches, 6, fake)
     per_sample = numpy_kl(zs.double().numpy(), zt.double().numpy())

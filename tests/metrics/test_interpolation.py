@@ -15,8 +15,16 @@ def run(fake, split: str = "train", teacher: bool = True, **options) -> kdhub.Me
     metric = kdhub.create("metric", "interpolation", **options)
     t = torch.nn.Identity() if teacher else None
     metric.reset(fake.ctx(torch.nn.Identity(), t, 4, num_classes=3, class_names=["a", "b", "c"], split=split))
-    metric.update(kdhub.EvalBatch(zs[:3], zt[:3] if teacher else None, y[:3], torch.arange(3)))
-    metric.update(kdhub.EvalBatch(zs[3:], zt[3:] if teacher else None, y[3:], torch.arange(3, 4)))
+    metric.update(
+        kdhub.EvalBatch(
+            student_logits=zs[:3], teacher_logits=zt[:3] if teacher else None, labels=y[:3], indices=torch.arange(3)
+        )
+    )
+    metric.update(
+        kdhub.EvalBatch(
+            student_logits=zs[3:], teacher_logits=zt[3:] if teacher else None, labels=y[3:], indices=torch.arange(3, 4)
+        )
+    )
     return metric.compute()
 
 

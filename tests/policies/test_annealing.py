@@ -94,8 +94,13 @@ def test_resume_after_boundary_does_not_repeat_it(make_ctx):
 
 @pytest.mark.skipif("mse_logits" not in kdhub.list_plugins("method"), reason="mse_logits not written yet")
 def test_with_mse_logits():
-    # ALGORITHMS.md: z_s = 0, z_t = [2, -1, 0], Phi = 0.1: mean((0 - [.2, -.1, 0])^2) = .05 / 3
+    # docs/reference-values.md: z_s = 0, z_t = [2, -1, 0], Phi = 0.1: mean((0 - [.2, -.1, 0])^2) = .05 / 3
     z_t = torch.tensor([[2.0, -1.0, 0.0]])
-    out = kdhub.StepOutputs(torch.zeros(1, 3), annealing_factor(1, 200, 10) * z_t, torch.tensor([0]), torch.tensor([0]))
+    out = kdhub.StepOutputs(
+        student_logits=torch.zeros(1, 3),
+        teacher_logits=annealing_factor(1, 200, 10) * z_t,
+        labels=torch.tensor([0]),
+        indices=torch.tensor([0]),
+    )
     loss = sum(method_loss(kdhub.create("method", "mse_logits"), out).values())
     assert loss.item() == pytest.approx(0.016667, abs=1e-6)

@@ -20,7 +20,9 @@ def weights(policy, epochs: int, steps: int = 4) -> list[tuple[float, float]]:
         assert plan is policy.plan(e, e * steps - 1)  # same cached plan through the epoch
         assert plan.class_mask is None
         assert plan.teacher_scale is None
-        out.append((plan.ce_weight, plan.kd_weight))
+        # None = the run's ce_weight (0.1 here): ESKD leaves it alone before the stop
+        assert (plan.ce_weight is None) == (plan.kd_weight > 0 or policy.stop_epoch > e)
+        out.append((policy.ctx.ce_weight if plan.ce_weight is None else plan.ce_weight, plan.kd_weight))
     return out
 
 

@@ -58,7 +58,8 @@ def test_abrupt_kd_to_ce_equals_eskd(make_ctx):
         eskd.setup(make_ctx(epochs=10, steps_per_epoch=4, ce_weight=0.1))
         for step in range(40):
             a, b = switch.plan(step // 4 + 1, step), eskd.plan(step // 4 + 1, step)
-            assert (a.ce_weight, a.kd_weight) == (b.ce_weight, b.kd_weight), (at, step)
+            b_ce = eskd.ctx.ce_weight if b.ce_weight is None else b.ce_weight  # None: the run's ce_weight
+            assert (a.ce_weight, a.kd_weight) == (b_ce, b.kd_weight), (at, step)
 
 
 def test_logging_and_state(make_ctx):

@@ -12,6 +12,7 @@ import yaml
 import kdhub
 from kdhub.config import apply_overrides, parse_config
 from kdhub.engine.loop import Trainer, run
+from kdhub.testing import interrupt_after
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -60,7 +61,17 @@ def test_tllm_stops_classes_in_a_real_run():
     # the decisions follow from the logged curves: replay them on a fresh policy
     table = log.tables["tllm_curves"]
     replay = kdhub.create("policy", "tllm", **options)
-    replay.setup(kdhub.PolicyContext(5, 1, 10, 0.1, policy.ctx.device, True, method_names=["kd"]))
+    replay.setup(
+        kdhub.PolicyContext(
+            epochs=5,
+            steps_per_epoch=1,
+            num_classes=10,
+            ce_weight=0.1,
+            device=policy.ctx.device,
+            has_validation=True,
+            method_names=["kd"],
+        )
+    )
     for row, epoch in enumerate(table["epoch"]):
         losses = [table[str(m)][row] for m in range(10)]
         assert all(math.isfinite(v) for v in losses)
@@ -87,8 +98,8 @@ def test_eskd_real_run():
     )
     log = trainer.log
     assert series(log, "eskd/kd_active") == [1, 1, 0]
-    assert series(log, "weight/kd") == [1, 1, 0]
-    assert series(log, "weight/ce") == [0.1, 0.1, 1]
+    assert series(log, "policy/distill_factor") == [1, 1, 0]
+    assert series(log, "policy/ce_weight") == [0.1, 0.1, 1]
     assert [e for e, _ in log.metric_history["loss/kd"]] == [1, 2]  # no KD term once stopped
 
 
@@ -102,8 +113,8 @@ def test_annealing_real_run():
     log = trainer.log
     assert series(log, "annealing/phi") == pytest.approx([1 / 3, 2 / 3, 1.0])
     assert series(log, "annealing/phase") == [1, 1, 1, 2]
-    assert series(log, "weight/ce") == [0, 0, 0, 1]
-    assert series(log, "weight/kd") == [1, 1, 1, 0]
+    assert series(log, "policy/ce_weight") == [0, 0, 0, 1]
+    assert series(log, "policy/distill_factor") == [1, 1, 1, 0]
     restored = log.metric_history["policy/restored_best_epoch"]
     assert len(restored) == 1
     assert restored[0][0] == 3
@@ -121,8 +132,8 @@ def test_loss_switch_real_run():
     log, n = trainer.log, trainer.steps_per_epoch
     # value at each epoch's last step: epoch 2 ends at step 2n - 1, lambda = (n - 1) / n
     assert series(log, "loss_switch/lambda") == pytest.approx([0, (n - 1) / n, 1])
-    assert series(log, "weight/kd") == pytest.approx(series(log, "loss_switch/kd_weight"))
-    assert series(log, "weight/ce") == pytest.approx(series(log, "loss_switch/ce_weight"))
+    assert series(log, "policy/distill_factor") == pytest.approx(series(log, "loss_switch/kd_weight"))
+    assert series(log, "policy/ce_weight") == pytest.approx(series(log, "loss_switch/ce_weight"))
 
 
 def _example(name: str, overrides: list[str]) -> dict[str, Any]:
@@ -171,8 +182,6 @@ def test_tllm_resume_gives_the_same_decisions(tmp_path, monkeypatch):
     """Interrupt a TLLM run after epoch 4, resume it from MLflow: same curves and stops as a straight run."""
     import mlflow
 
-    from kdhub_policies.tllm import TLLM
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = {
         **BASE,
@@ -180,20 +189,11 @@ def test_tllm_resume_gives_the_same_decisions(tmp_path, monkeypatch):
         "ce_weight": 0.1,
         "methods": [{"name": "kd", "weight": 0.9}],
         "policy": {"name": "tllm", "options": {"start": 2, "window": 1, "eta": 0.05}},
-        "tracking": {"uri": uri, "experiment": "resume"},
+        "tracking": {"uri": uri, "experiment": "resume", "log_model": False},
     }
     straight = run(config)
-    original = TLLM.epoch_ended
-
-    def interrupted(self, report):
-        if report.epoch == 5:
-            raise KeyboardInterrupt
-        return original(self, report)
-
-    monkeypatch.setattr(TLLM, "epoch_ended", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_after(4), pytest.raises(KeyboardInterrupt):
         run(config)
-    monkeypatch.setattr(TLLM, "epoch_ended", original)
     client = mlflow.MlflowClient(uri)
     broken = next(
         r
@@ -211,10 +211,10 @@ def test_tllm_resume_gives_the_same_decisions(tmp_path, monkeypatch):
     assert load_table(straight.run_id, "tllm_stopped", uri)["class"], "no class was stopped"
 
 
-def test_tllm_without_methods_fails_at_setup():
-    config = {**BASE, "epochs": 1, "policy": {"name": "tllm"}}
-    del config["teacher"]
-    with pytest.raises(kdhub.ConfigError, match="no methods"):
-        Trainer(parse_config(config))
-    with pytest.raises(kdhub.ConfigError, match="val_fraction"):
+def test_tllm_without_methods_or_validation_is_refused_before_building():
+    config = {**BASE, "epochs": 1, "policy": {"name": "tllm"}, "methods": ["kd"]}
+    no_methods = {k: v for k, v in config.items() if k not in ("teacher", "methods")}
+    with pytest.raises(kdhub.ConfigError, match=r"^methods: policy 'tllm' .* add a method"):
+        Trainer(parse_config(no_methods))
+    with pytest.raises(kdhub.ConfigError, match=r"^data.val_fraction: policy 'tllm' needs a validation split"):
         Trainer(parse_config({**config, "data": {"name": "digits", "val_fraction": 0.0}}))

@@ -11,7 +11,7 @@ import kdhub
 from kdhub.engine.features import FeatureTaps, dry_run_shapes
 from kdhub_zoo.models._common import param_count
 
-# REFERENCE.md "Model sizes (CIFAR-100 heads)", in millions.
+# docs/reference-values.md "CIFAR model sizes", in millions (RepDistiller / mdistiller).
 REFERENCE_M = {
     "resnet20": 0.28,
     "resnet56": 0.86,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from pydantic import Field
 
 import kdhub
 
-from ._torchvision import to_split
+from ._torchvision import check_root, to_split
 
 
 class _Cifar(kdhub.Dataset):
@@ -18,7 +19,7 @@ class _Cifar(kdhub.Dataset):
     std: ClassVar[tuple[float, float, float]] = (1.0, 1.0, 1.0)
 
     class Options(kdhub.Options):
-        root: str = Field("data", min_length=1, description="torchvision root folder")
+        root: str = Field("data", min_length=1, max_length=4096, description="torchvision root folder")
         download: bool = Field(True, description="download with torchvision when missing")
         crop_padding: int = Field(4, ge=0, le=16, description="random crop 32 with this padding (0 = none)")
         horizontal_flip: bool = Field(True, description="random horizontal flips in training")
@@ -27,6 +28,7 @@ class _Cifar(kdhub.Dataset):
         from torchvision import datasets
 
         cls = getattr(datasets, self.torchvision_class)
+        check_root(self.options.root)
         try:
             train = cls(self.options.root, train=True, download=self.options.download)
             test = cls(self.options.root, train=False, download=self.options.download)
@@ -40,6 +42,7 @@ class _Cifar(kdhub.Dataset):
             std=self.std,
             augmentation=kdhub.Augmentation(self.options.crop_padding, self.options.horizontal_flip),
             class_names=list(train.classes),
+            source=str(Path(self.options.root).resolve()),
         )
 
 

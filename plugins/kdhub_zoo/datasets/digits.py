@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 import kdhub
+
+IMAGES, CLASSES = 1797, 10
 
 
 class Digits(kdhub.Dataset):
@@ -20,11 +24,26 @@ class Digits(kdhub.Dataset):
     name = "digits"
 
     class Options(kdhub.Options):
-        test_fraction: float = Field(0.25, gt=0, lt=1, description="stratified fraction of the 1,797 images for test")
-        split_seed: int = Field(0, ge=0, description="seed of the train/test split (fixed across runs)")
+        test_fraction: kdhub.FiniteFloat = Field(
+            0.25, gt=0, lt=1, description="stratified fraction of the 1,797 images for test"
+        )
+        split_seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the train/test split (fixed across runs)")
         horizontal_flip: bool = Field(
             False, description="random horizontal flips in training (digits are not symmetric)"
         )
+
+        @field_validator("test_fraction")
+        @classmethod
+        def _both_splits_hold_every_class(cls, value: float) -> float:
+            test = math.ceil(value * IMAGES)  # scikit-learn's rounding of a float test_size
+            train = IMAGES - test
+            if min(train, test) < CLASSES:
+                split = "training" if train < test else "test"
+                low, high = math.ceil(CLASSES / IMAGES * 1000) / 1000, math.floor((1 - CLASSES / IMAGES) * 1000) / 1000
+                raise ValueError(
+                    f"{value} leaves {min(train, test)} {split} images for {CLASSES} classes (use {low} .. {high})"
+                )
+            return value
 
     def load(self) -> kdhub.DataBundle:
         from sklearn.datasets import load_digits
@@ -50,4 +69,5 @@ class Digits(kdhub.Dataset):
             std=(pixels.std().item(),),
             augmentation=kdhub.Augmentation(horizontal_flip=self.options.horizontal_flip),
             class_names=[str(d) for d in range(10)],
+            source="sklearn.datasets.load_digits",
         )

@@ -29,6 +29,14 @@ class ZooModel(kdhub.Model):
     """
 
     family_doc: ClassVar[str] = ""
+    feature_roles: tuple[str, ...] | None = (
+        "stem",
+        "stages",
+        "preact_stages",
+        "bn_before_relu",
+        "pooled",
+        "classifier",
+    )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -112,7 +112,9 @@ class MobileNetV2Model(ZooModel):
         """
 
     class Options(kdhub.Options):
-        width: float = Field(0.5, gt=0, le=4, description="width multiplier of every layer (0.5 in the KD papers)")
+        width: kdhub.FiniteFloat = Field(
+            0.5, gt=0, le=4, description="width multiplier of every layer (0.5 in the KD papers)"
+        )
         expansion: int = Field(6, ge=1, le=16, description="expansion ratio t of the inverted residuals")
 
     def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:

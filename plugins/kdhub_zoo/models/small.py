@@ -158,6 +158,11 @@ class MLPModel(ZooModel):
         )
         batch_norm: bool = Field(True, description="BatchNorm1d after each hidden linear layer")
 
+    @property
+    def feature_roles(self) -> tuple[str, ...]:
+        bn = ("bn_before_relu",) if self.options.batch_norm else ()
+        return ("stages", "preact_stages", *bn, "pooled", "classifier")
+
     def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         o = self.options
         return MLP(num_classes, in_channels * image_size * image_size, list(o.hidden), o.batch_norm)

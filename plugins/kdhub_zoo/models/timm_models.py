@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import socket
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -56,6 +58,18 @@ def timm_taps(net: nn.Module) -> dict[str, list[str]]:
     return taps
 
 
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face hub answers (HF_HUB_OFFLINE=1: use the local cache, do not ask)."""
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False"):
+        return True
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        with socket.create_connection((host.split(":")[0], 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 class Timm(kdhub.Model):
     """Any model of the timm library (``timm:resnet18``, ``timm:convnext_atto`` ...), built for the run's data.
 
@@ -80,7 +94,9 @@ class Timm(kdhub.Model):
     name = "timm"
 
     class Options(kdhub.Options):
-        variant: str = Field(min_length=1, description="timm model name, e.g. 'resnet18' (from 'timm:resnet18')")
+        variant: str = Field(
+            min_length=1, max_length=300, description="timm model name, e.g. 'resnet18' (from 'timm:resnet18')"
+        )
         pretrained: bool = Field(False, description="download pretrained weights from the Hugging Face hub (online)")
         kwargs: dict[str, Any] = Field(
             default_factory=dict, description="extra keyword arguments of timm.create_model (e.g. drop_rate)"
@@ -96,15 +112,48 @@ class Timm(kdhub.Model):
                 )
             return value
 
+        @field_validator("variant")
+        @classmethod
+        def _known(cls, value: str) -> str:
+            import timm
+
+            base = value.split(".")[0]  # 'resnet18.a1_in1k' names a pretrained tag of 'resnet18'
+            if not value.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not timm.is_model(base):
+                close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.7)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(f"timm has no model {value!r}{hint}")
+            return value
+
     def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        o = self.options
+        if o.pretrained and not _hub_reachable():
+            raise kdhub.ConfigError(
+                f"options.pretrained: timm's weights of {o.variant!r} come from huggingface.co, which this "
+                "machine cannot reach; set pretrained: false and give the teacher local weights "
+                "(teacher.weights: path/to/weights.safetensors or .pt), or fill the Hugging Face cache "
+                "elsewhere and set HF_HUB_OFFLINE=1"
+            )
+        try:
+            return self._create(num_classes, in_channels, image_size)
+        except TypeError as err:
+            if "unexpected keyword argument" in str(err):
+                raise kdhub.ConfigError(
+                    f"options.kwargs: timm model {o.variant!r} does not take {str(err).rsplit(' ', 1)[-1]}"
+                ) from None
+            raise
+        except (OSError, RuntimeError, ValueError) as err:
+            if not o.pretrained:
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise kdhub.ConfigError(
+                f"options.pretrained: cannot load timm's pretrained weights of {o.variant!r} ({first}); set "
+                "pretrained: false and give the teacher local weights (teacher.weights: path/to/weights)"
+            ) from None
+
+    def _create(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         import timm
 
         o = self.options
-        base = o.variant.split(".")[0]  # 'resnet18.a1_in1k' names a pretrained tag of 'resnet18'
-        if not o.variant.startswith(("hf-hub:", "hf_hub:", "local-dir:")) and not timm.is_model(base):
-            close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.7)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise kdhub.ConfigError(f"timm has no model {o.variant!r}{hint}")
         kwargs = dict(o.kwargs, num_classes=num_classes, in_chans=in_channels)
         if "img_size" in kwargs:
             return timm.create_model(o.variant, pretrained=o.pretrained, **kwargs)

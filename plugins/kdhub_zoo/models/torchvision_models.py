@@ -6,7 +6,7 @@ import difflib
 from typing import Any
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 import kdhub
@@ -103,10 +103,15 @@ class TorchVision(kdhub.Model):
 
     class Options(kdhub.Options):
         variant: str = Field(
-            min_length=1, description="torchvision model name, e.g. 'resnet18' (from 'torchvision:resnet18')"
+            min_length=1,
+            max_length=200,
+            description="torchvision model name, e.g. 'resnet18' (from 'torchvision:resnet18')",
         )
         weights: str | None = Field(
-            None, description="pretrained weights ('DEFAULT', 'IMAGENET1K_V1' ...; downloaded), None = random init"
+            None,
+            min_length=1,
+            max_length=200,
+            description="pretrained weights ('DEFAULT', 'IMAGENET1K_V1' ...; downloaded), None = random init",
         )
         kwargs: dict[str, Any] = Field(
             default_factory=dict, description="extra keyword arguments of the model builder (e.g. dropout)"
@@ -120,15 +125,54 @@ class TorchVision(kdhub.Model):
                 raise ValueError(f"kwargs may not set {', '.join(clash)} (kdhub sets the classes; use 'weights')")
             return value
 
+        @field_validator("variant")
+        @classmethod
+        def _known(cls, value: str) -> str:
+            from torchvision import models
+
+            available = models.list_models(module=models)
+            if value not in available:
+                close = difflib.get_close_matches(value, available, n=5, cutoff=0.6)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(f"torchvision has no classification model {value!r}{hint}")
+            return value
+
+        @field_validator("weights")
+        @classmethod
+        def _known_weights(cls, value: str | None, info: ValidationInfo) -> str | None:
+            from torchvision import models
+
+            variant = info.data.get("variant")
+            if value is not None and variant is not None:
+                names = list(models.get_model_weights(variant).__members__)
+                if value not in names:
+                    raise ValueError(f"{variant} has no weights {value!r} (it has {', '.join(names)})")
+            return value
+
     def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        o = self.options
+        try:
+            return self._create(num_classes, in_channels, image_size)
+        except TypeError as err:
+            if "unexpected keyword argument" in str(err):
+                raise kdhub.ConfigError(
+                    f"options.kwargs: torchvision model {o.variant!r} does not take {str(err).rsplit(' ', 1)[-1]}"
+                ) from None
+            raise
+        except OSError as err:  # urllib's URLError: no network and no copy in the torch hub cache
+            if o.weights is None:
+                raise
+            reason = getattr(err, "reason", None) or err
+            raise kdhub.ConfigError(
+                f"options.weights: cannot download torchvision's {o.weights} weights of {o.variant!r} ({reason}); "
+                "set weights: null and give the teacher local weights (teacher.weights: path/to/weights.pt or "
+                ".safetensors), or put the file in the torch hub cache ($TORCH_HOME/hub/checkpoints)"
+            ) from None
+
+    def _create(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         from torchvision import models
 
         o = self.options
-        available = models.list_models(module=models)
-        if o.variant not in available:
-            close = difflib.get_close_matches(o.variant, available, n=5, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise kdhub.ConfigError(f"torchvision has no classification model {o.variant!r}{hint}")
         kwargs = dict(o.kwargs)
         aux = o.variant in ("googlenet", "inception_v3") and bool(kwargs.get("aux_logits", False))
         if o.variant in ("googlenet", "inception_v3") and not aux:

@@ -95,7 +95,9 @@ class WideResNet(TappedNet):
 
 
 class _WRNOptions(kdhub.Options):
-    drop_rate: float = Field(0.0, ge=0, lt=1, description="dropout between the two convs of each block (0 = none)")
+    drop_rate: kdhub.FiniteFloat = Field(
+        0.0, ge=0, lt=1, description="dropout between the two convs of each block (0 = none)"
+    )
 
 
 class _WRNModel(ZooModel):

@@ -1,4 +1,4 @@
-"""Per-class comparison of runs against a baseline: ΔACC, undistillable classes, ΔPA and their correlation.
+"""``kdhub compare``: per-class comparison of runs against a baseline — ΔACC, undistillable classes, ΔPA.
 
 Zhu et al., "Teach Less, Learn More: On the Undistillable Classes in Knowledge Distillation",
 NeurIPS 2022, Eq. 1-3 and Figures 2 and 4. kdhub differences everything as *run − baseline*, so a
@@ -9,9 +9,10 @@ reads it the same way)::
     ΔPA_m  = PA_m(run) − PA_m(baseline)            PA_m: top-1 agreement with the teacher on class m
 
 With several runs per side (seeds), per-class values are averaged over the seeds first (NaN, an
-empty class, left out), then differenced. Accuracies come from the table the ``per_class_accuracy``
-metric logs (``<split>/per_class_accuracy``, column ``student``); agreements from the ``agreement``
-metric's table (``<split>/agreement``, column ``pa_by_label``, a fraction, shown here in percent).
+empty class, left out), then differenced. Accuracies come from the table
+:data:`kdhub.tables.PER_CLASS_ACCURACY` (``<split>/per_class_accuracy``, column ``student``, logged by
+the ``per_class_accuracy`` metric); agreements from :data:`kdhub.tables.AGREEMENT`
+(``<split>/agreement``, column ``pa_by_label``, a fraction, shown here in percent).
 A vanilla baseline has an agreement only if it was trained with the teacher attached for
 evaluation (``teacher:`` set, ``methods: []``: the engine never runs the teacher in training then).
 """
@@ -27,17 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kdhub
 from kdhub.errors import KdhubError
+from kdhub.figures import new_figure
 from kdhub.runlog import Table
+from kdhub.tables import AGREEMENT, PER_CLASS_ACCURACY
 
 __all__ = [
-    "ACCURACY_COLUMN",
-    "ACCURACY_TABLE",
-    "AGREEMENT_COLUMN",
-    "AGREEMENT_TABLE",
+    "CompareCommand",
     "CompareError",
     "Comparison",
-    "add_compare_parser",
     "average_over_seeds",
     "compare_runs",
     "compare_tables",
@@ -45,11 +45,7 @@ __all__ = [
     "save_figures",
 ]
 
-# Where the comparison reads its inputs: documented defaults, the tables of the built-in
-# per_class_accuracy and agreement metrics. Any metric that logs tables of this shape will do.
-ACCURACY_TABLE = "per_class_accuracy"  # logged as <split>/per_class_accuracy by the metric of that name
 ACCURACY_COLUMN = "student"  # per-class accuracy in %
-AGREEMENT_TABLE = "agreement"  # logged as <split>/agreement by the metric of that name
 AGREEMENT_COLUMN = "pa_by_label"  # per-class prediction agreement with the teacher, a fraction
 AGREEMENT_SCALE = 100.0  # fractions -> percent, the unit of the accuracies
 
@@ -118,15 +114,28 @@ class Comparison:
         }
 
     def scalars(self) -> dict[str, float]:
+        """Undistillable count and fraction, mean ΔACC, and Pearson r, p, n when the correlation is defined."""
         r, p, n = self.pearson
-        return {
+        values = {
             "undistillable_count": float(self.undistillable_count),
             "undistillable_fraction": self.undistillable_count / max(1, len(self.classes)),
             "mean_delta_acc": self.mean_delta_acc,
-            "pearson_r": r,
-            "pearson_p": p,
-            "pearson_n": float(n),
         }
+        if math.isfinite(r):
+            values.update(pearson_r=r, pearson_p=p, pearson_n=float(n))
+        return values
+
+    def description(self, baseline: str = "the baseline", runs: str = "the runs") -> str:
+        """A short Markdown summary for the comparison's MLflow run."""
+        r, p, n = self.pearson
+        text = (
+            f"Per-class comparison of {runs} against {baseline} on split **{self.split}**"
+            f" ({len(self.run_ids)} run(s) and {len(self.baseline_ids)} baseline run(s), seeds averaged):"
+            f" **{self.undistillable_count} of {len(self.classes)}** classes undistillable"
+            f" (ΔACC < −{self.tol:g}), mean ΔACC **{_num(self.mean_delta_acc, True)}** points"
+        )
+        text += f", Pearson r(ΔPA, ΔACC) = {r:.2f} (p = {p:.2g}, {n} classes)." if math.isfinite(r) else "."
+        return text
 
     def report(self) -> str:
         """The per-class table, the undistillable classes, mean ΔACC and the correlation, as text."""
@@ -263,14 +272,16 @@ def _read_side(run_ids: Sequence[str], split: str, uri: str | None, what: str) -
         infos.append(info)
         label = f"run {run_id} ({info['name']})"
         try:
-            table = load_table(run_id, f"{split}/{ACCURACY_TABLE}", uri)
+            table = load_table(run_id, f"{split}/{PER_CLASS_ACCURACY.name}", uri)
         except KdhubError:
             raise CompareError(
-                f"{label} has no table {split}/{ACCURACY_TABLE}; add the {ACCURACY_TABLE} metric"
-                f" (metrics: [{{name: {ACCURACY_TABLE}, split: {split}}}])"
+                f"{label} has no table {split}/{PER_CLASS_ACCURACY.name}; add the {PER_CLASS_ACCURACY.name} metric"
+                f" (metrics: [{{name: {PER_CLASS_ACCURACY.name}, split: {split}}}])"
             ) from None
         if ACCURACY_COLUMN not in table or "class" not in table:
-            raise CompareError(f"{label}: table {split}/{ACCURACY_TABLE} has no columns class and {ACCURACY_COLUMN}")
+            raise CompareError(
+                f"{label}: table {split}/{PER_CLASS_ACCURACY.name} has no columns class and {ACCURACY_COLUMN}"
+            )
         these = [int(c) for c in table["class"]]
         if classes is None:
             classes, names = these, [str(n) for n in table.get("name", these)]
@@ -278,7 +289,7 @@ def _read_side(run_ids: Sequence[str], split: str, uri: str | None, what: str) -
             raise CompareError(f"{label} has {len(these)} classes, the first {what} run {len(classes)}")
         acc.append([float(v) for v in table[ACCURACY_COLUMN]])
         try:
-            agreement = load_table(run_id, f"{split}/{AGREEMENT_TABLE}", uri)
+            agreement = load_table(run_id, f"{split}/{AGREEMENT.name}", uri)
         except KdhubError:
             continue
         if [int(c) for c in agreement.get("class", [])] == classes and AGREEMENT_COLUMN in agreement:
@@ -306,11 +317,11 @@ def _teachers(side: _Side) -> set[str]:
 def _notes(baseline: _Side, runs: _Side, split: str) -> list[str]:
     notes = []
     if not runs.pa:
-        notes.append(f"the runs have no table {split}/{AGREEMENT_TABLE}: add the {AGREEMENT_TABLE} metric for ΔPA")
+        notes.append(f"the runs have no table {split}/{AGREEMENT.name}: add the {AGREEMENT.name} metric for ΔPA")
     if not baseline.pa:
         notes.append(
-            f"the baseline has no table {split}/{AGREEMENT_TABLE}: train it with the teacher attached for"
-            f" evaluation (teacher: ..., methods: []) and the {AGREEMENT_TABLE} metric to get ΔPA"
+            f"the baseline has no table {split}/{AGREEMENT.name}: train it with the teacher attached for"
+            f" evaluation (teacher: ..., methods: []) and the {AGREEMENT.name} metric to get ΔPA"
         )
     for side, what in ((baseline, "baseline"), (runs, "run")):
         if side.pa and len(side.pa) < len(side.infos):
@@ -337,10 +348,13 @@ def compare_runs(
 
     Reads ``<split>/per_class_accuracy`` (required) and ``<split>/agreement`` (optional) of every
     run from MLflow. With ``log``, records the comparison as a new MLflow run (in ``experiment``,
-    default the first run's) holding the table ``compare/per_class``, the scalars
-    ``undistillable_count``, ``mean_delta_acc``, ``pearson_r``, ``pearson_p``, the figures and the
-    text report; ``tags`` are added to its tags (``mlflow.parentRunId`` nests it).
+    default ``<first run's experiment>-compare``, so it does not crowd the training charts) holding
+    the table ``compare/per_class``, the scalars ``undistillable_count``, ``mean_delta_acc``,
+    ``pearson_r``, ``pearson_p``, the figures and the text report; ``tags`` are added to its tags
+    (``mlflow.parentRunId`` nests it).
     """
+    from kdhub.tracking import compare_experiment
+
     if tol < 0 or not math.isfinite(tol):
         raise CompareError(f"tol must be a finite number >= 0, got {tol}")
     baseline_ids = [baseline] if isinstance(baseline, str) else list(baseline)
@@ -364,21 +378,33 @@ def compare_runs(
     comparison.baseline_ids, comparison.run_ids = baseline_ids, run_ids
     comparison.notes = _notes(base_side, run_side, split)
     if log:
+        description = comparison.description(_links(base_side.infos), _links(run_side.infos))
         comparison.run_id = _log(
             comparison,
             uri,
-            experiment or run_side.infos[0]["experiment"],
+            experiment or compare_experiment(run_side.infos[0]["experiment"]),
             run_name or f"compare-{_label(run_side.infos)}-vs-{_label(base_side.infos)}",
             tags or {},
+            description,
         )
     return comparison
 
 
-def _log(comparison: Comparison, uri: str | None, experiment: str, run_name: str, tags: dict[str, str]) -> str:
-    from kdhub.tracking import Tracker
+def _links(infos: list[dict[str, Any]]) -> str:
+    """Markdown links to runs in the MLflow UI."""
+    return ", ".join(
+        f"[{i['name'] or i['run_id'][:8]}](#/experiments/{i['experiment_id']}/runs/{i['run_id']})" for i in infos
+    )
+
+
+def _log(
+    comparison: Comparison, uri: str | None, experiment: str, run_name: str, tags: dict[str, str], description: str
+) -> str:
+    from kdhub.tracking import KIND_TAG, Tracker
 
     tracker = Tracker(uri, experiment)
     run_tags = {
+        KIND_TAG: "compare",
         "kdhub.compare": "true",
         "kdhub.baseline": ",".join(comparison.baseline_ids),
         "kdhub.runs": ",".join(comparison.run_ids),
@@ -400,6 +426,7 @@ def _log(comparison: Comparison, uri: str | None, experiment: str, run_name: str
         for name, figure in comparison.figures().items():
             tracker.figure(f"compare/{name}", figure)
         tracker.text("compare/report.txt", comparison.report() + "\n")
+        tracker.describe(description)
     except BaseException as err:
         tracker.finish("FAILED", f"{type(err).__name__}: {err}")
         raise
@@ -410,21 +437,12 @@ def _log(comparison: Comparison, uri: str | None, experiment: str, run_name: str
 # figures ------------------------------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float) -> tuple[Any, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots()
-
-
 def _delta_acc_figure(comparison: Comparison) -> Any:
     """Per-class ΔACC sorted from the most helped to the most hurt class, with the mean as a dashed line."""
     deltas = comparison.delta_acc
     order = sorted((i for i in range(len(deltas)) if math.isfinite(deltas[i])), key=lambda i: -deltas[i])
     n = len(order)
-    fig, ax = _new_figure(max(5.0, min(14.0, 0.3 * n + 2.5)), 3.6)
+    fig, (ax,) = new_figure(max(5.0, min(14.0, 0.3 * n + 2.5)), 3.6)
     hurt = set(comparison.undistillable)
     values = [deltas[i] for i in order]
     colors = ["C3" if comparison.classes[i] in hurt else "C0" for i in order]
@@ -454,7 +472,7 @@ def _scatter_figure(comparison: Comparison) -> Any:
     dpa, dacc = comparison.delta_pa, comparison.delta_acc
     keep = [i for i in range(len(dpa)) if math.isfinite(dpa[i]) and math.isfinite(dacc[i])]
     x, y = np.array([dpa[i] for i in keep]), np.array([dacc[i] for i in keep])
-    fig, ax = _new_figure(4.8, 4.2)
+    fig, (ax,) = new_figure(4.8, 4.2)
     hurt = set(comparison.undistillable)
     colors = ["C3" if comparison.classes[i] in hurt else "C0" for i in keep]
     ax.scatter(x, y, c=colors, s=22, zorder=3)
@@ -490,59 +508,95 @@ def save_figures(comparison: Comparison, prefix: str, dpi: int = 100) -> list[Pa
         stem = ""
     else:
         folder, stem = folder.parent, folder.name
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, figure in comparison.figures().items():
-        paths.append(folder / f"{stem}{name}.png")
-        figure.savefig(paths[-1], dpi=dpi)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, figure in comparison.figures().items():
+            paths.append(folder / f"{stem}{name}.png")
+            figure.savefig(paths[-1], dpi=dpi)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise KdhubError(f"--figures {prefix}: cannot write the figures: {reason}") from None
     return paths
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    comparison = compare_runs(
-        _ids(args.baseline),
-        _ids(args.runs),
-        uri=args.tracking_uri,
-        split=args.split,
-        tol=args.tol,
-        log=not args.no_log,
-        experiment=args.experiment,
-    )
-    print(comparison.report())
+MAX_DPI = 1200
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Refuse bad --dpi / --tol / --figures before anything is read or logged."""
+    if not 10 <= args.dpi <= MAX_DPI:
+        raise KdhubError(f"--dpi: {args.dpi} is outside 10 .. {MAX_DPI}")
+    if not (math.isfinite(args.tol) and args.tol >= 0):
+        raise KdhubError(f"--tol: {args.tol} is not a finite number >= 0")
     if args.figures:
-        for path in save_figures(comparison, args.figures, args.dpi):
-            print(f"figure {path}")
-    if comparison.run_id is not None:
-        print(f"logged as MLflow run {comparison.run_id}")
-    return 0
+        folder = Path(args.figures)
+        if not (args.figures.endswith(("/", os.sep)) or folder.is_dir()):
+            folder = folder.parent
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise KdhubError(f"--figures {args.figures}: {existing} is not a writable folder")
 
 
-def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``kdhub compare --baseline RUN[,RUN...] RUN [RUN...]`` to the ``kdhub`` command."""
-    p = subparsers.add_parser(
-        "compare",
-        help="per-class ΔACC, undistillable classes and ΔPA of runs against a baseline run",
-        description="Compare runs with a baseline per class (run − baseline; seeds averaged before differencing).",
-    )
-    p.add_argument(
-        "--baseline",
-        "-b",
-        action="append",
-        required=True,
-        metavar="RUN[,RUN...]",
-        help="baseline run id; repeat it or separate ids by commas for several seeds",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids compared with the baseline (seeds of one run)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split of the tables (test)")
-    p.add_argument("--tol", type=float, default=0.0, help="undistillable iff ΔACC < −tol, in points (0)")
-    p.add_argument("--no-log", action="store_true", help="do not log the comparison as an MLflow run")
-    p.add_argument("--experiment", help="MLflow experiment of the comparison run (default: the first run's)")
-    p.add_argument(
-        "--figures",
-        metavar="PREFIX",
-        help="also save the figures as PNG files: PREFIX<name>.png, or <name>.png inside PREFIX if it is a folder",
-    )
-    p.add_argument("--dpi", type=int, default=100, help="resolution of the PNG files of --figures (100)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.set_defaults(func=cmd_compare)
-    return p
+class CompareCommand(kdhub.Command):
+    """Per-class ΔACC, undistillable classes and ΔPA of runs against a baseline run."""
+
+    name = "compare"
+    help = "per-class ΔACC, undistillable classes and ΔPA of runs against a baseline run"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.description = (
+            "Compare runs with a baseline per class (run − baseline; seeds averaged before differencing)."
+        )
+        parser.add_argument(
+            "--baseline",
+            "-b",
+            action="append",
+            required=True,
+            metavar="RUN[,RUN...]",
+            help="baseline run id; repeat it or separate ids by commas for several seeds",
+        )
+        parser.add_argument(
+            "runs", nargs="+", metavar="RUN", help="run ids compared with the baseline (seeds of one run)"
+        )
+        parser.add_argument(
+            "--split", default="test", choices=["train", "val", "test"], help="split of the tables (test)"
+        )
+        parser.add_argument("--tol", type=float, default=0.0, help="undistillable iff ΔACC < −tol, in points (0)")
+        parser.add_argument("--no-log", action="store_true", help="do not log the comparison as an MLflow run")
+        parser.add_argument(
+            "--experiment",
+            help="MLflow experiment of the comparison run (default: <the first run's experiment>-compare)",
+        )
+        parser.add_argument(
+            "--figures",
+            metavar="PREFIX",
+            help="also save the figures as PNG files: PREFIX<name>.png, or <name>.png inside PREFIX if it is a folder",
+        )
+        parser.add_argument("--dpi", type=int, default=100, help="resolution of the PNG files of --figures (100)")
+        parser.add_argument(
+            "--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        _check_output(args)
+        comparison = compare_runs(
+            _ids(args.baseline),
+            _ids(args.runs),
+            uri=args.tracking_uri,
+            split=args.split,
+            tol=args.tol,
+            log=not args.no_log,
+            experiment=args.experiment,
+        )
+        print(comparison.report())
+        if args.figures:
+            for path in save_figures(comparison, args.figures, args.dpi):
+                print(f"figure {path}")
+        if comparison.run_id is not None:
+            print(f"logged as MLflow run {comparison.run_id}")
+        return 0
+
+    def compare(self, baseline: str | list[str], runs: str | list[str], **options: Any) -> Comparison:
+        """:func:`compare_runs` for callers that reach the command through the registry (a study's ``compare:``)."""
+        return compare_runs(baseline, runs, **options)

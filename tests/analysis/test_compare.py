@@ -14,7 +14,12 @@ import torch
 from scipy import stats
 
 from kdhub.cli import main
-from kdhub.compare import (
+from kdhub.engine.loop import run
+from kdhub.errors import ConfigError, KdhubError
+from kdhub.study import StudyConfig, expand, run_study
+from kdhub.tables import AGREEMENT, PER_CLASS_ACCURACY
+from kdhub.tracking import Tracker
+from kdhub_analysis.compare import (
     CompareError,
     Comparison,
     average_over_seeds,
@@ -23,15 +28,12 @@ from kdhub.compare import (
     pearson,
     save_figures,
 )
-from kdhub.engine.loop import run
-from kdhub.errors import ConfigError, KdhubError
-from kdhub.study import StudyConfig, expand, run_study
 
 NAN = math.nan
 
 
 def per_class_acc(y: list[int], pred: list[int], num_classes: int) -> list[float]:
-    """acc_m in % with numpy, NaN for an empty class (ALGORITHMS.md, per_class_accuracy)."""
+    """acc_m in % with numpy, NaN for an empty class (docs/reference-values.md, per-class accuracy)."""
     y, pred = np.asarray(y), np.asarray(pred)
     with np.errstate(invalid="ignore"):
         return [100 * float(np.mean(pred[y == m] == m)) if (y == m).any() else NAN for m in range(num_classes)]
@@ -40,7 +42,7 @@ def per_class_acc(y: list[int], pred: list[int], num_classes: int) -> list[float
 # the pure comparison ------------------------------------------------------------------------------
 
 
-def test_algorithms_md_example():
+def test_reference_values_example():  # docs/reference-values.md, the comparison's worked example
     # y = [0,0,1,1,2]; run predicts [0,1,1,1,0] -> acc [1/2, 2/2, 0/1]; baseline [0,0,1,0,2] -> [2/2, 1/2, 1/1]
     y = [0, 0, 1, 1, 2]
     run_acc = per_class_acc(y, [0, 1, 1, 1, 0], 3)
@@ -183,16 +185,16 @@ def base_config(mlflow_uri: str, seed: int, width: int, epochs: int = 2) -> dict
         "metrics": ["per_class_accuracy"],
         "schedule": {"name": "cosine"},
         "train": {"progress": False},
-        "tracking": {"uri": mlflow_uri, "experiment": EXPERIMENT},
+        "tracking": {"uri": mlflow_uri, "experiment": EXPERIMENT, "log_model": False},
     }
 
 
 def test_a_teacher_without_methods_is_evaluation_only(tmp_path):
     """A vanilla baseline with the teacher attached trains exactly as one without it (the teacher only evaluates)."""
     teacher = tmp_path / "teacher.pt"
-    torch.save(run(base_config("unused", 1, 8, epochs=1), track=False).student.state_dict(), teacher)
-    plain = run(base_config("unused", 0, 4), track=False)
-    config = base_config("unused", 0, 4)
+    torch.save(run(base_config("sqlite:///unused.db", 1, 8, epochs=1), track=False).student.state_dict(), teacher)
+    plain = run(base_config("sqlite:///unused.db", 0, 4), track=False)
+    config = base_config("sqlite:///unused.db", 0, 4)
     config.update(
         teacher={"name": "cnn", "options": {"width": 8}, "weights": str(teacher)},
         metrics=["per_class_accuracy", "agreement"],
@@ -203,22 +205,34 @@ def test_a_teacher_without_methods_is_evaluation_only(tmp_path):
     assert 0 <= attached.metrics["test/agreement/pa"] <= 1
 
 
+def fake_run(uri: str, name: str, acc: list[float], pa: list[float] | None = None) -> str:
+    """An MLflow run holding only the tables a comparison reads (no training): per-class accuracy in %,
+    and the agreement with the teacher as fractions when ``pa`` is given (a teacher was attached)."""
+    tracker = Tracker(uri, EXPERIMENT)
+    run_id = tracker.start(name, {"teacher": "cnn" if pa is not None else "none"})
+    classes = list(range(len(acc)))
+    common = {"class": classes, "name": [f"c{c}" for c in classes], "count": [45] * len(classes)}
+    tracker.table(PER_CLASS_ACCURACY.key("test"), {**common, "student": acc})
+    if pa is not None:
+        tracker.params({"teacher.weights": "runs:/teacher/checkpoints/final.pt"})
+        tracker.table(AGREEMENT.key("test"), {**common, "pa_by_label": pa, "pa_by_teacher": pa})
+    tracker.finish("FINISHED")
+    return run_id
+
+
 @pytest.fixture(scope="module")
 def runs(mlflow_uri: str) -> dict[str, list[str]]:
-    """A teacher; vanilla students with the teacher attached for evaluation; KD students; two seeds each."""
-    teacher = run(base_config(mlflow_uri, 1, 16))
-    attached = {
-        "name": "cnn",
-        "options": {"width": 16},
-        "weights": f"runs:/{teacher.run_id}/checkpoints/final.pt",
-    }
-    out: dict[str, list[str]] = {"teacher": [teacher.run_id], "vanilla": [], "kd": []}
-    for seed in (0, 1):
-        vanilla = base_config(mlflow_uri, seed, 4)
-        vanilla.update(teacher=attached, metrics=["per_class_accuracy", "agreement"])
-        out["vanilla"].append(run(vanilla).run_id)
-        kd = {**vanilla, "ce_weight": 0.1, "methods": [{"name": "kd", "weight": 0.9, "options": {"temperature": 4}}]}
-        out["kd"].append(run(kd).run_id)
+    """A teacher; vanilla students with the teacher attached for evaluation; KD students; two seeds each.
+
+    Built directly as MLflow runs with known tables (random values, fixed seed); the studies below run
+    the whole path end to end once."""
+    rng = np.random.default_rng(0)
+    out: dict[str, list[str]] = {"teacher": [fake_run(mlflow_uri, "teacher-s1", list(90 + 10 * rng.random(10)))]}
+    for group in ("vanilla", "kd"):
+        out[group] = [
+            fake_run(mlflow_uri, f"{group}-s{seed}", list(70 + 20 * rng.random(10)), list(0.6 + 0.3 * rng.random(10)))
+            for seed in (0, 1)
+        ]
     return out
 
 
@@ -246,8 +260,9 @@ def test_cli_compare_logs_a_run_whose_values_rederive_from_the_runs(runs, mlflow
     assert logged.data.tags["kdhub.compare"] == "true"
     assert logged.data.tags["kdhub.baseline"] == ",".join(vanilla)
     assert logged.data.tags["kdhub.runs"] == ",".join(kd)
-    assert logged.info.run_name == "compare-cnn-kd-cnn-digits-vs-cnn-none-cnn-digits"
-    assert client.get_experiment(logged.info.experiment_id).name == EXPERIMENT  # next to the runs
+    assert logged.info.run_name == "compare-kd-vs-vanilla"
+    assert client.get_experiment(logged.info.experiment_id).name == f"{EXPERIMENT}-compare"  # beside the runs
+    assert logged.data.tags["kdhub.kind"] == "compare"
     figures = {a.path for a in client.list_artifacts(compare_id, "figures/compare")}
     assert figures == {"figures/compare/delta_acc.png", "figures/compare/delta_pa_vs_delta_acc.png"}
 
@@ -313,6 +328,7 @@ def study(**changes) -> StudyConfig:
             "data": {"name": "digits", "batch_size": 128},
             "metrics": ["per_class_accuracy", "agreement"],
             "train": {"progress": False},
+            "tracking": {"log_model": False},
         },
         "runs": [
             {"name": "teacher", "set": {"student": {"name": "cnn", "options": {"width": 8}}, "metrics": ["accuracy"]}},
@@ -332,7 +348,10 @@ def test_study_compare_section_is_checked_before_training():
     expand(study())
     for compare, message in [
         ({"baseline": "vanila", "runs": ["kd"]}, "compare.baseline: 'vanila' names no run"),
-        ({"baseline": "vanilla", "runs": ["teacher"]}, "run 'teacher' does not evaluate per_class_accuracy"),
+        (
+            {"baseline": "vanilla", "runs": ["teacher"]},
+            "no metric logging the per_class_accuracy",
+        ),
         ({"baseline": "vanilla", "runs": ["kd"], "split": "val"}, "on split 'val'"),
         ({"baseline": "vanilla", "runs": ["vanilla"]}, "'vanilla' is the baseline"),
     ]:

@@ -1,0 +1,147 @@
+"""Reference text from the code: option tables and plugin capabilities.
+
+One helper for every place that documents options — ``kdhub show``, ``docs/config.md``,
+``docs/methods.md`` and the option tables of ``docs/policies.md`` — so they cannot disagree.
+
+python -m kdhub.reference policies docs/policies.md     # rewrite the generated tables in place
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+__all__ = [
+    "OptionRow",
+    "capabilities",
+    "markdown_options",
+    "option_rows",
+    "type_text",
+    "update_generated_sections",
+]
+
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "len >="), ("max_length", "len <="))
+
+
+@dataclass(frozen=True)
+class OptionRow:
+    """One option of a pydantic model, as text."""
+
+    name: str
+    type: str
+    default: str
+    bounds: str
+    description: str
+
+
+def type_text(annotation: Any) -> str:
+    """A readable type: ``float``, ``int | float``, ``sliding | fixed``, ``list[int]``."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(str(a) for a in get_args(annotation))
+    if origin is Annotated:
+        return type_text(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_text(a) for a in get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    if origin is not None:
+        args = ", ".join(type_text(a) for a in get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _bounds(field: FieldInfo) -> str:
+    parts = []
+    for meta in field.metadata:
+        for attr, symbol in _BOUNDS:
+            value = getattr(meta, attr, None)
+            if value is not None:
+                parts.append(f"{symbol} {value}")
+    return ", ".join(parts)
+
+
+def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "(see below)"
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return repr([getattr(v, "name", v) for v in value])
+    return repr(value)
+
+
+def option_rows(model: type[BaseModel], prefix: str = "") -> list[OptionRow]:
+    """The fields of a pydantic model (a plugin's ``Options``, a config section) as rows."""
+    return [
+        OptionRow(prefix + name, type_text(field.annotation), _default(field), _bounds(field), field.description or "")
+        for name, field in model.model_fields.items()
+    ]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_options(model: type[BaseModel]) -> list[str]:
+    """A Markdown table of a model's options (option, type, default, bounds, description)."""
+    rows = option_rows(model)
+    if not rows:
+        return ["No options."]
+    lines = ["| option | type | default | bounds | description |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| `{r.name}` | {_cell(r.type)} | `{r.default}` | {_cell(r.bounds)} | {_cell(r.description)} |")
+    return lines
+
+
+def capabilities(cls: type) -> dict[str, Any]:
+    """The capabilities a plugin class declares (``CAPABILITIES`` of its kind), read from an instance with
+    default options, so option-dependent ones (properties) show their values."""
+    names = getattr(cls, "CAPABILITIES", ())
+    try:
+        instance = cls()
+    except Exception:
+        instance = cls
+    values = {}
+    for name in names:
+        value = getattr(instance, name, None)
+        values[name] = None if isinstance(value, property) else value
+    return values
+
+
+_SECTION = re.compile(r"<!-- options: (\w+) (\w+) -->\n.*?<!-- /options -->", re.S)
+
+
+def update_generated_sections(text: str) -> str:
+    """Regenerate every ``<!-- options: KIND NAME --> ... <!-- /options -->`` section of a Markdown text."""
+    from kdhub.plugins import get_registry
+
+    registry = get_registry()
+
+    def render(match: re.Match[str]) -> str:
+        kind, name = match.group(1), match.group(2)
+        table = markdown_options(registry.get(kind, name).Options)
+        return "\n".join([f"<!-- options: {kind} {name} -->", *table, "<!-- /options -->"])
+
+    return _SECTION.sub(render, text)
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "policies":
+        print("usage: python -m kdhub.reference policies FILE.md", file=sys.stderr)
+        return 2
+    path = Path(argv[1])
+    path.write_text(update_generated_sections(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,434 @@
+"""A kdhub run as an MLflow citizen: datasets, the student as a model, registry, description, export, evaluate."""
+
+import json
+import subprocess
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+import kdhub
+from kdhub.cli import main
+from kdhub.config import parse_config
+from kdhub.dataset import DataBundle, TensorSplit
+from kdhub.engine.data import DeviceData, digest
+from kdhub.engine.loop import run
+from kdhub.plugins import get_registry
+from kdhub.tracking import (
+    command_line,
+    load_table,
+    model_label,
+    resolve_artifact,
+    run_params,
+    run_tags,
+    safe_metric_name,
+    study_run_tags,
+)
+
+MODEL = "tests-digits-cnn"
+EXPERIMENT = "tests-mlflow"
+
+
+def digits_data(seed: int = 0, val_fraction: float = 0.1) -> DeviceData:
+    bundle = get_registry().create("dataset", "digits").load()
+    return DeviceData(bundle, torch.device("cpu"), val_fraction, seed, name="digits")
+
+
+@pytest.fixture(scope="module")
+def student_run(mlflow_uri):
+    """A 2-epoch digits run that logs its student as an MLflow model and registers it."""
+    config = {
+        "seed": 0,
+        "epochs": 2,
+        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.1},
+        "student": {"name": "cnn", "options": {"width": 8}},
+        "train": {"progress": False},
+        "tracking": {"uri": mlflow_uri, "experiment": EXPERIMENT, "run_name": "student", "register": MODEL},
+    }
+    return run(config)
+
+
+@pytest.fixture(scope="module")
+def client(mlflow_uri):
+    return mlflow.MlflowClient(mlflow_uri)
+
+
+def test_describe_has_the_protocol_schema_and_content_digests():
+    data = digits_data()
+    for split in ("train", "val", "test"):
+        info = data.describe(split)
+        keys = {"name", "source", "digest", "num_samples", "shape", "num_classes"}
+        assert set(info) == (keys | {"indices_digest"} if split == "val" else keys)
+        assert info["name"] == "digits"
+        assert info["source"] == "sklearn.datasets.load_digits"
+        assert len(info["digest"]) == 16
+        int(info["digest"], 16)
+        assert info["num_samples"] == data.size(split)
+        assert info["shape"] == [1, 8, 8]
+        assert info["num_classes"] == 10
+        assert info["digest"] == digest(data.splits[split].images, data.splits[split].labels)
+    # the held-out indices are the seed's: same seed, same indices digest; another seed, another
+    assert digits_data(0).describe("val")["indices_digest"] == data.describe("val")["indices_digest"]
+    assert digits_data(1).describe("val")["indices_digest"] != data.describe("val")["indices_digest"]
+    assert data.describe("val")["indices_digest"] == digest(data.held_out)
+    # content, not identity: one changed pixel changes the digest
+    bundle = DataBundle(
+        train=TensorSplit(torch.zeros((4, 1, 2, 2), dtype=torch.uint8), torch.arange(4) % 2),
+        test=TensorSplit(torch.zeros((2, 1, 2, 2), dtype=torch.uint8), torch.arange(2)),
+        num_classes=2,
+        mean=(0.5,),
+        std=(0.5,),
+    )
+    before = DeviceData(bundle, torch.device("cpu"), 0.0, 0).describe("test")["digest"]
+    bundle.test.images[1, 0, 1, 1] = 1
+    assert DeviceData(bundle, torch.device("cpu"), 0.0, 0).describe("test")["digest"] != before
+
+
+def test_the_splits_are_dataset_inputs_with_their_context(student_run, client):
+    inputs = client.get_run(student_run.run_id).inputs.dataset_inputs
+    by_context = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset for i in inputs}
+    assert set(by_context) == {"train", "val", "test"}
+    data = digits_data()
+    for split, dataset in by_context.items():
+        info = data.describe(split)
+        assert dataset.name == "digits"
+        assert dataset.digest == info["digest"]
+        profile = json.loads(dataset.profile)
+        assert profile["num_samples"] == info["num_samples"]
+        assert json.loads(dataset.source)["tags"]["loader"] == "sklearn.datasets.load_digits"
+        features = json.loads(json.loads(dataset.schema)["mlflow_tensorspec"]["features"])
+        assert features[0]["tensor-spec"]["shape"] == [-1, 1, 8, 8]
+    assert json.loads(by_context["val"].profile)["indices_digest"] == data.describe("val")["indices_digest"]
+
+
+def test_the_logged_model_reproduces_the_test_logits(student_run, client):
+    data = digits_data()
+    images = data.normalise(data.splits["test"].images)
+    with torch.no_grad():
+        expected = student_run.student.cpu().eval()(images).numpy()
+    model_id = client.get_run(student_run.run_id).outputs.model_outputs[0].model_id
+    uri = f"models:/{model_id}"
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(uri)
+        net = mlflow.pytorch.load_model(uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    np.testing.assert_allclose(pyfunc.predict(images.numpy()), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        np.testing.assert_allclose(net(images).numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert (expected.argmax(1) == data.splits["test"].labels.numpy()).mean() * 100 == pytest.approx(
+        student_run.last_acc
+    )
+    # the model is linked to the run and to its final metrics
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id == student_run.run_id
+    linked = {m.key: m.value for m in logged.metrics}
+    assert linked["test/acc_last"] == pytest.approx(student_run.last_acc)
+    signature = pyfunc.metadata.signature.inputs.inputs[0]
+    assert list(signature.shape) == [-1, 1, 8, 8]
+    assert pyfunc.metadata.metadata["kdhub"]["name"] == "cnn"
+    assert logged.tags["student"] == "cnn(width=8)"
+
+
+def test_registered_version_carries_tags_and_teaches_a_later_run(student_run, client, mlflow_uri, tmp_path):
+    version = client.get_model_version(MODEL, "1")
+    assert version.run_id == student_run.run_id
+    tags = version.tags
+    assert tags["teacher"] == "none"
+    assert tags["method"] == "none"
+    assert tags["policy"] == "constant"
+    assert tags["dataset"] == "digits"
+    assert tags["kdhub.version"]
+    assert float(tags["test_acc"]) == pytest.approx(student_run.last_acc, abs=0.01)
+    client.set_registered_model_alias(MODEL, "champion", "1")
+    path = resolve_artifact(f"models:/{MODEL}@champion", mlflow_uri, tmp_path / "dl")
+    assert torch.load(path, weights_only=True)["model_spec"]["name"] == "cnn"
+    for reference in (f"models:/{MODEL}/1", f"models:/{MODEL}@champion"):
+        config = {
+            "epochs": 1,
+            "data": {"name": "digits", "batch_size": 64},
+            "student": {"name": "cnn", "options": {"width": 4}},
+            "teacher": {"name": "cnn", "options": {"width": 8}, "weights": reference},
+            "methods": ["kd"],
+            "metrics": ["accuracy"],
+            "train": {"progress": False},
+            "tracking": {"uri": mlflow_uri, "experiment": EXPERIMENT, "log_model": False},
+        }
+        data = client.get_run(run(config).run_id).data
+        # the registered student, measured again as this run's teacher, has its run's accuracy
+        assert data.metrics["test/accuracy/teacher_acc"] == pytest.approx(student_run.last_acc)
+        assert data.tags["kdhub.teacher_model"] == f"{MODEL}/1"
+        assert data.tags["kdhub.teacher_run"] == student_run.run_id
+        assert "#/experiments/" in data.tags["mlflow.note.content"]
+
+
+def test_a_reference_to_a_missing_model_is_one_line(mlflow_uri, tmp_path):
+    with pytest.raises(Exception, match=r"models:/no-such-model/1: not found in"):
+        resolve_artifact("models:/no-such-model/1", mlflow_uri, tmp_path / "dl")
+
+
+def test_the_run_is_described_with_its_command_and_commit(student_run, client):
+    tags = client.get_run(student_run.run_id).data.tags
+    note = tags["mlflow.note.content"]
+    assert "Trains **cnn(width=8)** with cross-entropy only" in note
+    assert "**digits**" in note
+    assert "1,211 train / 136 val / 450 test" in note
+    assert f"**{student_run.last_acc:.2f} %**" in note
+    assert f"Registered as `models:/{MODEL}/1`" in note
+    assert tags["mlflow.source.name"]
+    assert tags["kdhub.kind"] == "train"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    if head.returncode == 0:
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+
+
+class _BranchyNet(torch.nn.Module):
+    """A network with data-dependent control flow, which torch.export cannot trace."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(in_channels * 64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.fc(x.flatten(1))
+        return logits if logits.sum() > 0 else -logits
+
+
+class _BranchyModel(kdhub.Model):
+    """A model with data-dependent control flow (tests only)."""
+
+    name = "branchy_test"
+
+    def build(self, num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
+        return _BranchyNet(num_classes, in_channels)
+
+
+class _Branchy:
+    @kdhub.hookimpl
+    def kdhub_register_models(self, register):
+        register(_BranchyModel)
+
+
+def test_a_student_that_cannot_be_exported_fails_the_run_loudly_and_resumes_without_a_model(tiny_config, mlflow_uri):
+    from kdhub import plugins
+    from kdhub.errors import KdhubError
+
+    plugins.register_module(_Branchy(), name="branchy")
+    try:
+        tiny_config.update(epochs=1, student={"name": "branchy_test"}, metrics=["accuracy"])
+        tiny_config["tracking"]["log_model"] = True
+        with pytest.raises(KdhubError, match=r"tracking\.log_model: the student branchy_test could not be logged"):
+            run(tiny_config)
+        client = mlflow.MlflowClient(mlflow_uri)
+        failed = client.search_runs(
+            [client.get_experiment_by_name("tests").experiment_id], "attributes.status = 'FAILED'", max_results=1
+        )[0]
+        reason = failed.data.tags["kdhub.failure"]
+        assert "--set tracking.log_model=false" in reason
+        assert "data-dependent" in reason or "GuardOnDataDependent" in reason, reason
+        tiny_config["tracking"]["log_model"] = False
+        resumed = run(tiny_config, resume_run_id=failed.info.run_id)
+        assert client.get_run(resumed.run_id).info.status == "FINISHED"
+        assert "test/acc_last" in client.get_run(resumed.run_id).data.metrics
+    finally:
+        plugins.unregister("branchy")
+
+
+def test_a_description_in_the_config_replaces_the_generated_one(tiny_config, mlflow_uri):
+    tiny_config["epochs"] = 1
+    tiny_config["tracking"]["description"] = "Baseline for the *ablation* table."
+    result = run(tiny_config)
+    tags = mlflow.MlflowClient(mlflow_uri).get_run(result.run_id).data.tags
+    assert tags["mlflow.note.content"] == "Baseline for the *ablation* table."
+
+
+def test_metric_names_say_what_they_mean(student_run, client):
+    metrics = client.get_run(student_run.run_id).data.metrics
+    assert metrics["test/acc_max_seen"] == pytest.approx(student_run.best_acc)
+    assert metrics["best_val_epoch"] in (1, 2)
+    assert "test/acc_at_best_val" in metrics
+    assert metrics["policy/distill_factor"] == 1.0
+    for old in ("test/acc_best", "best_epoch", "weight/kd", "weight/ce"):
+        assert old not in metrics
+
+
+def test_tables_are_mlflow_tables_and_older_json_tables_still_read(student_run, client, mlflow_uri):
+    logged = json.loads(client.get_run(student_run.run_id).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "tables/test/per_class_accuracy.json", "type": "table"} in logged
+    table = load_table(student_run.run_id, "test/per_class_accuracy", mlflow_uri)
+    assert table["class"] == list(range(10))
+    # a table written the way kdhub did before (a plain JSON artifact) reads the same
+    client.log_dict(
+        student_run.run_id, {"columns": ["class", "student"], "data": [[0, 50.0], [1, None]]}, "tables/old.json"
+    )
+    old = load_table(student_run.run_id, "old", mlflow_uri)
+    assert old["class"] == [0, 1]
+    assert old["student"][0] == 50.0
+    assert np.isnan(old["student"][1])
+
+
+def test_figures_are_large_and_titled(student_run, client, tmp_path):
+    import matplotlib.image
+
+    path = client.download_artifacts(student_run.run_id, "figures/test/per_class_accuracy.png", str(tmp_path))
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert width >= 1200
+    assert height >= 600
+
+
+def test_params_are_only_those_that_apply():
+    registry = get_registry()
+    from kdhub.config import resolve_plugins
+
+    sgd = parse_config({"student": "cnn", "schedule": {"name": "cosine"}})
+    params = run_params(sgd, resolve_plugins(sgd, registry), device="cpu")
+    assert params["train.device"] == "cpu"
+    assert {"optim.momentum", "optim.nesterov", "schedule.min_lr", "schedule.warmup_epochs"} <= set(params)
+    assert not {"optim.betas", "schedule.milestones", "schedule.gamma"} & set(params)
+    adamw = parse_config({"student": "cnn", "optim": {"name": "adamw", "lr": 0.001}})
+    params = run_params(adamw, resolve_plugins(adamw, registry))
+    assert params["optim.betas"] == "[0.9, 0.999]"
+    assert params["train.device"] == "auto"  # no device given: the config's
+    assert {"schedule.milestones", "schedule.gamma"} <= set(params)
+    assert not {"optim.momentum", "optim.nesterov", "schedule.min_lr"} & set(params)
+
+
+def test_tags_name_models_with_options_and_only_used_plugin_distributions():
+    config = parse_config(
+        {
+            "student": {"name": "cnn", "options": {"width": 4, "depth": 2}},
+            "teacher": {"name": "cnn", "options": {"width": 16}, "weights": "runs:/abc123/checkpoints/final.pt"},
+            "methods": ["kd"],
+        }
+    )
+    tags = run_tags(config)
+    assert tags["student"] == "cnn(width=4, depth=2)"
+    assert tags["teacher"] == "cnn(width=16)"
+    assert tags["kdhub.teacher_run"] == "abc123"
+    assert not [k for k in tags if k.startswith("kdhub.plugin.")]  # only kdhub's own plugins
+    config.methods[0].name = "cosine"  # the example plugin distribution kdhub-cosine
+    assert run_tags(config)["kdhub.plugin.kdhub-cosine"]
+    assert model_label(None) == "none"
+
+
+def test_the_command_line_is_recorded_without_the_tracking_uri():
+    argv = ["/venv/bin/kdhub", "run", "kd.yaml", "--tracking-uri", "https://u:secret@host", "--set", "seed=1"]
+    assert command_line(argv) == "kdhub run kd.yaml --set seed=1"
+    assert command_line(["/x/kdhub/cli.py", "study", "s.yaml", "--tracking-uri=sqlite:///a.db"]) == "kdhub study s.yaml"
+    assert command_line(["train.py", "--lr", "0.1"]) == "train.py --lr 0.1"
+
+
+def test_study_child_tags_name_the_study_run_grid_point_and_seed():
+    tags = study_run_tags("sweep", "kd", "temperature=4", 1, "p" * 32)
+    assert tags == {
+        "mlflow.parentRunId": "p" * 32,
+        "kdhub.study": "sweep",
+        "kdhub.study_run": "kd",
+        "kdhub.grid": "temperature=4",
+        "seed": "1",
+    }
+    assert study_run_tags("sweep", "teacher", "", 0, "p")["kdhub.grid"] == "none"
+
+
+def test_safe_metric_names_stay_readable():
+    assert safe_metric_name("compare/kd[temperature=1]/pearson_r") == "compare/kd temperature 1/pearson_r"
+    assert safe_metric_name("compare/kd[temperature=1,alpha=0.5]/x") == "compare/kd temperature 1 alpha 0.5/x"
+    assert safe_metric_name("a//b/./c:d") == "a/b/c_d"
+    assert safe_metric_name("../x") == "x"
+
+
+# export and evaluate ----------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_export_onnx_torchscript_and_safetensors_reproduce_the_logits(student_run, mlflow_uri, tmp_path, capsys):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    data = digits_data()
+    images = data.normalise(data.splits["test"].images)
+    with torch.no_grad():
+        expected = student_run.student.cpu().eval()(images).numpy()
+    base = [student_run.run_id, "--tracking-uri", mlflow_uri]
+
+    assert main(["export", *base, "--format", "onnx", "--out", str(tmp_path / "s.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "max |logits - PyTorch|" in out
+    session = onnxruntime.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"images": images.numpy()})[0], expected, rtol=1e-4, atol=1e-4)
+
+    assert main(["export", *base, "-f", "torchscript", "-o", str(tmp_path / "s.pt")]) == 0
+    scripted = torch.jit.load(str(tmp_path / "s.pt"))
+    with torch.no_grad():
+        np.testing.assert_allclose(scripted(images).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+    assert main(["export", f"models:/{MODEL}/1", *base[1:], "-f", "safetensors", "-o", str(tmp_path / "s.st")]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "s.st"), "pt") as f:
+        spec = json.loads(f.metadata()["kdhub_model_spec"])
+        weights = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has no __iter__)
+    assert spec["name"] == "cnn"
+    assert spec["normalization"]["mean"] == pytest.approx(list(data.bundle.mean))
+    for key, value in student_run.student.state_dict().items():
+        assert torch.equal(weights[key], value.cpu()), key
+
+
+def test_evaluate_gives_the_runs_accuracy_and_logs_a_comparable_run(student_run, mlflow_uri, capsys):
+    argv = ["evaluate", student_run.run_id, "--data", "digits", "--tracking-uri", mlflow_uri, "--log"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"accuracy {student_run.last_acc:.2f} %" in out
+    run_id = out.rsplit("logged as MLflow run ", 1)[1].split()[0]
+    logged = mlflow.MlflowClient(mlflow_uri).get_run(run_id)
+    assert logged.data.tags["kdhub.kind"] == "evaluate"
+    assert logged.data.tags["kdhub.evaluated_run"] == student_run.run_id
+    assert logged.data.metrics["test/acc"] == pytest.approx(student_run.last_acc)
+    assert load_table(run_id, "test/per_class_accuracy", mlflow_uri) == load_table(
+        student_run.run_id, "test/per_class_accuracy", mlflow_uri
+    )
+    # the run's validation split, rebuilt from its seed and fraction
+    argv = ["evaluate", student_run.run_id, "--data", "digits", "--split", "val", "--set", "data.val_fraction=0.1"]
+    assert main([*argv, "--tracking-uri", mlflow_uri]) == 0
+    assert digits_data().describe("val")["digest"] in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "{run}", "--format", "tflite"], "--format: unknown format 'tflite'"),
+        (["export", "/no/such.pt", "--format", "onnx"], "/no/such.pt: no such checkpoint file"),
+        (["export", "0" * 32, "--format", "onnx"], f"run {'0' * 32!r} not found"),
+        (["export", "{config}", "--format", "onnx"], "not a kdhub checkpoint"),
+        (["export", "{run}", "--format", "onnx", "--input-shape", "3,x"], "--input-shape: expected C,H,W"),
+        (["export", "{run}", "--format", "onnx", "--out", "{tmp}"], "is a folder"),
+        (["evaluate", "{run}", "--data", "digitz"], "unknown dataset 'digitz'; did you mean 'digits'"),
+        (["evaluate", "{run}", "--data", "synthetic", "--set", "data.options.num_classes=5"], "5 classes, the model"),
+        (
+            ["evaluate", "{run}", "--data", "synthetic", "--set", "data.options.num_classes=10"],
+            "images 3x32x32, the model was trained on 1x8x8",
+        ),
+        (["evaluate", "{run}", "--data", "digits", "--split", "val"], "no val split"),
+        (["evaluate", "{run}", "--data", "digits", "--set", "dta.x=1"], "dta: unknown key"),
+        (["evaluate", "{run}", "--data", "digits", "--set", "data.options.test_fraction=2"], "test_fraction"),
+        (["evaluate", "{run}", "--data", "digits", "--split", "dev"], "--split: expected train, val or test"),
+    ],
+)
+def test_export_and_evaluate_errors_are_one_line_exit_2(argv, message, student_run, mlflow_uri, tmp_path, capsys):
+    config = tmp_path / "config.pt"
+    torch.save({"not": "a checkpoint"}, config)
+    values = {"run": student_run.run_id, "config": str(config), "tmp": str(tmp_path)}
+    argv = [a.format(**values) for a in argv]
+    assert main([*argv, "--tracking-uri", mlflow_uri]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_system_metrics_are_sampled_when_asked(tiny_config, mlflow_uri, monkeypatch):
+    pytest.importorskip("psutil")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    tiny_config["tracking"]["system_metrics"] = True
+    result = run(tiny_config)
+    metrics = mlflow.MlflowClient(mlflow_uri).get_run(result.run_id).data.metrics
+    assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)
