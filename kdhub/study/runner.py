@@ -135,7 +135,7 @@ def _latest(children: list[dict[str, Any]], role: str) -> dict[str, dict[str, An
 
 def classify(plan: list[PlannedRun], children: list[dict[str, Any]], uri: str) -> list[Entry]:
     """What to do with every planned run given the runs an earlier invocation left."""
-    from kdhub.tracking import artifact_exists, metric_max
+    from kdhub.tracking import metric_max
 
     earlier = _latest(children, "run")
     entries, conflicts = [], []
@@ -152,11 +152,8 @@ def classify(plan: list[PlannedRun], children: list[dict[str, Any]], uri: str) -
                         entry.metrics[ACCURACIES["best"]] = metric_max(uri, old["run_id"], "test/acc")
                 else:
                     conflicts.append(f"{run.display} (run {old['run_id']})")
-            elif (
-                old["status"] in ("RUNNING", "KILLED", "SCHEDULED")
-                and same
-                and artifact_exists(old["run_id"], "checkpoints/last.pt", uri)
-            ):
+            elif old["status"] in ("RUNNING", "KILLED", "SCHEDULED") and same:
+                # from its last.pt, or from scratch in the same MLflow run when it never wrote one
                 entry.resume_id = old["run_id"]
             else:
                 entry.supersede = old
@@ -383,8 +380,6 @@ class _Study:
             tags = child["tags"]
             if tags.get(ROLE_TAG) == "trial" and SUPERSEDED_TAG not in tags:
                 trial_runs[int(tags.get(TRIAL_TAG, "-1"))] = child
-        from kdhub.tracking import artifact_exists
-
         for trial in self.search.interrupted():
             found = trial_runs.get(trial.number)
             run = self.search.planned(trial.number, trial._trial_id, trial.params)
@@ -394,19 +389,15 @@ class _Study:
             elif found is not None and found["status"] == "FINISHED" and self.search.value(trial) is not None:
                 # the study stopped between the trial's end and telling Optuna
                 self.search.tell(run, Outcome(run.key, "FINISHED", value=self.search.value(trial)))
-            elif (
-                found is not None
-                and found["status"] in ("RUNNING", "KILLED")
-                and artifact_exists(found["run_id"], "checkpoints/last.pt", self.uri)
-            ):
-                entry.resume_id = found["run_id"]
+            elif found is not None and found["status"] in ("RUNNING", "KILLED"):
+                entry.resume_id = found["run_id"]  # from its last.pt, or from scratch in the same run
                 self.resumable.append(entry)
-            else:
+            else:  # its run failed, or never started: ask again with the same values
                 self.search.running.discard(trial.number)
                 self.search.abandon(trial)
                 if found is not None:
                     entry.supersede = found
-                    self._supersede(entry, "its trial was asked again (interrupted before a checkpoint)")
+                    self._supersede(entry, "its trial was asked again")
 
     @property
     def searched(self) -> PlannedRun:
@@ -513,7 +504,7 @@ class _Study:
             why = (
                 "rerun: it failed"
                 if entry.supersede["status"] == "FAILED"
-                else "rerun: interrupted before a checkpoint, or its config changed"
+                else "rerun: interrupted, and its config changed since"
             )
             self._supersede(entry, why)
         task = self._task(entry)
