@@ -767,7 +767,7 @@ def calibrate_teacher(trainer: Trainer, batches: int) -> None:
         m.momentum = None  # a cumulative average over the calibration batches
     trainer.teacher.train()
     with torch.no_grad():
-        for step, (images, _, _) in enumerate(trainer.data.train_batches(trainer.parts.rank_batch, True)):
+        for step, (images, _, _) in enumerate(trainer.data.train_batches(trainer.batch_size, True)):
             if step == batches:
                 break
             trainer.teacher(images)

@@ -30,7 +30,8 @@ from pydantic import Field
 import kdhub
 from kdhub import plugins
 from kdhub.config import parse_config
-from kdhub.engine.loop import Trainer, pick_device, run
+from kdhub.engine.loop import Trainer, pick_device
+from kdhub.engine.runner import run
 
 ANALYSIS_METRICS = [
     "per_class_accuracy",

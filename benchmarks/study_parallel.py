@@ -50,7 +50,7 @@ def timed(spec: StudyConfig, uri: str, **options: object) -> tuple[float, list[f
 
 
 def _plain_run(config: dict) -> float:
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
 
     torch.set_num_threads(1)
     return run(config, track=False).last_acc

@@ -6,7 +6,15 @@ from typing import Any
 
 from kdhub.base import EpochOrFraction, FiniteFloat, Options, Plugin, resolve_epoch
 from kdhub.command import Command
-from kdhub.dataset import Augmentation, DataBundle, Dataset, TensorSplit
+from kdhub.dataset import (
+    Augmentation,
+    DataBundle,
+    Dataset,
+    FileDataset,
+    FileSplit,
+    ImageTransforms,
+    TensorSplit,
+)
 from kdhub.errors import (
     ConfigError,
     DivergedError,
@@ -43,7 +51,10 @@ __all__ = [
     "EpochOrFraction",
     "EpochReport",
     "EvalBatch",
+    "FileDataset",
+    "FileSplit",
     "FiniteFloat",
+    "ImageTransforms",
     "IncompatibleError",
     "KdhubError",
     "LossValue",
@@ -76,7 +87,16 @@ __all__ = [
     "list_plugins",
     "plugin_classes",
     "resolve_epoch",
+    "run",
 ]
+
+
+def run(config: Any, resume_run_id: str | None = None, track: bool = True) -> Any:
+    """Train one run from a config (a YAML-shaped dict or a ``RunConfig``), logged to MLflow unless
+    ``track`` is False; returns a ``RunResult``. See :func:`kdhub.engine.runner.run`."""
+    from kdhub.engine.runner import run as run_one
+
+    return run_one(config, resume_run_id=resume_run_id, track=track)
 
 
 def list_plugins(kind: str, pattern: str = "*") -> list[str]:

@@ -70,7 +70,7 @@ def prepare_run(config_file: str | None, overrides: list[str], resume: str | Non
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
 
     _registry()
     _warn_load_failures()
@@ -177,6 +177,10 @@ def cmd_study(args: argparse.Namespace) -> int:
                 f"search {spec.run}: {spec.trials} trials over {', '.join(spec.space)} "
                 f"({spec.sampler} sampler, {pruning}, {spec.direction} {spec.objective})"
             )
+            from kdhub.study.spec import search_notes, search_template
+
+            for note in search_notes(study, search_template(study, plan)):
+                print(note)
         return 0
     if args.status:
         return _print_status(study_status(study, args.tracking_uri), study.name)

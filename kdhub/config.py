@@ -212,6 +212,24 @@ class DataConfig(PluginRef):
     train_fraction: FiniteFloat = Field(
         1.0, gt=0, le=1, description="class-balanced fraction of the training set used (quick runs on large data)"
     )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        le=256,
+        description="streamed datasets: DataLoader worker processes (None = the cores of this process minus one)",
+    )
+    prefetch: int = Field(2, ge=1, le=64, description="streamed datasets: batches prefetched per worker")
+    pin_memory: bool = Field(True, description="streamed datasets: pin host batches for faster copies (CUDA)")
+    decode: Literal["workers", "device"] = Field(
+        "workers",
+        description="streamed datasets: decode images in the workers, or JPEGs in batches on the run's device "
+        "(nvJPEG on CUDA; workers only read files)",
+    )
+    on_error: Literal["raise", "skip"] = Field(
+        "raise",
+        description="streamed datasets: an unreadable image stops the run naming the file (raise), or is "
+        "skipped with a warning and counted in the data/skipped_images metric (skip)",
+    )
 
 
 _Beta = Annotated[FiniteFloat, Field(ge=0, lt=1)]

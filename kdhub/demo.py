@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 
 from kdhub.config import parse_config
-from kdhub.engine.loop import RunResult, run
+from kdhub.engine.loop import RunResult
+from kdhub.engine.runner import run
 from kdhub.tables import PER_CLASS_ACCURACY
 from kdhub.tracking import load_table, tracking_uri
 

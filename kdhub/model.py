@@ -18,6 +18,8 @@ FEATURE_ROLES = {
     "pooled": "the penultimate feature vector [B, D] fed to the classifier",
     "stem": "output of the stem (first conv block) before the stages",
     "classifier": "the final linear layer (its input is 'pooled', its output the logits)",
+    "heads": "extra output heads of a model that returns a tuple of logits in training (DeiT's distillation "
+    "head), given by the engine, not tapped; evaluation uses the mean of all heads",
 }
 """Standard roles; a model plugin may name any of them and more of its own."""
 

@@ -404,6 +404,7 @@ class Tracker:
         self.experiment_id: str | None = None
         self.run_id: str | None = None
         self.run_name: str | None = None
+        self._tables: set[str] = set()  # tables logged by this process (a second log replaces the first)
         self.resumed = False
         self._monitor: Any = None
 
@@ -500,7 +501,8 @@ class Tracker:
     def table(self, name: str, data: Table) -> None:
         """An MLflow table (``log_table``: the UI's table view) at ``tables/<name>.json``.
 
-        Logging the same name again (a resumed run) replaces the table instead of appending rows.
+        Logging the same name again (a policy's table that grows each epoch, a resumed run) replaces
+        the table instead of appending rows (what MLflow's ``log_table`` would do).
         """
         import pandas as pd
         from mlflow.exceptions import MlflowException
@@ -508,7 +510,11 @@ class Tracker:
         path = f"tables/{name}.json"
         frame = pd.DataFrame({c: list(v) for c, v in data.items()})
         folder = path.rsplit("/", 1)[0]
-        if self.resumed and path in {a.path for a in self.client.list_artifacts(self.run_id, folder)}:
+        logged = path in self._tables or (
+            self.resumed and path in {a.path for a in self.client.list_artifacts(self.run_id, folder)}
+        )
+        self._tables.add(path)
+        if logged:
             with tempfile.TemporaryDirectory() as tmp:
                 file = Path(tmp) / path.rsplit("/", 1)[1]
                 frame.to_json(file, orient="split", index=False)

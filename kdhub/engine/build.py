@@ -73,7 +73,6 @@ class RunParts:
     teacher_recorder: FeatureTaps | None
     model_spec: dict[str, Any]
     batch_size: int
-    rank_batch: int
     steps_per_epoch: int
 
     @property
@@ -207,7 +206,6 @@ def build_run(
         teacher_recorder=FeatureTaps(teacher, teacher_taps, roles) if teacher is not None else None,
         model_spec=student_spec(config, data),
         batch_size=batch_size,
-        rank_batch=max(1, batch_size // dist.world_size),
         steps_per_epoch=steps,
     )
 
@@ -223,6 +221,7 @@ def _load_data(config: RunConfig, dataset: Any, device: torch.device, dist: Dist
         rank=dist.rank,
         world_size=dist.world_size,
         name=config.data.name,
+        loader=config.data,
     )
     for split, key in (("val", "val_fraction"), ("holdout", "holdout_fraction")):
         if getattr(config.data, key) > 0 and not data.has(split):

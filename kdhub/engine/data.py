@@ -1,6 +1,7 @@
 """The engine's view of data (:class:`DataSource`) and its in-memory implementation.
 
-Small datasets live on the device as uint8 tensors and are augmented there (:class:`DeviceData`).
+Small datasets live on the device as uint8 tensors and are augmented there (:class:`DeviceData`);
+datasets kept on disk are streamed by a DataLoader (:class:`kdhub.engine.stream.StreamData`).
 The engine reaches data only through :class:`DataSource`, built by :func:`open_data` from what a
 dataset plugin's ``load()`` returns, so other data paths (files streamed by a DataLoader) plug in
 behind the same contract: the same splits, batches, sample indices and resumable state.
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdhub.dataset import Augmentation, DataBundle, TensorSplit
+from kdhub.dataset import Augmentation, DataBundle, FileDataset, TensorSplit
 
 __all__ = ["Batch", "DataSource", "DeviceData", "augment", "class_balanced_split", "digest", "open_data"]
 
@@ -84,6 +85,10 @@ class DataSource(Protocol):
         """
         ...
 
+    def stats(self) -> dict[str, float]:
+        """Data-path metrics since the last call, summed over processes (e.g. skipped unreadable images)."""
+        ...
+
 
 def class_balanced_split(labels: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """(kept, held-out) indices: class m gives round(fraction * N_m) samples to the held-out split."""
@@ -121,7 +126,8 @@ def augment(images: Tensor, aug: Augmentation, generator: torch.Generator) -> Te
         rows = (oy[:, None] + torch.arange(h, device=images.device))[:, :, None]
         cols = (ox[:, None] + torch.arange(w, device=images.device))[:, None, :]
         batch = torch.arange(b, device=images.device)[:, None, None]
-        images = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+        # contiguous: the gather leaves NHWC strides, which would run the model channels-last unasked
+        images = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
     if aug.horizontal_flip:
         flip = torch.rand(b, device=images.device, generator=generator) < 0.5
         images = torch.where(flip[:, None, None, None], images.flip(3), images)
@@ -244,9 +250,12 @@ class DeviceData:
         """The input transform the network was trained with: ``(pixel / 255 - mean) / std`` per channel."""
         return {"mean": [float(v) for v in self.bundle.mean], "std": [float(v) for v in self.bundle.std]}
 
+    def stats(self) -> dict[str, float]:
+        return {}
+
 
 def open_data(
-    loaded: DataBundle,
+    loaded: DataBundle | FileDataset,
     device: torch.device,
     *,
     val_fraction: float,
@@ -256,16 +265,28 @@ def open_data(
     world_size: int = 1,
     holdout_fraction: float = 0.0,
     name: str = "data",
+    loader: Any = None,
 ) -> DataSource:
     """The data source for what a dataset plugin's ``load()`` returned (``name``: the dataset plugin's).
 
     The engine holds out, by the run seed and class-balanced: ``val`` (``val_fraction`` of the
     training set), then ``holdout`` (``holdout_fraction`` of what is left: a second, nested
     validation split for searches), then keeps ``train_fraction`` of the rest for training.
+    ``loader`` (the run's ``data`` config or a :class:`~kdhub.engine.stream.LoaderOptions`) sets the
+    workers, prefetch, pinning, decoding and error handling of streamed datasets.
     """
     if isinstance(loaded, DataBundle):
         return DeviceData(loaded, device, val_fraction, seed, rank, world_size, train_fraction, holdout_fraction, name)
-    raise TypeError(f"a dataset's load() returned {type(loaded).__name__}; expected a kdhub.DataBundle")
+    if isinstance(loaded, FileDataset):
+        from kdhub.engine.stream import LoaderOptions, StreamData
+
+        options = loader if isinstance(loader, LoaderOptions) else LoaderOptions.from_config(loader)
+        return StreamData(
+            loaded, device, val_fraction, seed, rank, world_size, train_fraction, options, holdout_fraction
+        )
+    raise TypeError(
+        f"a dataset's load() returned {type(loaded).__name__}; expected a kdhub.DataBundle or kdhub.FileDataset"
+    )
 
 
 def _hold_out(labels: Tensor, kept: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:

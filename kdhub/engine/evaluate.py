@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from kdhub.engine.data import DataSource
 from kdhub.engine.distributed import DistEnv
 from kdhub.engine.features import FeatureTaps
+from kdhub.engine.heads import eval_logits
 from kdhub.engine.losses import Teaching, sample_distillation_loss
 from kdhub.metric import Metric, MetricContext, MetricResult
 from kdhub.outputs import EvalBatch, StepOutputs
@@ -117,8 +118,10 @@ class Evaluator:
                 offset = 0
                 for x, y, idx in self.data.eval_batches(split, self.batch_size):
                     with self.autocast():
-                        s_logits = self.student(x).float()
-                        t_logits = self.teacher(x).float() if run_teacher and self.teacher is not None else None
+                        s_logits = eval_logits(self.student(x)).float()  # several heads: their mean (DeiT)
+                        t_logits = (
+                            eval_logits(self.teacher(x)).float() if run_teacher and self.teacher is not None else None
+                        )
                     if self.teacher is not None and t_logits is None and cache is not None:
                         t_logits = cache[offset : offset + len(y)]
                     elif t_logits is not None:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from kdhub.engine.heads import eval_logits
 from kdhub.errors import IncompatibleError
 
 __all__ = ["FeatureTaps", "check_roles", "dry_run_shapes"]
@@ -90,7 +91,7 @@ def dry_run_shapes(
     net.eval()
     try:
         with FeatureTaps(net, taps, taps.keys()) as recorder:
-            logits = net(example)
+            logits = eval_logits(net(example))
             feats = recorder.collect()
     finally:
         net.train(was_training)

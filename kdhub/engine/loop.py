@@ -29,14 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
-import signal
 import tempfile
-import threading
 import time
 import types
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,21 +42,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdhub import plugins
-from kdhub.config import RunConfig, dump_config, parse_config, resolve_plugins
+from kdhub.config import RunConfig, resolve_plugins
 from kdhub.engine import checkpoint, speed
 from kdhub.engine.build import RunParts, build_run, pick_device, seed_everything
 from kdhub.engine.evaluate import Evaluation, Evaluator
+from kdhub.engine.heads import HEADS_ROLE, split_heads
 from kdhub.engine.hostsync import training_steps
 from kdhub.engine.losses import method_loss
 from kdhub.engine.schedule import make_optimizer, make_scheduler
-from kdhub.errors import DivergedError, KdhubError, Terminated
+from kdhub.engine.tally import EpochTally
+from kdhub.errors import KdhubError
 from kdhub.metric import Metric, MetricContext, MetricResult
 from kdhub.outputs import StepOutputs
 from kdhub.policy import EpochAction, EpochReport
 from kdhub.runlog import EpochLog, MemoryLog, RunLog
 from kdhub.runview import RunView
 
-__all__ = ["RunResult", "Trainer", "pick_device", "run", "seed_everything"]
+__all__ = ["RunResult", "Trainer", "pick_device", "seed_everything"]
 
 
 @dataclass
@@ -191,8 +189,10 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         s_rec, t_rec = self.parts.student_recorder, self.parts.teacher_recorder
         with self._autocast():
-            s_logits = self.train_model(images)
+            s_logits, heads = split_heads(self.train_model(images))
             s_feats = s_rec.collect()
+            if heads:  # a model with several heads (DeiT's distillation token): the others go to the methods
+                s_feats[HEADS_ROLE] = heads
         t_logits: Tensor | None = None
         t_feats: dict[str, list[Tensor]] = {}
         if with_teacher and self.teacher_forward is not None and t_rec is not None:
@@ -207,7 +207,7 @@ class Trainer:
             optimizer = make_optimizer(self._trainable(), self.config.optim)
             for init_epoch in range(1, t.method.init_epochs + 1):
                 loss_sum = torch.zeros((), device=self.device)
-                batches = training_steps(self.data.train_batches(self.parts.rank_batch, self.config.data.drop_last))
+                batches = training_steps(self.data.train_batches(self.batch_size, self.config.data.drop_last))
                 for step, (x, y, idx) in enumerate(batches):
                     s_logits, s_feats, t_logits, t_feats = self._forward(x, True)
                     out = StepOutputs(
@@ -233,17 +233,12 @@ class Trainer:
         self.student.train()
         for t in self.teaching:
             t.method.train()
-        sums: dict[str, Tensor] = {}
-        first_bad_term: dict[str, Tensor] = {}  # per loss term: the first step it was not finite (-1: never)
+        tally = EpochTally(epoch, self.steps_per_epoch, self.device, self.dist, cfg.train.finite_check_steps)
         zero = torch.zeros((), device=self.device)
-        correct, seen = zero.clone(), zero.clone()
-        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)  # first step with a non-finite loss
-        check_every = cfg.train.finite_check_steps
         start = time.perf_counter()
-        step0 = (epoch - 1) * self.steps_per_epoch
         plan = None
-        batches = training_steps(self.data.train_batches(self.parts.rank_batch, cfg.data.drop_last))
-        for step, (x, y, idx) in enumerate(self._progress(batches, epoch), start=step0):
+        batches = training_steps(self.data.train_batches(self.batch_size, cfg.data.drop_last))
+        for step, (x, y, idx) in enumerate(self._progress(batches, epoch), start=tally.step0):
             plan = self.policy.plan(epoch, step)
             teach = plan.kd_weight > 0 and bool(self.teaching)
             s_logits, s_feats, t_logits, t_feats = self._forward(x, teach)
@@ -254,7 +249,7 @@ class Trainer:
             if ce_weight > 0:
                 ce = ce_weight * F.cross_entropy(s_logits, y)
                 loss = loss + ce
-                self._accumulate(sums, first_bad_term, "ce", ce.detach(), step)
+                tally.term("ce", ce.detach(), step)
             if teach:
                 out = StepOutputs(
                     student_logits=s_logits,
@@ -273,79 +268,23 @@ class Trainer:
                         for term, value in method_loss(t.method, out, replacement).items():
                             weighted = (plan.kd_weight * t.weight) * value
                             loss = loss + weighted
-                            key = f"{t.key}.{term}" if term else t.key
-                            self._accumulate(sums, first_bad_term, key, weighted.detach(), step)
+                            tally.term(f"{t.key}.{term}" if term else t.key, weighted.detach(), step)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.dist.average_gradients(self.parts.method_params)
             self.optimizer.step()
             self.scheduler.step()
-            sums["total"] = sums.get("total", zero) + loss.detach()
-            correct += (s_logits.argmax(1) == y).sum()
-            seen += y.numel()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
-            if check_every and (step - step0 + 1) % check_every == 0:
-                self._check_finite(epoch, first_bad, first_bad_term)  # one host sync every check_every steps
-        weights = torch.stack([p.detach().float().abs().sum() for p in self._trainable()]).sum()
-        bad = (first_bad >= 0).float()
-        totals = torch.stack([v.float() for v in sums.values()] + [correct, seen, bad, weights])
-        self.dist.all_reduce_([totals])
-        *loss_sums, n_correct, n_seen, n_bad, weight_sum = totals.tolist()  # the one host sync of the epoch
-        if n_bad or not math.isfinite(weight_sum):
-            self._check_finite(epoch, first_bad, first_bad_term, math.isfinite(weight_sum), synced=True)
+            tally.step(loss.detach(), s_logits, y, step)
+        losses, correct, seen = tally.finish(self._trainable())  # the one host sync of the epoch
         elapsed = time.perf_counter() - start  # after the sync, so queued device work is counted
-        steps = self.steps_per_epoch * self.dist.world_size
-        values = {f"loss/{k}": v / steps for k, v in zip(sums, loss_sums, strict=True)}
-        values["train/acc"] = 100 * n_correct / max(1.0, n_seen)
+        values = {f"loss/{k}": v for k, v in losses.items()}
+        values["train/acc"] = 100 * correct / max(1.0, seen)
         values["lr"] = self.optimizer.param_groups[0]["lr"]
-        values["images_per_s"] = n_seen / max(elapsed, 1e-9)
+        values["images_per_s"] = seen / max(elapsed, 1e-9)
         if plan is not None:
             values["policy/ce_weight"] = cfg.ce_weight if plan.ce_weight is None else plan.ce_weight
             values["policy/distill_factor"] = plan.kd_weight
         return values
-
-    @staticmethod
-    def _accumulate(sums: dict[str, Tensor], first_bad: dict[str, Tensor], key: str, value: Tensor, step: int) -> None:
-        """Add a step's loss term to its sum, and remember (on the device) the first step it was not finite."""
-        sums[key] = sums[key] + value if key in sums else value.clone()
-        seen = first_bad.get(key)
-        if seen is None:
-            seen = torch.full((), -1, dtype=torch.long, device=value.device)
-        first_bad[key] = torch.where((seen < 0) & ~torch.isfinite(value), step, seen)
-
-    def _check_finite(
-        self,
-        epoch: int,
-        first_bad: Tensor,
-        first_bad_term: dict[str, Tensor],
-        weights_finite: bool = True,
-        synced: bool = False,
-    ) -> None:
-        """Stop a diverging run: raise DivergedError naming the epoch, the step and the loss terms.
-
-        ``first_bad`` is the first step of this process whose loss was not finite (-1: none), and
-        ``first_bad_term`` the same per loss term; unless ``synced``, the processes first agree
-        whether any of them saw one.
-        """
-        if not synced:
-            flag = (first_bad >= 0).float().reshape(1)
-            self.dist.all_reduce_([flag])  # every process stops together
-            if not flag.item():
-                return
-        step = int(first_bad.item())
-        if step >= 0:
-            terms = [k for k, v in first_bad_term.items() if int(v.item()) == step]
-            what = f"loss term {', '.join(repr(k) for k in terms)}" if terms else "the loss"
-            within = step - (epoch - 1) * self.steps_per_epoch + 1
-            where = f"epoch {epoch}, step {within} of {self.steps_per_epoch} (global step {step})"
-        elif not weights_finite:
-            what, where = "the weights", f"the end of epoch {epoch}"
-        else:
-            what, where = "the loss of another process", f"epoch {epoch}"
-        kept = f"the checkpoints of epochs up to {epoch - 1} are kept" if epoch > 1 else "no epoch had finished"
-        raise DivergedError(
-            f"training diverged: {what} became non-finite at {where}; {kept} (lower optim.lr or the loss weights)"
-        )
 
     def _progress(self, batches: Any, epoch: int) -> Any:
         if not (self.config.train.progress and self.dist.is_main and self.steps_per_epoch >= 50):
@@ -482,6 +421,7 @@ class Trainer:
             action = self._policy_epoch_ended(epoch, values, class_losses)
             if epoch < self.config.epochs:
                 values.update(self._scheduled_metrics(epoch, final=False))
+            values.update(self.data.stats())
             self.epoch_log.metrics(values)
             self.history.append({"epoch": epoch, **values})
             self._apply(action, epoch)
@@ -588,109 +528,3 @@ class Trainer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, track: bool = True) -> RunResult:
-    """Train one run from a config (a RunConfig or a dict), logging it to MLflow unless ``track`` is False.
-
-    With ``resume_run_id``, the run's ``checkpoints/last.pt`` is loaded and training continues into
-    the same MLflow run; a run stopped before its first checkpoint starts again from scratch in it.
-    A FINISHED run, or one whose process is still alive (its heartbeat is fresh), is not resumed.
-    SIGTERM stops a run as Ctrl-C does: KILLED, with the command that resumes it.
-    """
-    if isinstance(config, dict):
-        config = parse_config(config)
-    from kdhub.tracking import Tracker, default_run_name, log_run_end, log_run_start, run_params, run_tags
-
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    tracker = Tracker(config.tracking.uri, config.tracking.experiment) if track and rank0 else None
-    checkpoint_path = None
-    if resume_run_id is not None:
-        uri = tracker.uri if tracker is not None else config.tracking.uri
-        checkpoint_path = _resumable(config, resume_run_id, uri, check_alive=rank0)
-    with _sigterm_interrupts(), Trainer(config, tracker, resume_run_id) as trainer:
-        if checkpoint_path is not None:
-            where = f"--resume {resume_run_id}"
-            path = trainer.fetch(f"runs:/{resume_run_id}/{checkpoint_path}", where)
-            trainer.load_state_dict(checkpoint.load(path, f"{where}: {checkpoint_path}"))
-
-        def start() -> None:
-            assert tracker is not None
-            trainer.run_id = tracker.start(
-                config.tracking.run_name or default_run_name(config), run_tags(config), resume_run_id
-            )
-            tracker.beat()
-            if resume_run_id is None:
-                params = run_params(config, trainer.options, device=str(trainer.device))
-                tracker.params({**params, "threads": str(trainer.threads)})
-                tracker.text("config.yaml", dump_config(config))
-            else:
-                trainer.logged = tracker.logged_steps()
-            log_run_start(tracker, config, trainer.data)
-
-        def end(result: RunResult) -> None:
-            assert tracker is not None
-            log_run_end(tracker, config, trainer.data, result)
-
-        return _fit(trainer, tracker, start, end)
-
-
-def _resumable(config: RunConfig, run_id: str, uri: str | None, check_alive: bool = True) -> str | None:
-    """The checkpoint a run resumes from (None: from scratch); refuses a finished or still running run,
-    and a config that changes more than the resumable keys."""
-    from kdhub.config import check_resume
-    from kdhub.tracking import artifact_exists, check_resumable, liveness, load_run_config, run_info
-
-    path = "checkpoints/last.pt"
-    if not check_alive:  # torchrun's other processes: rank 0 decides, and marks the run RUNNING
-        return path if artifact_exists(run_id, path, uri) else None
-    check_resumable(run_id, uri)  # exists, not deleted, not FINISHED
-    check_resume(config, load_run_config(run_id, uri), run_id)
-    info = run_info(run_id, uri)
-    if info["status"] == "RUNNING":
-        alive, why = liveness(info)
-        if alive:
-            raise KdhubError(f"--resume {run_id}: the run is still running ({why}); stop that process first")
-    return path if artifact_exists(run_id, path, uri) else None
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM into :class:`kdhub.errors.Terminated` (a KeyboardInterrupt) while a run trains."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        raise Terminated("terminated by SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _fit(trainer: Trainer, tracker: Any, start: Callable[[], None], end: Callable[[RunResult], None]) -> RunResult:
-    """Train, with the MLflow run started before (``start``) and the student logged after (``end``)."""
-    started = False
-    try:
-        if tracker is not None:
-            start()
-            started = True
-        result = trainer.fit()
-        if tracker is not None:
-            end(result)
-    except BaseException as err:
-        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        if started:
-            reason = f"{type(err).__name__}: {err}"
-            if not isinstance(err, DivergedError):
-                reason += f" (resume with: kdhub run --resume {trainer.run_id})"
-            tracker.finish(status, reason)
-        plugins.notify("run_finished", run=trainer.view(), status=status, error=err)
-        raise
-    if tracker is not None:
-        tracker.finish("FINISHED")
-    plugins.notify("run_finished", run=trainer.view(), status="FINISHED", error=None)
-    return result

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from kdhub.config import TrainConfig
 from kdhub.engine.features import FeatureTaps
+from kdhub.engine.heads import eval_logits
 from kdhub.errors import ConfigError
 
 __all__ = [
@@ -209,7 +210,7 @@ class TeacherForward:
     def __call__(self, images: Tensor) -> tuple[Tensor, dict[str, list[Tensor]]]:
         grad_mode = torch.inference_mode() if self.inference_mode else torch.no_grad()
         with grad_mode, torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
-            logits = self.model(images)
+            logits = eval_logits(self.model(images))  # a teacher with several heads teaches their mean
             feats = self.taps.collect() if self.taps is not None else {}
         logits = logits.float()
         if self.inference_mode:

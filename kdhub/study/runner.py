@@ -331,6 +331,11 @@ class _Study:
         verb = "continues" if parent_run else "starts"
         self.echo(f"study {self.study.name} {verb}: {what} on {self.ex.describe()}")
         self.echo(f"parent run {parent.run_id} in experiment {self.study.experiment!r} of {self.uri}")
+        if self.template is not None:
+            from kdhub.study.spec import search_notes
+
+            for note in search_notes(self.study, self.template):
+                self.echo(note)
         for entry in entries:
             if entry.earlier:
                 self.progress.line("kept", entry.run.display, f"{_accuracy(entry.metrics)} (run {entry.run_id})")

@@ -441,12 +441,30 @@ def search_template(study: StudyConfig, planned: list[PlannedRun]) -> PlannedRun
                 param.grid()
             except ValueError as err:
                 raise ConfigError(f"search.space.{path}: {err}") from None
-    run_config = parse_config(template.config)
-    if spec.objective.startswith("val/") and run_config.data.val_fraction <= 0:
-        raise ConfigError(
-            f"search.objective: {spec.objective} needs a validation split in {where}; set data.val_fraction > 0"
-        )
+    data = parse_config(template.config).data
+    for split, fraction, key in (
+        ("val", data.val_fraction, "val_fraction"),
+        ("holdout", data.holdout_fraction, "holdout_fraction"),
+    ):
+        if spec.objective.startswith(f"{split}/") and fraction <= 0:
+            raise ConfigError(
+                f"search.objective: {spec.objective} needs the {split!r} split in {where}; set data.{key} > 0"
+            )
     return template
+
+
+def search_notes(study: StudyConfig, template: PlannedRun) -> list[str]:
+    """Advice on a valid search: an objective read on the split the run's policy also reads."""
+    spec = study.search
+    assert spec is not None
+    config = parse_config(template.config)
+    policy = get_registry().create("policy", config.policy.name, **config.policy.options)
+    if spec.objective.startswith("val/") and policy.needs_validation:
+        return [
+            f"note: policy {config.policy.name!r} reads the validation split the objective {spec.objective} is "
+            "scored on; for a nested split give data.holdout_fraction and objective: holdout/acc"
+        ]
+    return []
 
 
 def _grid_points(study: StudyConfig, entry: StudyRun, seed: int) -> list[PlannedRun]:

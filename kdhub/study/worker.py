@@ -197,7 +197,7 @@ def execute(task: RunTask) -> Outcome:
         if task.trial is not None:
             current.trial = _open_trial(task.trial)
         _watcher.current = current
-        from kdhub.engine.loop import run
+        from kdhub.engine.runner import run
 
         result = run(task.config, resume_run_id=task.resume_run_id)
         outcome.status, outcome.run_id = "FINISHED", result.run_id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,18 +22,23 @@ class DeiT(kdhub.Method):
     becomes ``(1 - a) onehot + a / C`` (PyTorch's convention, mass spread over all C classes).
     The paper's total is ``1/2 CE(z_s, y) + 1/2 CE(z_s, y_t)``: CE weight 0.5, method weight 0.5.
 
-    kdhub's reading: the student has one output, so the loss is applied to its logits; DeiT's
-    separate distillation token (a second head trained on the teacher's label, averaged with the
-    class head at test time) needs a model that exposes both heads and is not part of this method.
-    The official code applies no label smoothing to the teacher's hard label (default 0).
+    The distillation token: a student that returns ``(class logits, distillation logits)`` in training
+    (timm's distilled DeiTs with ``options: {distilled_training: true}``) hands its second head to
+    methods as the ``heads`` feature role. ``head: auto`` (the default) teaches that distillation head
+    when the student has one and the class head otherwise; the run's cross-entropy always trains the
+    class head, and evaluation (accuracy, every metric, the per-class analysis) uses the mean of the
+    two heads, as DeiT does at inference. ``head: distillation`` insists on a distillation head. The
+    official code applies no label smoothing to the teacher's hard label (default 0); DeiT smooths
+    the *true* labels by 0.1, which is the ``label_smoothing`` method in place of plain CE::
 
-    ::
-
-        ce_weight: 0.5
+        student: {name: "timm:deit_tiny_distilled_patch16_224", options: {distilled_training: true}}
+        ce_weight: 0.0
         methods:
-          - name: deit
-            weight: 0.5
-            options: {label_smoothing: 0.0}
+          - {name: label_smoothing, weight: 0.5, options: {alpha: 0.1}}
+          - {name: deit, weight: 0.5, options: {head: auto}}
+
+    With a single-head student the paper's total ``1/2 CE(z_s, y) + 1/2 CE(z_s, y_t)`` is CE weight
+    0.5 and method weight 0.5 (``options: {label_smoothing: 0.0}``).
     """
 
     name = "deit"
@@ -45,9 +50,26 @@ class DeiT(kdhub.Method):
         label_smoothing: kdhub.FiniteFloat = Field(
             0.0, ge=0, le=1, description="smoothing of the teacher's hard label, (1 - a) onehot + a / C"
         )
+        head: Literal["auto", "class", "distillation"] = Field(
+            "auto",
+            description="student head taught: the distillation head when the student has one (auto), the "
+            "class head, or the distillation head (an error without one)",
+        )
 
     def loss(self, out: kdhub.StepOutputs) -> torch.Tensor:
         hard = out.teacher_logits.argmax(1)
         return F.cross_entropy(
-            out.student_logits.float(), hard, reduction="none", label_smoothing=self.options.label_smoothing
+            self.student_head(out).float(), hard, reduction="none", label_smoothing=self.options.label_smoothing
         )
+
+    def student_head(self, out: kdhub.StepOutputs) -> torch.Tensor:
+        """The logits taught: the distillation head (the first extra head) or the class head."""
+        heads = out.student_features.get("heads") or []
+        if self.options.head == "class" or (self.options.head == "auto" and not heads):
+            return out.student_logits
+        if not heads:
+            raise kdhub.IncompatibleError(
+                "deit: head 'distillation' needs a student that returns (class logits, distillation logits) in "
+                "training, e.g. timm:deit_tiny_distilled_patch16_224 with options.distilled_training: true"
+            )
+        return heads[0]

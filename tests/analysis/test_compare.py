@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 
 from kdhub.cli import main
-from kdhub.engine.loop import run
+from kdhub.engine.runner import run
 from kdhub.errors import ConfigError, KdhubError
 from kdhub.study import StudyConfig, expand, run_study
 from kdhub.tables import AGREEMENT, PER_CLASS_ACCURACY

@@ -238,12 +238,12 @@ PLUGIN_CASES = plugin_cases()
 @pytest.fixture
 def refuse_training(monkeypatch):
     """Anything that reaches ``run`` was accepted: fail with the config instead of training."""
-    import kdhub.engine.loop
+    import kdhub.engine.runner
 
     def accepted(config, resume_run_id=None, track=True):
         raise AssertionError("accepted")
 
-    monkeypatch.setattr(kdhub.engine.loop, "run", accepted)
+    monkeypatch.setattr(kdhub.engine.runner, "run", accepted)
 
 
 def _check(cases, tmp_path, capsys, where) -> list[str]:

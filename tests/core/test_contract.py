@@ -7,7 +7,7 @@ import torch
 
 import kdhub
 from kdhub import plugins
-from kdhub.engine.loop import run
+from kdhub.engine.runner import run
 from kdhub.testing import check_method
 
 

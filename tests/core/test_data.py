@@ -67,3 +67,10 @@ def test_train_fraction_keeps_a_class_balanced_subset():
     # 25 per class; 5 to validation; half of the remaining 20 = 10 per class for training
     assert torch.bincount(data.splits["train"].labels).tolist() == [10] * 4
     assert torch.bincount(data.splits["val"].labels).tolist() == [5] * 4
+
+
+def test_augmented_batches_keep_the_standard_memory_format():
+    """The crop gathers pixels in NHWC order; the batch must come back NCHW (channels_last is an opt-in)."""
+    images = torch.zeros((4, 3, 8, 8), dtype=torch.uint8)
+    out = augment(images, Augmentation(crop_padding=2, horizontal_flip=True), torch.Generator().manual_seed(0))
+    assert out.is_contiguous()

@@ -19,7 +19,7 @@ def test_two_process_run_with_tllm_and_a_trainable_method(tmp_path):
         "train": {"progress": False},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'm.db'}", "experiment": "ddp"},
     }
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
 
     teacher_id = run(teacher).run_id
     config = {
@@ -55,7 +55,7 @@ def test_two_process_run_with_tllm_and_a_trainable_method(tmp_path):
 INTERRUPTED_RUN = """
 import sys
 import yaml
-from kdhub.engine.loop import run
+from kdhub.engine.runner import run
 from kdhub.testing import interrupt_after
 
 config = yaml.safe_load(open(sys.argv[1]))
@@ -78,7 +78,7 @@ def test_resume_under_torchrun_restores_every_process(tmp_path):
     import torch
 
     from kdhub.engine import checkpoint
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     teacher = {

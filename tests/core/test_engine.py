@@ -8,7 +8,7 @@ import torch
 
 import kdhub
 from kdhub import plugins
-from kdhub.engine.loop import run
+from kdhub.engine.runner import run
 from kdhub.testing import interrupt_after
 from kdhub.tracking import load_table
 

@@ -17,7 +17,7 @@ import yaml
 import kdhub
 from kdhub import plugins
 from kdhub.cli import main
-from kdhub.engine.loop import run
+from kdhub.engine.runner import run
 from kdhub.tracking import Tracker
 
 

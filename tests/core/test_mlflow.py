@@ -13,7 +13,7 @@ from kdhub.cli import main
 from kdhub.config import parse_config
 from kdhub.dataset import DataBundle, TensorSplit
 from kdhub.engine.data import DeviceData, digest
-from kdhub.engine.loop import run
+from kdhub.engine.runner import run
 from kdhub.plugins import get_registry
 from kdhub.tracking import (
     command_line,

@@ -305,7 +305,7 @@ class _BarePlanPlugin:
 
 
 def test_a_bare_step_plan_keeps_the_runs_ce_weight():
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
 
     assert kdhub.StepPlan().ce_weight is None
     plugins.register_module(_BarePlanPlugin(), name="bare")

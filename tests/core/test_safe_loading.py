@@ -215,7 +215,7 @@ class _StopAfterFirstEpoch:
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """A FINISHED run and a KILLED run (with a last.pt) in a store of their own."""
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
 
     folder = tmp_path_factory.mktemp("runs")
     uri = f"sqlite:///{folder / 'mlflow.db'}"

@@ -14,7 +14,8 @@ import kdhub
 from kdhub.config import TrainConfig, parse_config
 from kdhub.engine import speed
 from kdhub.engine.features import FeatureTaps
-from kdhub.engine.loop import Trainer, run
+from kdhub.engine.loop import Trainer
+from kdhub.engine.runner import run
 from kdhub.errors import ConfigError
 
 

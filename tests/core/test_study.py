@@ -202,6 +202,7 @@ def test_search_section_is_checked_before_anything_runs():
     assert [r.key for r in plan] == ["teacher-s0"]  # the searched run is a template, not a run
     for changes, message in [
         ({"objective": "test/acc"}, "test split is never an objective"),
+        ({"objective": "holdout/acc"}, r"holdout/acc needs the 'holdout' split .* data.holdout_fraction > 0"),
         ({"run": "kdd"}, "search.run: 'kdd' names no run"),
         ({"space": {"methods.0.options.temprature": {"type": "float", "low": 1, "high": 2}}}, "temprature"),
         ({"space": {"methods.0.options.temperature": {"type": "float", "low": -1, "high": 2}}}, "-1"),
@@ -219,7 +220,7 @@ def test_search_objective_on_validation_needs_a_validation_split():
     runs[1]["grid"] = {}
     space = {"optim.lr": {"type": "float", "low": 0.01, "high": 0.1}}
     data = {"name": "s", "base": BASE, "runs": runs, "search": {"run": "kd", "space": space}}
-    with pytest.raises(ConfigError, match=r"search.objective: val/acc needs a validation split"):
+    with pytest.raises(ConfigError, match=r"search.objective: val/acc needs the 'val' split .* data.val_fraction > 0"):
         expand(parse_study(data))
 
 

@@ -182,7 +182,7 @@ def test_an_interrupted_study_resumes_the_interrupted_run_exactly(mlflow_uri, ca
     assert resumed.info.status == "FINISHED"
     assert resumed.data.tags["kdhub.resumed"] == "true"
     # the resumed run has the numbers of the same run trained without interruption
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
     from kdhub.tracking import load_run_config
 
     config = load_run_config(interrupted, mlflow_uri)

@@ -149,7 +149,7 @@ class _Interrupt:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
 
     folder = tmp_path_factory.mktemp("resume")
     uri = f"sqlite:///{folder / 'mlflow.db'}"

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from kdhub.config import parse_config
-from kdhub.engine.loop import Trainer, run
+from kdhub.engine.loop import Trainer
+from kdhub.engine.runner import run
 
 
 @functools.cache

@@ -48,3 +48,70 @@ def test_contract() -> None:
     assert method.output_based
     assert method.default_weight == 0.5
     check_method(method)
+
+
+def with_heads(out: kdhub.StepOutputs, heads: list[torch.Tensor]) -> kdhub.StepOutputs:
+    return kdhub.StepOutputs(
+        student_logits=out.student_logits,
+        teacher_logits=out.teacher_logits,
+        labels=out.labels,
+        indices=out.indices,
+        student_features={"heads": heads},
+    )
+
+
+def test_the_distillation_head_is_taught_when_the_student_has_one() -> None:
+    out = test_batch()
+    dist = torch.tensor([[0.0, 5.0, 0.0], [2.0, 0.0, 0.0]])
+    expected = F.cross_entropy(dist, torch.tensor([0, 0]), reduction="none")
+    auto = kdhub.create("method", "deit").loss(with_heads(out, [dist]))
+    torch.testing.assert_close(auto, expected)
+    torch.testing.assert_close(
+        kdhub.create("method", "deit", head="distillation").loss(with_heads(out, [dist])), expected
+    )
+    class_head = kdhub.create("method", "deit", head="class").loss(with_heads(out, [dist]))
+    torch.testing.assert_close(class_head, kdhub.create("method", "deit").loss(out))
+    with pytest.raises(kdhub.IncompatibleError, match="returns \\(class logits, distillation logits\\)"):
+        kdhub.create("method", "deit", head="distillation").loss(out)
+
+
+def test_a_distilled_deit_student_trains_its_two_heads_and_is_evaluated_on_their_mean() -> None:
+    from kdhub.engine.heads import eval_logits, split_heads
+    from kdhub.engine.runner import run
+
+    plugin = kdhub.create(
+        "model", "timm:deit_tiny_distilled_patch16_224", distilled_training=True, kwargs={"patch_size": 8, "depth": 1}
+    )
+    net = plugin.build(10, 3, 16)
+    x = torch.randn(3, 3, 16, 16)
+    cls, heads = split_heads(net.train()(x))
+    assert len(heads) == 1  # training: (class head, distillation head)
+    torch.testing.assert_close(eval_logits((cls, heads[0])), (cls + heads[0]) / 2)
+    net.eval()
+    with torch.no_grad():
+        tokens = net.forward_features(x)
+        mean = (net.head(tokens[:, 0]) + net.head_dist(tokens[:, 1])) / 2
+        torch.testing.assert_close(eval_logits(net(x)), mean)  # evaluation: the mean of the heads
+    config = {
+        "epochs": 1,
+        "data": {
+            "name": "synthetic",
+            "options": {"num_classes": 10, "image_size": 16, "train_size": 64, "test_size": 32},
+        },
+        "student": {
+            "name": "timm:deit_tiny_distilled_patch16_224",
+            "options": {"distilled_training": True, "kwargs": {"patch_size": 8, "depth": 1}},
+        },
+        "teacher": {"name": "cnn", "options": {"width": 4}},
+        "ce_weight": 0.0,
+        "methods": [{"name": "label_smoothing", "weight": 0.5}, {"name": "deit", "weight": 0.5}],
+        "metrics": ["accuracy"],
+        "train": {"progress": False},
+    }
+    result = run(config, track=False)
+    assert result.history[-1]["loss/deit"] > 0
+    student = result.student.eval()
+    test = kdhub.create("dataset", "synthetic", num_classes=10, image_size=16, train_size=64, test_size=32).load().test
+    with torch.no_grad():
+        logits = student((test.images.float() / 255 - 0.5) / 0.29)
+    assert result.last_acc == pytest.approx((logits.argmax(1) == test.labels).float().mean().item() * 100)

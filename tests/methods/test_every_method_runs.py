@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import kdhub
-from kdhub.engine.loop import run
+from kdhub.engine.runner import run
 
 BUILTIN = sorted(
     n for n in kdhub.list_plugins("method") if kdhub.get_plugin("method", n).__module__.startswith("kdhub_methods.")

@@ -7,7 +7,7 @@ import math
 import mlflow
 import pytest
 
-from kdhub.engine.loop import run
+from kdhub.engine.runner import run
 
 pytestmark = pytest.mark.slow  # a teacher and eleven 2-epoch students with MLflow logging: about a minute
 

@@ -7,7 +7,7 @@ import math
 import mlflow
 import pytest
 
-from kdhub.engine.loop import run
+from kdhub.engine.runner import run
 
 pytestmark = pytest.mark.slow  # two to three real runs with MLflow logging: 30 s and more on 2 shared cores
 

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 import torch
 
-from kdhub.engine.loop import run
+from kdhub.engine.runner import run
 from kdhub.tracking import load_table
 
 

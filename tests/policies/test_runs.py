@@ -11,7 +11,8 @@ import yaml
 
 import kdhub
 from kdhub.config import apply_overrides, parse_config
-from kdhub.engine.loop import Trainer, run
+from kdhub.engine.loop import Trainer
+from kdhub.engine.runner import run
 from kdhub.testing import interrupt_after
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -138,7 +138,7 @@ def test_small_models_learn_digits_in_seconds(name: str, options: dict) -> None:
 @pytest.mark.slow
 def test_engine_run_with_feature_methods_on_digits(tiny_config: dict) -> None:
     """A real 1-epoch run: cnn teacher, cnn student, OFD (preact + bn_before_relu) and AT (stages) via the engine."""
-    from kdhub.engine.loop import run
+    from kdhub.engine.runner import run
 
     config = dict(
         tiny_config,

@@ -6,6 +6,7 @@ import difflib
 import os
 import re
 import socket
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -60,7 +61,9 @@ def timm_taps(net: nn.Module) -> dict[str, list[str]]:
 
 def _hub_reachable(timeout: float = 5.0) -> bool:
     """Whether the Hugging Face hub answers (HF_HUB_OFFLINE=1: use the local cache, do not ask)."""
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False"):
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False"):
         return True
     host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
     try:
@@ -97,7 +100,23 @@ class Timm(kdhub.Model):
         variant: str = Field(
             min_length=1, max_length=300, description="timm model name, e.g. 'resnet18' (from 'timm:resnet18')"
         )
-        pretrained: bool = Field(False, description="download pretrained weights from the Hugging Face hub (online)")
+        pretrained: bool = Field(
+            False,
+            description="pretrained weights from the Hugging Face hub, or its local cache ($HF_HOME/hub; offline "
+            "with HF_HUB_OFFLINE=1)",
+        )
+        pretrained_file: str | None = Field(
+            None,
+            min_length=1,
+            max_length=4096,
+            description="pretrained weights from a local file (.safetensors, .pth or .bin, as timm saves them or "
+            "{'model': ...}); timm adapts the classifier and input channels",
+        )
+        distilled_training: bool = Field(
+            False,
+            description="distilled models (deit_*_distilled_*): return (class head, distillation head) in training "
+            "so a method can teach the distillation head (evaluation averages them)",
+        )
         kwargs: dict[str, Any] = Field(
             default_factory=dict, description="extra keyword arguments of timm.create_model (e.g. drop_rate)"
         )
@@ -155,14 +174,30 @@ class Timm(kdhub.Model):
 
         o = self.options
         kwargs = dict(o.kwargs, num_classes=num_classes, in_chans=in_channels)
+        pretrained = o.pretrained or o.pretrained_file is not None
+        if o.pretrained_file is not None:
+            path = Path(o.pretrained_file).expanduser()
+            if not path.is_file():
+                raise kdhub.KdhubError(f"timm:{o.variant}: pretrained_file {path} does not exist")
+            # timm reads the file itself (weights_only / safetensors) so that it can adapt it to the model
+            kwargs["pretrained_cfg_overlay"] = {**kwargs.get("pretrained_cfg_overlay", {}), "file": str(path)}
         if "img_size" in kwargs:
-            return timm.create_model(o.variant, pretrained=o.pretrained, **kwargs)
-        try:
-            return timm.create_model(o.variant, pretrained=o.pretrained, img_size=image_size, **kwargs)
-        except TypeError as err:  # the model has no img_size argument: build it at its own (flexible) size
-            if "img_size" not in str(err):
-                raise
-            return timm.create_model(o.variant, pretrained=o.pretrained, **kwargs)
+            net = timm.create_model(o.variant, pretrained=pretrained, **kwargs)
+        else:
+            try:
+                net = timm.create_model(o.variant, pretrained=pretrained, img_size=image_size, **kwargs)
+            except TypeError as err:  # the model has no img_size argument: build it at its own (flexible) size
+                if "img_size" not in str(err):
+                    raise
+                net = timm.create_model(o.variant, pretrained=pretrained, **kwargs)
+        if o.distilled_training:
+            if not hasattr(net, "set_distilled_training"):
+                raise kdhub.ConfigError(
+                    f"timm:{o.variant} has no distillation head (distilled_training needs e.g. "
+                    "deit_tiny_distilled_patch16_224)"
+                )
+            net.set_distilled_training(True)
+        return net
 
     def taps(self, net: nn.Module) -> dict[str, list[str]]:
         return timm_taps(net)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import difflib
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
 import kdhub
+from kdhub.engine.checkpoint import load_weights
 
 _RESERVED = {"num_classes", "weights"}
 
@@ -45,6 +48,30 @@ def torchvision_taps(net: nn.Module) -> dict[str, list[str]]:
         taps["pooled"] = [f"{last}:input"]
         taps["classifier"] = [last]
     return taps
+
+
+def cached_weights(url: str, who: str) -> Path:
+    """torch hub's cached copy of ``url`` (``$TORCH_HOME/hub/checkpoints/<file name>``), downloaded if missing.
+
+    Offline machines put the file there (the name is the last part of the URL, e.g.
+    ``resnet18-f37072fd.pth``); the hash in the name is checked on download, as torchvision does.
+    """
+    import torch.hub
+
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / os.path.basename(url)
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    match = torch.hub.HASH_REGEX.search(path.name)
+    try:
+        torch.hub.download_url_to_file(url, str(path), match.group(1) if match else None, progress=False)
+    except Exception as err:  # no network, proxy, HTTP or hash errors all mean the same to the user
+        raise kdhub.KdhubError(
+            f"{who}: {path.name} is not in torch hub's cache ({folder}) and cannot be downloaded "
+            f"({type(err).__name__}); copy it there, or give options.weights_file"
+        ) from None
+    return path
 
 
 def _adapt_first_conv(net: nn.Module, in_channels: int, pretrained: bool) -> None:
@@ -111,7 +138,17 @@ class TorchVision(kdhub.Model):
             None,
             min_length=1,
             max_length=200,
-            description="pretrained weights ('DEFAULT', 'IMAGENET1K_V1' ...; downloaded), None = random init",
+            description="pretrained weights by name ('DEFAULT', 'IMAGENET1K_V1' ...), read from torch hub's cache "
+            "($TORCH_HOME/hub/checkpoints) and downloaded only when missing; None = random init",
+        )
+        weights_file: str | None = Field(
+            None,
+            min_length=1,
+            max_length=4096,
+            description="a local weights file (.pth state dict, kdhub checkpoint or .safetensors) to start from",
+        )
+        weights_classes: int = Field(
+            1000, ge=1, le=1_000_000, description="classes of the head stored in weights_file (replaced if different)"
         )
         kwargs: dict[str, Any] = Field(
             default_factory=dict, description="extra keyword arguments of the model builder (e.g. dropout)"
@@ -146,8 +183,16 @@ class TorchVision(kdhub.Model):
             if value is not None and variant is not None:
                 names = list(models.get_model_weights(variant).__members__)
                 if value not in names:
-                    raise ValueError(f"{variant} has no weights {value!r} (it has {', '.join(names)})")
+                    close = difflib.get_close_matches(value, names, n=3, cutoff=0.5)
+                    hint = f"did you mean {', '.join(close)}?" if close else f"it has {', '.join(names)}"
+                    raise ValueError(f"{variant} has no weights {value!r}; {hint}")
             return value
+
+        @model_validator(mode="after")
+        def _one_source(self) -> Any:
+            if self.weights is not None and self.weights_file is not None:
+                raise ValueError("give weights (by name) or weights_file, not both")
+            return self
 
     def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         o = self.options
@@ -174,19 +219,22 @@ class TorchVision(kdhub.Model):
 
         o = self.options
         kwargs = dict(o.kwargs)
+        pretrained = o.weights is not None or o.weights_file is not None
         aux = o.variant in ("googlenet", "inception_v3") and bool(kwargs.get("aux_logits", False))
-        if o.variant in ("googlenet", "inception_v3") and not aux:
-            # With aux heads, training returns a tuple of logits. Pretrained builders insist on loading
-            # the aux heads (aux_logits=False is refused there), so they are dropped after loading.
+        if o.variant in ("googlenet", "inception_v3"):
+            # With aux heads, training returns a tuple of logits. Pretrained files hold the aux heads,
+            # so they are built to load them and dropped afterwards unless asked for.
             kwargs.pop("aux_logits", None)
-            if o.weights is None:
-                kwargs["aux_logits"] = False
-        if o.variant.startswith("vit_") and o.weights is None:
-            kwargs.setdefault("image_size", image_size)
-        if o.weights is None:
+            kwargs["aux_logits"] = aux or pretrained
+            if pretrained:
+                kwargs.setdefault("transform_input", True)
+                kwargs["init_weights"] = False
+        if not pretrained:
+            if o.variant.startswith("vit_"):
+                kwargs.setdefault("image_size", image_size)
             net = models.get_model(o.variant, weights=None, num_classes=num_classes, **kwargs)
         else:
-            net = models.get_model(o.variant, weights=o.weights, **kwargs)
+            net = self._pretrained(models, kwargs)
             head = _last_linear(net)
             if head is not None and net.get_submodule(head).out_features != num_classes:
                 _set_module(net, head, nn.Linear(net.get_submodule(head).in_features, num_classes))
@@ -196,8 +244,49 @@ class TorchVision(kdhub.Model):
                 if hasattr(net, name):
                     setattr(net, name, None)
         if in_channels != 3:
-            _adapt_first_conv(net, in_channels, pretrained=o.weights is not None)
+            _adapt_first_conv(net, in_channels, pretrained=pretrained)
         return net
+
+    def _pretrained(self, models: Any, kwargs: dict[str, Any]) -> nn.Module:
+        """The net built as torchvision builds it for its weights, loaded from a local file (no pickled code).
+
+        ``weights_file`` is used as given; named ``weights`` come from torch hub's cache
+        (``$TORCH_HOME/hub/checkpoints/<file>``, the file torchvision itself would download), which is
+        downloaded only when missing.
+        """
+        o = self.options
+        who = f"torchvision:{o.variant}"
+        num_classes = o.weights_classes
+        if o.weights is not None:
+            weights = self._weights_enum(models)
+            num_classes = len(weights.meta["categories"])
+            if o.variant.startswith("vit_"):
+                kwargs["image_size"] = weights.meta["min_size"][0]
+            elif o.variant == "maxvit_t":
+                kwargs["input_size"] = weights.meta["min_size"]
+            path = cached_weights(weights.url, who)
+        else:
+            path = Path(o.weights_file).expanduser()
+            if not path.is_file():
+                raise kdhub.KdhubError(f"{who}: weights_file {path} does not exist")
+        net = models.get_model(o.variant, weights=None, num_classes=num_classes, **kwargs)
+        load_weights(net, path, f"{who} weights")
+        return net
+
+    def _weights_enum(self, models: Any) -> Any:
+        o = self.options
+        try:
+            enum = models.get_model_weights(o.variant)
+        except ValueError:
+            raise kdhub.ConfigError(f"torchvision model {o.variant!r} has no pretrained weights") from None
+        names = [w.name for w in enum]
+        if o.weights == "DEFAULT":
+            return enum.DEFAULT
+        if o.weights not in names:
+            close = difflib.get_close_matches(o.weights, names, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else f" (it has: {', '.join(names)}, DEFAULT)"
+            raise kdhub.ConfigError(f"torchvision:{o.variant} has no weights {o.weights!r}{hint}")
+        return enum[o.weights]
 
     def taps(self, net: nn.Module) -> dict[str, list[str]]:
         return torchvision_taps(net)

@@ -1,0 +1,128 @@
+"""Running one run: MLflow around the :class:`~kdhub.engine.loop.Trainer`, resume rules, SIGTERM.
+
+``run(config)`` builds the trainer, starts (or resumes) the MLflow run, trains, logs the student,
+and ends the run FINISHED, FAILED (with the reason) or KILLED (with the command that resumes it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from kdhub import plugins
+from kdhub.config import RunConfig, dump_config, parse_config
+from kdhub.engine import checkpoint
+from kdhub.engine.loop import RunResult, Trainer
+from kdhub.errors import DivergedError, KdhubError, Terminated
+
+__all__ = ["run"]
+
+
+def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, track: bool = True) -> RunResult:
+    """Train one run from a config (a RunConfig or a dict), logging it to MLflow unless ``track`` is False.
+
+    With ``resume_run_id``, the run's ``checkpoints/last.pt`` is loaded and training continues into
+    the same MLflow run; a run stopped before its first checkpoint starts again from scratch in it.
+    A FINISHED run, or one whose process is still alive (its heartbeat is fresh), is not resumed.
+    SIGTERM stops a run as Ctrl-C does: KILLED, with the command that resumes it.
+    """
+    if isinstance(config, dict):
+        config = parse_config(config)
+    from kdhub.tracking import Tracker, default_run_name, log_run_end, log_run_start, run_params, run_tags
+
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    tracker = Tracker(config.tracking.uri, config.tracking.experiment) if track and rank0 else None
+    checkpoint_path = None
+    if resume_run_id is not None:
+        uri = tracker.uri if tracker is not None else config.tracking.uri
+        checkpoint_path = _resumable(config, resume_run_id, uri, check_alive=rank0)
+    with _sigterm_interrupts(), Trainer(config, tracker, resume_run_id) as trainer:
+        if checkpoint_path is not None:
+            where = f"--resume {resume_run_id}"
+            path = trainer.fetch(f"runs:/{resume_run_id}/{checkpoint_path}", where)
+            trainer.load_state_dict(checkpoint.load(path, f"{where}: {checkpoint_path}"))
+
+        def start() -> None:
+            assert tracker is not None
+            trainer.run_id = tracker.start(
+                config.tracking.run_name or default_run_name(config), run_tags(config), resume_run_id
+            )
+            tracker.beat()
+            if resume_run_id is None:
+                params = run_params(config, trainer.options, device=str(trainer.device))
+                tracker.params({**params, "threads": str(trainer.threads)})
+                tracker.text("config.yaml", dump_config(config))
+            else:
+                trainer.logged = tracker.logged_steps()
+            log_run_start(tracker, config, trainer.data)
+
+        def end(result: RunResult) -> None:
+            assert tracker is not None
+            log_run_end(tracker, config, trainer.data, result)
+
+        return _fit(trainer, tracker, start, end)
+
+
+def _resumable(config: RunConfig, run_id: str, uri: str | None, check_alive: bool = True) -> str | None:
+    """The checkpoint a run resumes from (None: from scratch); refuses a finished or still running run,
+    and a config that changes more than the resumable keys."""
+    from kdhub.config import check_resume
+    from kdhub.tracking import artifact_exists, check_resumable, liveness, load_run_config, run_info
+
+    path = "checkpoints/last.pt"
+    if not check_alive:  # torchrun's other processes: rank 0 decides, and marks the run RUNNING
+        return path if artifact_exists(run_id, path, uri) else None
+    check_resumable(run_id, uri)  # exists, not deleted, not FINISHED
+    check_resume(config, load_run_config(run_id, uri), run_id)
+    info = run_info(run_id, uri)
+    if info["status"] == "RUNNING":
+        alive, why = liveness(info)
+        if alive:
+            raise KdhubError(f"--resume {run_id}: the run is still running ({why}); stop that process first")
+    return path if artifact_exists(run_id, path, uri) else None
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into :class:`kdhub.errors.Terminated` (a KeyboardInterrupt) while a run trains."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated("terminated by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fit(trainer: Trainer, tracker: Any, start: Callable[[], None], end: Callable[[RunResult], None]) -> RunResult:
+    """Train, with the MLflow run started before (``start``) and the student logged after (``end``)."""
+    started = False
+    try:
+        if tracker is not None:
+            start()
+            started = True
+        result = trainer.fit()
+        if tracker is not None:
+            end(result)
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        if started:
+            reason = f"{type(err).__name__}: {err}"
+            if not isinstance(err, DivergedError):
+                reason += f" (resume with: kdhub run --resume {trainer.run_id})"
+            tracker.finish(status, reason)
+        plugins.notify("run_finished", run=trainer.view(), status=status, error=err)
+        raise
+    if tracker is not None:
+        tracker.finish("FINISHED")
+    plugins.notify("run_finished", run=trainer.view(), status="FINISHED", error=None)
+    return result
