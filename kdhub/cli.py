@@ -163,22 +163,100 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from kdhub.study import expand, load_study, run_study
+    from kdhub.study import expand, load_study, run_study, study_status
 
     study = load_study(args.study, args.set)
     if args.dry_run:
-        for name, label, seed, _ in expand(study):
-            print(f"{name}{f'[{label}]' if label else ''}  seed {seed}")
+        plan = expand(study)
+        names = {r.key: r.display for r in plan}
+        for run in plan:
+            after = ", ".join(dict.fromkeys(names[k] for k in run.deps.values()))
+            print(
+                f"{run.name}{f'[{run.label}]' if run.label else ''}  seed {run.seed}"
+                + (f"  after {after}" if after else "")
+            )
+        if study.search is not None:
+            spec = study.search
+            pruning = "median pruning" if spec.pruner == "median" else "no pruning"
+            print(
+                f"search {spec.run}: {spec.trials} trials over {', '.join(spec.space)} "
+                f"({spec.sampler} sampler, {pruning}, {spec.direction} {spec.objective})"
+            )
+            from kdhub.study.spec import search_notes, search_template
+
+            for note in search_notes(study, search_template(study, plan)):
+                print(note)
         return 0
-    result = run_study(study, args.tracking_uri)
-    summary = result["summary"]
-    print(f"study {study.name}: parent run {result['parent_run_id']}")
-    for i, name in enumerate(summary["run"]):
-        grid = f"[{summary['grid'][i]}]" if summary["grid"][i] else ""
-        last, run_id = summary["test_acc_last"][i], summary["run_id"][i]
-        print(f"  {name}{grid} seed {summary['seed'][i]}: last {last:.2f}%  ({run_id})")
+    if args.status:
+        return _print_status(study_status(study, args.tracking_uri), study.name)
+    result = run_study(
+        study,
+        args.tracking_uri,
+        executor=args.executor,
+        parallel=args.parallel,
+        address=args.address,
+        fresh=args.fresh,
+    )
+    _print_study(result)
+    failures = result["failures"]
+    if not failures:
+        return 0
+    return EXIT_USAGE if any(bad_input for _, _, bad_input in failures) else 1
+
+
+def _print_study(result: dict[str, Any]) -> None:
+    import math
+
+    def cell(mean: float, std: float) -> str:
+        if not math.isfinite(mean):
+            return "-"
+        return f"{mean:.2f} ± {std:.2f}" if math.isfinite(std) else f"{mean:.2f}"
+
+    table = result["aggregate"]
+    if table["point"]:
+        width = max(len(p) for p in [*table["point"], "test accuracy (%)"]) + 2
+        print(f"\n{'test accuracy (%)':<{width}}{'best':<16}{'last':<16}{'at best val':<16}seeds")
+        for i, point in enumerate(table["point"]):
+            cells = [cell(table[f"{s}_mean"][i], table[f"{s}_std"][i]) for s in ("best", "last", "at_best_val")]
+            print(f"{point:<{width}}{cells[0]:<16}{cells[1]:<16}{cells[2]:<16}{table['seeds'][i]}")
     for label, comparison in result.get("comparisons", {}).items():
         print(f"\ncomparison {label} (MLflow run {comparison.run_id}):\n{comparison.report()}")
+    states = result["summary"]["state"]
+    print(
+        f"\n{states.count('finished')} of {len(states)} runs finished; parent run {result['parent_run_id']}"
+        + (f"; {len(result['failures'])} did not:" if result["failures"] else "")
+    )
+    for what, reason, _ in result["failures"]:
+        print(f"  {what}: {reason}")
+    if result["failures"]:
+        print("rerun the same command to retry them (finished runs are kept)")
+
+
+def _print_status(status: dict[str, Any], name: str) -> int:
+    import math
+
+    parent = status["parent"]
+    if parent is None:
+        print(f"study {name}: not started in {status['uri']}")
+    else:
+        print(f"study {name}: parent run {parent['run_id']} ({parent['status']}) in {status['uri']}")
+    rows = status["rows"]
+    width = max(len(r["run"]) for r in rows) + 2
+    for row in rows:
+        acc = f"test {row['test_acc_last']:.2f}%" if math.isfinite(row["test_acc_last"]) else ""
+        line = f"  {row['run']:<{width}}{row['state']:<12}{row['run_id'] or '-':<34}{acc}"
+        if row["reason"] and row["state"] in ("failed", "interrupted"):
+            line += f"  {row['reason'][:120]}"
+        print(line.rstrip())
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    print("  " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    trials = status["trials"]
+    if trials is not None:
+        text = ", ".join(f"{v} {k}" for k, v in trials["counts"].items()) or "none yet"
+        best = trials["best"]
+        print(f"  search trials: {text}" + (f"; best trial {best[1]}: {best[0]:.4g}" if best else ""))
     return 0
 
 
@@ -232,8 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="PATH=VALUE", help="override a value of the base config"
     )
-    p.add_argument("--dry-run", action="store_true", help="list the runs without training")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI")
+    p.add_argument("--dry-run", action="store_true", help="check the study and list its runs without training")
+    p.add_argument("--status", action="store_true", help="print the runs and their states; run nothing")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (a tracking server for a Ray cluster)")
+    p.add_argument(
+        "--executor", choices=["local", "ray"], default="local", help="local: one run at a time here; ray: Ray tasks"
+    )
+    p.add_argument("--parallel", type=int, metavar="N", help="ray: runs at a time (a local instance gets N x cpus)")
+    p.add_argument("--address", metavar="ADDR", help="ray: join this cluster (e.g. ray://head:10001 or auto)")
+    p.add_argument("--fresh", action="store_true", help="start the study over under a new parent run")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("demo", help="teacher, vanilla student and KD student on the embedded digits data")

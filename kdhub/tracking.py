@@ -48,6 +48,8 @@ __all__ = [
     "check_resumable",
     "command_line",
     "compare_experiment",
+    "delete_run",
+    "find_runs",
     "flatten",
     "git_tags",
     "load_run_config",
@@ -55,12 +57,15 @@ __all__ = [
     "log_run_end",
     "log_run_start",
     "logged_model_of_run",
+    "metric_max",
     "model_label",
     "resolve_artifact",
     "resolve_weights",
     "run_description",
     "run_info",
     "safe_metric_name",
+    "set_run_state",
+    "store_exists",
     "study_run_tags",
     "tag_problem",
     "teacher_links",
@@ -222,7 +227,7 @@ def _client(uri: str) -> Any:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     if uri in _READY:
-        return mlflow.MlflowClient(tracking_uri=uri)
+        return _retrying(mlflow.MlflowClient(tracking_uri=uri), uri)
     problem = uri_problem(uri)
     if problem:
         raise KdhubError(f"tracking.uri: {problem}")
@@ -238,7 +243,40 @@ def _client(uri: str) -> Any:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise KdhubError(f"tracking.uri: cannot use {uri}: {type(err).__name__}: {first}") from None
     _READY.add(uri)
-    return client
+    return _retrying(client, uri)
+
+
+def _retrying(client: Any, uri: str) -> Any:
+    return _RetryWhenLocked(client) if _sqlite_path(uri) is not None else client
+
+
+class _RetryWhenLocked:
+    """An MlflowClient whose calls retry while another process holds the SQLite store's write lock.
+
+    SQLite lets one writer in at a time; MLflow waits 20 s for the lock, and a write that still
+    finds it held (several runs of a study logging at once) fails with "database is locked". The
+    failed transaction was rolled back, so the call is safe to repeat.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            for attempt in range(8):
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as err:
+                    if "database is locked" not in str(err) or attempt == 7:
+                        raise
+                    time.sleep(min(0.2 * 2**attempt, 5.0))
+            raise AssertionError("unreachable")
+
+        return call
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -1312,3 +1350,83 @@ def log_run_end(tracker: Tracker, config: RunConfig, data: Any, result: Any) -> 
     if "model_id" in done:
         tracker.client.set_logged_model_tags(done["model_id"], {_NOTE_TAG: text[:_MAX_TAG]})
     return done
+
+
+# studies: finding and updating the runs of a study ------------------------------------------------
+
+
+def store_exists(uri: str) -> bool:
+    """False for a local store (SQLite file, ``mlruns`` folder) that was never created; True otherwise."""
+    path = _sqlite_path(uri)
+    if path is not None:
+        return Path(path).exists()
+    if uri.startswith("file:"):
+        return Path(urlsplit(uri).path).exists()
+    if "://" not in uri:
+        return Path(uri).exists()
+    return True
+
+
+def find_runs(uri: str, experiment: str, filter_string: str = "") -> list[dict[str, Any]]:
+    """Runs of an experiment matching an MLflow filter, oldest first, as plain dicts (none if it does not exist)."""
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [found.experiment_id],
+            filter_string,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs += [
+            {
+                "run_id": r.info.run_id,
+                "name": r.info.run_name,
+                "status": r.info.status,
+                "start_time": r.info.start_time,
+                "end_time": r.info.end_time,
+                "tags": dict(r.data.tags),
+                "metrics": dict(r.data.metrics),
+                "params": dict(r.data.params),
+            }
+            for r in page
+        ]
+        token = page.token
+        if not token:
+            return runs
+
+
+def set_run_state(
+    uri: str,
+    run_id: str,
+    status: str | None = None,
+    tags: dict[str, str] | None = None,
+    remove: list[str] | None = None,
+) -> None:
+    """Set tags, remove tags and end a run with ``status`` (FINISHED, FAILED, KILLED), or reopen it (RUNNING)."""
+    client = _client(uri)
+    existing = client.get_run(run_id).data.tags
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, str(value)[:5000])
+    for key in remove or []:
+        if key in existing:
+            client.delete_tag(run_id, key)
+    if status == "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    elif status is not None:
+        client.set_terminated(run_id, status=status)
+
+
+def metric_max(uri: str, run_id: str, key: str) -> float:
+    """The largest value a run logged for ``key`` over its steps (NaN if none)."""
+    values = [m.value for m in _client(uri).get_metric_history(run_id, key) if math.isfinite(m.value)]
+    return max(values) if values else math.nan
+
+
+def delete_run(uri: str, run_id: str) -> None:
+    """Move a run to MLflow's trash (``mlflow gc`` removes it for good)."""
+    _client(uri).delete_run(run_id)
