@@ -391,7 +391,7 @@ def test_sqlite_writes_retry_while_another_process_holds_the_lock(monkeypatch):
             raise RuntimeError(f"Run '{run_id}' not found")
 
     monkeypatch.setattr("time.sleep", lambda seconds: None)
-    client = tracking._RetryWhenLocked(Store())
+    client = tracking.store._RetryWhenLocked(Store())
     assert client.log_batch("r1") == "r1"
     assert Store.calls == 3
     with pytest.raises(RuntimeError, match="not found"):  # other errors are not retried

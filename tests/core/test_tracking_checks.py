@@ -16,7 +16,8 @@ from kdhub import plugins
 from kdhub.cli import main
 from kdhub.config import RESUMABLE, ConfigError, check_resume, parse_config
 from kdhub.errors import KdhubError
-from kdhub.tracking import Tracker, _store_lock, tag_problem, uri_problem
+from kdhub.tracking import Tracker, tag_problem, uri_problem
+from kdhub.tracking.store import _store_lock
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,338 @@
+"""The Tracker: one MLflow run, written through (it implements :class:`kdhub.RunLog` for plugins)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdhub.errors import KdhubError
+from kdhub.runlog import Table
+from kdhub.tracking.artifacts import _get_run, _refuse_finished
+from kdhub.tracking.heartbeat import HEARTBEAT_TAG, HOST_TAG, PID_TAG, _Heartbeat, heartbeat_seconds
+from kdhub.tracking.runinfo import _global_uri, _safe_key, _source_tags
+from kdhub.tracking.store import (
+    _CONTEXT_TAG,
+    _MAX_TAG,
+    _NOTE_TAG,
+    MODEL_CHECKPOINT,
+    MODEL_NAME,
+    _client,
+    log,
+    tracking_uri,
+)
+
+if TYPE_CHECKING:
+    pass  # config checks tracking's limits: no import at run time
+
+
+class Tracker:
+    """Logs one run to MLflow (implements :class:`kdhub.RunLog` for plugins)."""
+
+    def __init__(self, uri: str | None = None, experiment: str = "kdhub") -> None:
+        self.uri = tracking_uri(uri)
+        self.client = _client(self.uri)
+        self.experiment = experiment
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
+        self.run_name: str | None = None
+        self._tables: set[str] = set()  # tables logged by this process (a second log replaces the first)
+        self.resumed = False
+        self._monitor: Any = None
+
+    def start(self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None) -> str:
+        """Create the run (with its command line, user and git commit) or reopen ``resume_run_id``."""
+        if resume_run_id:
+            run = _get_run(self.client, resume_run_id, self.uri, "--resume")
+            _refuse_finished(run, resume_run_id)
+            self.run_id, self.run_name = run.info.run_id, run.info.run_name
+            self.experiment_id = run.info.experiment_id
+            self.resumed = True
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "kdhub.resumed", "true")
+            return self.run_id
+        experiment_id = self._experiment_id()
+        run = self.client.create_run(experiment_id, run_name=run_name, tags={**_source_tags(), **tags})
+        self.run_id, self.run_name, self.experiment_id = run.info.run_id, run.info.run_name, experiment_id
+        return self.run_id
+
+    def beat(self) -> None:
+        """Record this process as the run's writer and keep its heartbeat tag fresh (a daemon thread)."""
+        assert self.run_id is not None
+        self.client.set_tag(self.run_id, HOST_TAG, socket.gethostname())
+        self.client.set_tag(self.run_id, PID_TAG, str(os.getpid()))
+        self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
+        self._heartbeat = _Heartbeat(self.uri, self.run_id, heartbeat_seconds())
+        self._heartbeat.start()
+
+    def _experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise KdhubError(
+                    f"tracking.experiment: {self.experiment!r} is deleted in {self.uri} "
+                    "(restore it with `mlflow experiments restore` or choose another name)"
+                )
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(self.experiment)
+        except Exception:  # another process created it in the meantime
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def describe(self, text: str) -> None:
+        """The run's description (``mlflow.note.content``, Markdown), shown on the run's page."""
+        self.client.set_tag(self.run_id, _NOTE_TAG, text[:_MAX_TAG])
+
+    def system_metrics(self, interval: float = 10.0) -> None:
+        """Start MLflow's system-metrics sampler (``system/...`` metrics) until :meth:`finish`."""
+        try:
+            import psutil  # noqa: F401  (the sampler needs it; fail here with a clear line)
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError as err:
+            raise KdhubError(f"tracking.system_metrics: needs psutil ({err}); pip install psutil") from None
+        self._monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=interval, resume_logging=self.resumed, tracking_uri=self.uri
+        )
+        self._monitor.start()
+
+    # RunLog -----------------------------------------------------------------------------------
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(_safe_key(k), float(v), now, step or 0)
+            for k, v in values.items()
+            if v is not None and not (isinstance(v, float) and math.isinf(v))
+        ]
+        for i in range(0, len(items), 900):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 900])
+
+    def logged_steps(self) -> dict[str, int]:
+        """The last step logged for each metric key of the run (what a resumed run must not log again)."""
+        keys = self.client.get_run(self.run_id).data.metrics
+        return {key: max(m.step for m in self.client.get_metric_history(self.run_id, key)) for key in keys}
+
+    def params(self, values: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(_safe_key(k), str(v)[:6000]) for k, v in values.items() if _safe_key(k) not in existing]
+        for i in range(0, len(items), 90):
+            self.client.log_batch(self.run_id, params=items[i : i + 90])
+
+    def tags(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def table(self, name: str, data: Table) -> None:
+        """An MLflow table (``log_table``: the UI's table view) at ``tables/<name>.json``.
+
+        Logging the same name again (a policy's table that grows each epoch, a resumed run) replaces
+        the table instead of appending rows (what MLflow's ``log_table`` would do).
+        """
+        import pandas as pd
+        from mlflow.exceptions import MlflowException
+
+        path = f"tables/{name}.json"
+        frame = pd.DataFrame({c: list(v) for c, v in data.items()})
+        folder = path.rsplit("/", 1)[0]
+        logged = path in self._tables or (
+            self.resumed and path in {a.path for a in self.client.list_artifacts(self.run_id, folder)}
+        )
+        self._tables.add(path)
+        if logged:
+            with tempfile.TemporaryDirectory() as tmp:
+                file = Path(tmp) / path.rsplit("/", 1)[1]
+                frame.to_json(file, orient="split", index=False)
+                self.client.log_artifact(self.run_id, str(file), folder)
+            return
+        try:
+            self.client.log_table(self.run_id, data=frame, artifact_file=path)
+        except MlflowException as err:  # the table is written; only the UI's tag list is full
+            log.debug("table %s logged without the UI tag: %s", path, err)
+
+    def figure(self, name: str, figure: Any) -> None:
+        """A PNG at ``figures/<name>.png`` (150 dpi), titled with the run's name."""
+        if self.run_name and figure.get_suptitle() == "":
+            figure.suptitle(self.run_name, fontsize=10, fontweight="bold")
+        self.client.log_figure(self.run_id, figure, f"figures/{name}.png", save_kwargs={"dpi": 150})
+
+    def text(self, name: str, text: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    # files ------------------------------------------------------------------------------------
+    def artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        """End the run; a FINISHED run loses the ``kdhub.failure`` tag of an earlier, interrupted attempt."""
+        heartbeat = getattr(self, "_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.stop()
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
+        if reason:
+            self.client.set_tag(self.run_id, "kdhub.failure", reason[:5000])
+        elif status == "FINISHED" and "kdhub.failure" in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, "kdhub.failure")
+        self.client.set_terminated(self.run_id, status=status)
+
+    # datasets and models ------------------------------------------------------------------------
+    def datasets(self, descriptions: dict[str, dict[str, Any]]) -> None:
+        """Log each split as an MLflow dataset input with the split as its context (see ``DataSource.describe``)."""
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for split, info in descriptions.items():
+            inputs.append(DatasetInput(_dataset_entity(info), [InputTag(_CONTEXT_TAG, split)]))
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def log_model(
+        self,
+        net: Any,
+        example: Any,
+        *,
+        checkpoint: dict[str, Any],
+        metadata: dict[str, Any],
+        tags: dict[str, str],
+        step: int,
+    ) -> str:
+        """Log ``net`` as the run's MLflow model (pt2); returns its model id.
+
+        ``example`` (a float32 array ``[N, C, H, W]``, N > 1) is the input example and fixes the
+        signature's shape (batch dimension free); the run's metrics at ``step`` are linked to the
+        model; ``checkpoint`` (a kdhub checkpoint: ``model`` state_dict, ``model_spec``) travels
+        inside the model as ``extra_files/kdhub_student.pt`` for ``models:/`` teacher weights.
+        """
+        import mlflow
+        import mlflow.pytorch
+        import numpy as np
+        import torch
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        example = np.ascontiguousarray(example, dtype=np.float32)
+        with torch.no_grad():
+            logits = net(torch.from_numpy(example))
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *logits.shape[1:]))]),
+        )
+        requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
+        # created here so that it belongs to the run's experiment (MLflow would use the global one)
+        run = self.client.get_run(self.run_id)
+        inherited = {k: v for k, v in run.data.tags.items() if k in ("mlflow.user", "mlflow.source.name", _NOTE_TAG)}
+        model = self.client.create_logged_model(
+            experiment_id=self.experiment_id,
+            name=MODEL_NAME,
+            source_run_id=self.run_id,
+            tags={**inherited, **tags},
+            params=dict(run.data.params),
+        )
+        with tempfile.TemporaryDirectory(prefix="kdhub-model-") as tmp, self._failed_on_error(model.model_id):
+            file = Path(tmp) / MODEL_CHECKPOINT
+            torch.save(checkpoint, file)
+            with _global_uri(self.uri):
+                mlflow.pytorch.log_model(
+                    net,
+                    name=MODEL_NAME,
+                    signature=signature,
+                    input_example=example,
+                    serialization_format="pt2",
+                    pip_requirements=requirements,
+                    extra_files=[str(file)],
+                    metadata=metadata,
+                    run_id=self.run_id,
+                    model_id=model.model_id,
+                    step=step,
+                )
+        return str(model.model_id)
+
+    @contextmanager
+    def _failed_on_error(self, model_id: str) -> Iterator[None]:
+        """Mark a logged model FAILED (not left PENDING) when writing it fails."""
+        try:
+            yield
+        except BaseException:
+            from mlflow.entities import LoggedModelStatus
+
+            with contextlib.suppress(Exception):
+                self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+            raise
+
+    def register_model(self, model_id: str, name: str, tags: dict[str, str], description: str) -> str:
+        """Register a logged model as a new version of ``name``; returns the version number."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(
+                name, description="Students distilled with kdhub; each version links its training run."
+            )
+        with _global_uri(self.uri):  # the registry finds the logged model through the global URI
+            version = self.client.create_model_version(
+                name,
+                source=f"models:/{model_id}",
+                run_id=self.run_id,
+                tags=tags,
+                description=description[:5000],
+                model_id=model_id,
+            )
+        # what MLflow's register_model records, so the logged model's page lists its versions
+        model = self.client.get_logged_model(model_id)
+        versions = json.loads(model.tags.get("mlflow.modelVersions", "[]"))
+        versions.append({"name": name, "version": str(version.version)})
+        self.client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(versions)})
+        return str(version.version)
+
+
+def _dataset_entity(info: dict[str, Any]) -> Any:
+    """An MLflow dataset entity for a ``DataSource.describe`` dict (source type from the source's form)."""
+    from mlflow.entities import Dataset
+
+    source = str(info.get("source") or info["name"])
+    payload: Any
+    if re.match(r"^[a-z][a-z0-9+.-]*://", source):
+        source_type, payload = ("http" if source.startswith(("http://", "https://")) else "local"), source
+        key = "url" if source_type == "http" else "uri"
+    elif source.startswith("/") or source.startswith("."):
+        source_type, key, payload = "local", "uri", source
+    else:
+        source_type, key, payload = "code", "tags", {"kdhub.dataset": info["name"], "loader": source}
+    shape = [int(v) for v in info["shape"]]
+    features = [{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": [-1, *shape]}}]
+    targets = [{"type": "tensor", "tensor-spec": {"dtype": "int64", "shape": [-1]}}]
+    schema = {"mlflow_tensorspec": {"features": json.dumps(features), "targets": json.dumps(targets)}}
+    profile = {
+        "num_samples": int(info["num_samples"]),
+        "num_classes": int(info["num_classes"]),
+        "features_shape": [int(info["num_samples"]), *shape],
+    }
+    if info.get("indices_digest"):
+        profile["indices_digest"] = info["indices_digest"]
+    return Dataset(
+        name=str(info["name"]),
+        digest=str(info["digest"]),
+        source_type=source_type,
+        source=json.dumps({key: payload}),
+        schema=json.dumps(schema),
+        profile=json.dumps(profile),
+    )
