@@ -58,7 +58,7 @@ import kdhub
 from kdhub.config import parse_config
 from kdhub.engine.hostsync import CudaSyncGuard
 from kdhub.engine.loop import Trainer
-from kdhub.engine.speed import available_cores
+from kdhub.engine.speed import available_cores, resolve_threads
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RECIPE = {"epochs": 240, "train_images": 50_000, "test_images": 10_000, "batch": 64}
@@ -711,6 +711,8 @@ class Suite:
 
     # the whole suite -----------------------------------------------------------------------------
     def run(self, out_dir: Path) -> int:
+        # the hand-written loops run before any Trainer sets the thread count: both get the run's count
+        torch.set_num_threads(resolve_threads(None).count)
         env = environment(self.device)
         self.say(f"kdhub {kdhub.__version__} on {env['device_name']}, torch {torch.__version__}")
         self.say(f"budget {self.b.total_s:.0f}s: {asdict(self.b)}")

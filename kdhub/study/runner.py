@@ -312,6 +312,9 @@ class _Study:
             raise KdhubError(f"tracking URI {self.uri}: {str(err).splitlines()[0]}") from None
         parent.tags({"kdhub.study.executor": self.ex.describe()})
         parent.text("study.yaml", yaml.safe_dump(study.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        if parent_run is None:
+            parent.params(study_params(study))
+            parent.describe(study_description(study, self.ex.describe()))
         return parent
 
     def run(self, parent_run: dict[str, Any] | None, children: list[dict[str, Any]]) -> dict[str, Any]:
@@ -667,7 +670,7 @@ class _Study:
     def _compare(self) -> tuple[dict[str, Any], list[str]]:
         """One comparison per compared run and grid point (its seeds averaged), nested under the parent."""
         from kdhub.plugins import get_registry
-        from kdhub.tracking import delete_run, find_runs
+        from kdhub.tracking import delete_run, find_runs, safe_metric_name
 
         spec = self.study.compare
         assert spec is not None
@@ -698,10 +701,41 @@ class _Study:
             except KdhubError as err:
                 notes.append(f"comparison {label} vs {spec.baseline} failed: {err}")
                 continue
-            scalars = {f"compare/{label}/{k}": v for k, v in comparison.scalars().items() if math.isfinite(v)}
+            scalars = {
+                safe_metric_name(f"compare/{label}/{k}"): v for k, v in comparison.scalars().items() if math.isfinite(v)
+            }
             self.parent.metrics(scalars, step=0)
             comparisons[label] = comparison
         return comparisons, notes
+
+
+def study_params(study: StudyConfig) -> dict[str, str]:
+    """The parent run's params: the base config (``base.…``), the runs, their grids and the seeds."""
+    from kdhub.tracking import flatten
+
+    params = flatten(study.base, "base")
+    params["runs"] = ",".join(r.name for r in study.runs)
+    params["seeds"] = ",".join(str(s) for s in study.seeds)
+    for entry in study.runs:
+        for path, values in entry.grid.items():
+            params[f"grid.{entry.name}.{path}"] = ",".join(str(v) for v in values)
+    return params
+
+
+def study_description(study: StudyConfig, executor: str) -> str:
+    """The parent run's description: what the study runs, and where to look."""
+    runs = ", ".join(f"**{r.name}**" + (f" (grid over {', '.join(r.grid)})" if r.grid else "") for r in study.runs)
+    lines = [
+        f"Study **{study.name}**: {runs}; seeds {', '.join(str(s) for s in study.seeds)}; {executor}.",
+        "Each run is a child of this run (tags `kdhub.study_run`, `kdhub.grid`, `seed`); the table"
+        " `study_summary` lists them with their accuracies, `study/aggregate` gives mean ± std per grid point.",
+    ]
+    if study.compare is not None:
+        lines.append(
+            f"Comparisons against **{study.compare.baseline}** are the child runs tagged `kdhub.kind = compare`;"
+            " filter the training charts with ``tags.`kdhub.kind` = 'train'``."
+        )
+    return "\n\n".join(lines)
 
 
 # status -------------------------------------------------------------------------------------------

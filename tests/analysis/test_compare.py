@@ -374,8 +374,14 @@ def test_study_logs_the_comparison_under_its_parent(mlflow_uri):
     assert logged.data.tags["mlflow.parentRunId"] == result["parent_run_id"]
     assert logged.info.run_name == "compare-kd-vs-vanilla"
     assert logged.data.metrics["undistillable_count"] == comparison.undistillable_count
-    parent = client.get_run(result["parent_run_id"]).data.metrics
-    assert parent["compare/kd/mean_delta_acc"] == pytest.approx(comparison.mean_delta_acc)
+    parent = client.get_run(result["parent_run_id"]).data
+    assert parent.metrics["compare/kd/mean_delta_acc"] == pytest.approx(comparison.mean_delta_acc)
+    # the parent reads as the study: its params, a description, no mangled names
+    assert parent.params["runs"] == "teacher,vanilla,kd"
+    assert parent.params["seeds"] == "0,1"
+    assert parent.params["base.epochs"] == "1"
+    assert parent.tags["mlflow.note.content"].startswith("Study **cmp**: **teacher**, **vanilla**, **kd**")
+    assert not any("_" in key.split("/")[1] for key in parent.metrics if key.startswith("compare/"))
 
 
 # seed statistics ----------------------------------------------------------------------------------------
