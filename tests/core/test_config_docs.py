@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 from kdhub.config import config_reference
@@ -20,3 +21,13 @@ def test_config_reference_lists_every_section():
         "`tracking.uri`",
     ):
         assert key in text
+
+
+def _suite_time(path: Path) -> str:
+    line = next(line for line in path.read_text().splitlines() if line.startswith("make test "))
+    return re.search(r"about (\d+) minutes", line).group(1)
+
+
+def test_readme_and_contributing_state_the_same_suite_time():
+    root = DOCS.parent
+    assert _suite_time(root / "README.md") == _suite_time(root / "CONTRIBUTING.md")
