@@ -65,9 +65,10 @@ class TLLM(kdhub.Policy):
     window is taken as given), the trend criterion with eta = 0 and noise_z = 1, patience 2, no new
     stop after 80 % of the run (every curve flattens as the learning rate decays), at most half of
     the classes; setup warns when the window is under 3 epochs, when no decision can happen, and
-    when a class has fewer than 20 validation samples. ``describe(epochs, classes)`` gives the
-    resolved values (``kdhub run --dry-run`` prints them; they are logged as params). The paper
-    tunes eta on a second held-out split. Label smoothing uses alpha = 0.1 as in its appendix.
+    (without the noise margin) when a class has fewer than 20 validation samples.
+    ``describe(epochs, classes)`` gives the resolved values (``kdhub run --dry-run`` prints them;
+    they are logged as params). The paper tunes eta on a second held-out split. Label smoothing
+    uses alpha = 0.1 as in its appendix.
     The paper's formulation: ``criterion: paper, patience: 1, end: null, max_stopped_fraction: 1``.
 
     Logged: ``tllm/stopped_classes`` per epoch; the tables ``tllm_curves`` (epoch x class) and
@@ -230,10 +231,12 @@ class TLLM(kdhub.Policy):
         if counts is not None:
             self.unvalidated = [int(m) for m in (counts.cpu() == 0).nonzero().flatten()]
             present = counts.cpu()[counts.cpu() > 0]
-            if len(present) and int(present.min()) < FEW_SAMPLES:
+            guarded = self.options.criterion == "trend" and self.options.noise_z > 0
+            if len(present) and int(present.min()) < FEW_SAMPLES and not guarded:
                 self.setup_notes.append(
                     f"tllm: the validation split has only {int(present.min())} sample(s) of some class; per-class"
-                    " losses that noisy need the trend criterion's noise margin (or a larger data.val_fraction)"
+                    " losses that noisy need the trend criterion's noise margin (criterion: trend, noise_z > 0)"
+                    " or a larger data.val_fraction"
                 )
         for problem in self.problems(ctx.epochs, ctx.num_classes):
             self.setup_notes.append(problem)

@@ -53,6 +53,16 @@ def make_tllm(make_ctx, epochs: int = 7, num_classes: int = 5, counts=None, **op
     return policy
 
 
+def test_few_validation_samples_warn_only_without_the_noise_margin(make_ctx):
+    few = [13, 40, 40, 40, 40]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default trend criterion weighs each class's noise already
+        kdhub.create("policy", "tllm").setup(make_ctx(epochs=30, counts=few))
+    for options in ({"criterion": "paper"}, {"noise_z": 0.0}):
+        with pytest.warns(UserWarning, match="only 13 sample"):
+            kdhub.create("policy", "tllm", **options).setup(make_ctx(epochs=30, counts=few))
+
+
 def test_flags_and_defaults(make_ctx):
     cls = kdhub.get_plugin("policy", "tllm")
     assert cls.wants_class_losses
@@ -83,7 +93,7 @@ def test_short_window_and_small_validation_split_warn(make_ctx):
     policy = kdhub.create("policy", "tllm", criterion="paper", start=1, window=1)
     with pytest.warns(UserWarning, match="too short to tell a stagnating class from validation noise"):
         policy.setup(make_ctx(epochs=10))
-    policy = kdhub.create("policy", "tllm")
+    policy = kdhub.create("policy", "tllm", criterion="paper")
     with pytest.warns(UserWarning, match="only 3 sample"):
         policy.setup(make_ctx(epochs=10, counts=[3, 30, 30, 30, 30]))
     log = kdhub.MemoryLog()
