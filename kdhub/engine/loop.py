@@ -283,7 +283,8 @@ class Trainer:
         values["images_per_s"] = seen / max(elapsed, 1e-9)
         if plan is not None:
             values["policy/ce_weight"] = cfg.ce_weight if plan.ce_weight is None else plan.ce_weight
-            values["policy/distill_factor"] = plan.kd_weight
+            if self.teaching:  # a run that distils nothing has no distillation factor to show
+                values["policy/distill_factor"] = plan.kd_weight
         return values
 
     def _progress(self, batches: Any, epoch: int) -> Any:

@@ -40,6 +40,7 @@ def test_teacher_run_logs_params_metrics_tables_and_checkpoints(teacher_run, mlf
     assert data.params["policy.name"] == "constant"
     for key in ("loss/ce", "loss/total", "train/acc", "test/acc", "val/acc", "lr", "images_per_s", "test/acc_max_seen"):
         assert key in data.metrics, key
+    assert "policy/distill_factor" not in data.metrics  # nothing is distilled: no factor to chart
     assert data.metrics["test/acc_last"] == pytest.approx(teacher_run.last_acc)
     assert teacher_run.last_acc > 50  # digits is easy: 2 epochs already learn it
     artifacts = {a.path for a in client.list_artifacts(teacher_run.run_id, "checkpoints")}

@@ -249,7 +249,8 @@ def test_metric_names_say_what_they_mean(student_run, client):
     assert metrics["test/acc_max_seen"] == pytest.approx(student_run.best_acc)
     assert metrics["best_val_epoch"] in (1, 2)
     assert "test/acc_at_best_val" in metrics
-    assert metrics["policy/distill_factor"] == 1.0
+    assert metrics["policy/ce_weight"] == 1.0
+    assert "policy/distill_factor" not in metrics  # no teacher: nothing to scale
     for old in ("test/acc_best", "best_epoch", "weight/kd", "weight/ce"):
         assert old not in metrics
 
