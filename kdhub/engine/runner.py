@@ -103,6 +103,9 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_BARE_REASONS = {KeyboardInterrupt: "interrupted (Ctrl-C or SIGINT)"}
+
+
 def _fit(trainer: Trainer, tracker: Any, start: Callable[[], None], end: Callable[[RunResult], None]) -> RunResult:
     """Train, with the MLflow run started before (``start``) and the student logged after (``end``)."""
     started = False
@@ -116,7 +119,7 @@ def _fit(trainer: Trainer, tracker: Any, start: Callable[[], None], end: Callabl
     except BaseException as err:
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         if started:
-            reason = f"{type(err).__name__}: {err}"
+            reason = f"{type(err).__name__}: {str(err) or _BARE_REASONS.get(type(err), 'no message')}"
             if not isinstance(err, DivergedError):
                 reason += f" (resume with: kdhub run --resume {trainer.run_id})"
             tracker.finish(status, reason)

@@ -200,3 +200,12 @@ def test_each_metric_is_logged_once_per_step(tiny_config, mlflow_uri):
     assert steps["test/accuracy/acc"] == [1, 2, 3]
     assert steps["val/per_class_accuracy/mean_class_acc"] == [2, 3]
     assert steps["test/acc_max_seen"] == [1, 2, 3]
+
+
+def test_a_bare_interrupt_is_named_in_the_failure_tag(tiny_config):
+    with interrupt_after(1, KeyboardInterrupt()), pytest.raises(KeyboardInterrupt):
+        run(tiny_config)
+    client = mlflow.MlflowClient(tiny_config["tracking"]["uri"])
+    killed = client.search_runs([client.get_experiment_by_name("tests").experiment_id], "attributes.status = 'KILLED'")
+    reason = killed[0].data.tags["kdhub.failure"]
+    assert reason.startswith("KeyboardInterrupt: interrupted (Ctrl-C or SIGINT) (resume with: kdhub run --resume ")
