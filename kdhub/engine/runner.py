@@ -103,7 +103,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-_BARE_REASONS = {KeyboardInterrupt: "interrupted (Ctrl-C or SIGINT)"}
+_BARE_REASONS: dict[type[BaseException], str] = {KeyboardInterrupt: "interrupted (Ctrl-C or SIGINT)"}
 
 
 def _fit(trainer: Trainer, tracker: Any, start: Callable[[], None], end: Callable[[RunResult], None]) -> RunResult:
