@@ -13,14 +13,13 @@ import re
 import shutil
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import torch
 import yaml
+from _runs import finished_and_killed_runs
 
 import kdhub
-from kdhub import plugins
 from kdhub.cli import main
 from kdhub.engine import checkpoint
 from kdhub.engine.checkpoint import CheckpointError, load, load_weights, read_weights
@@ -206,37 +205,10 @@ def test_a_runs_reference_stays_inside_the_run(reference, mlflow_uri, tmp_path):
         resolve_artifact(reference, mlflow_uri, tmp_path / "dl", "teacher.weights")
 
 
-class _StopAfterFirstEpoch:
-    @kdhub.hookimpl
-    def kdhub_epoch_ended(self, run, epoch, metrics):
-        raise KeyboardInterrupt
-
-
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """A FINISHED run and a KILLED run (with a last.pt) in a store of their own."""
-    from kdhub.engine.runner import run
-
-    folder = tmp_path_factory.mktemp("runs")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    config = {
-        "student": {"name": "cnn", "options": {"width": 4}},
-        "epochs": 2,
-        "metrics": ["accuracy"],
-        "train": {"progress": False},
-        "tracking": {"uri": uri, "experiment": "safe-loading"},
-    }
-    finished = run(config).run_id
-    plugins.register_module(_StopAfterFirstEpoch(), name="stop")
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run(config)
-    finally:
-        plugins.unregister("stop")
-    client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name("safe-loading").experiment_id
-    killed = client.search_runs([experiment], "attributes.status = 'KILLED'")[0].info.run_id
-    return {"uri": uri, "finished": finished, "killed": killed, "client": client, "config": config}
+    return finished_and_killed_runs(tmp_path_factory.mktemp("runs"), "safe-loading")
 
 
 def _last_pt(runs) -> Path:

@@ -10,9 +10,8 @@ import time
 import mlflow
 import pytest
 import yaml
+from _runs import finished_and_killed_runs
 
-import kdhub
-from kdhub import plugins
 from kdhub.cli import main
 from kdhub.config import RESUMABLE, ConfigError, check_resume, parse_config
 from kdhub.errors import KdhubError
@@ -142,36 +141,9 @@ def test_check_resume_allows_only_the_resumable_keys():
         check_resume(parse_config({"student": "cnn", "epochs": 4}), logged, "abc")
 
 
-class _Interrupt:
-    @kdhub.hookimpl
-    def kdhub_epoch_ended(self, run, epoch, metrics):
-        raise KeyboardInterrupt
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from kdhub.engine.runner import run
-
-    folder = tmp_path_factory.mktemp("resume")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    config = {
-        "student": {"name": "cnn", "options": {"width": 4}},
-        "epochs": 2,
-        "metrics": ["accuracy"],
-        "train": {"progress": False},
-        "tracking": {"uri": uri, "experiment": "resume-checks"},
-    }
-    finished = run(config).run_id
-    plugins.register_module(_Interrupt(), name="interrupt")
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run(config)
-    finally:
-        plugins.unregister("interrupt")
-    client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name("resume-checks").experiment_id
-    killed = client.search_runs([experiment], "attributes.status = 'KILLED'")[0].info.run_id
-    return {"uri": uri, "finished": finished, "killed": killed, "client": client, "config": config, "folder": folder}
+    return finished_and_killed_runs(tmp_path_factory.mktemp("resume"), "resume-checks")
 
 
 def test_resuming_a_finished_run_is_refused(capsys, store):
