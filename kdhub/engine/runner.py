@@ -93,7 +93,15 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
         return
 
+    sigchld = getattr(signal, "SIGCHLD", None)
+    previous_sigchld: Any = None
+
     def stop(signum: int, frame: Any) -> None:
+        nonlocal previous_sigchld
+        # A scheduler's SIGTERM reaches the whole process group, DataLoader workers included: their
+        # deaths must not raise (torch's SIGCHLD handler) while the run is being marked KILLED.
+        if sigchld is not None and previous_sigchld is None:
+            previous_sigchld = signal.signal(sigchld, signal.SIG_DFL)
         raise Terminated("terminated by SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -101,6 +109,8 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if sigchld is not None and previous_sigchld is not None:
+            signal.signal(sigchld, previous_sigchld)
 
 
 _BARE_REASONS: dict[type[BaseException], str] = {KeyboardInterrupt: "interrupted (Ctrl-C or SIGINT)"}

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import mlflow
 import pytest
 import torch
+import yaml
 
-import kdhub
-from kdhub import plugins
 from kdhub.engine.runner import run
-from kdhub.tracking import load_table
+from kdhub.testing import interrupt_after
+from kdhub.tracking import Tracker, load_table
 
 
 def folder_config(root, mlflow_uri: str, **data) -> dict:
@@ -86,29 +92,13 @@ def test_the_imagenet_and_cub_layouts_train(layout, fake_imagenet, fake_cub, mlf
     assert table["name"][0] == ("zero" if layout == "imagenet" else "Digit_zero")
 
 
-class Interrupt:
-    """A lifecycle plugin that stops the run after an epoch, as a crash or Ctrl-C would."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @kdhub.hookimpl
-    def kdhub_epoch_ended(self, run, epoch, metrics):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt("simulated interruption")
-
-
 def test_kill_and_resume_with_workers_gives_the_same_weights(digit_folder, mlflow_uri):
     config = folder_config(digit_folder, mlflow_uri, workers=2, train_fraction=0.25)
     config["data"]["options"].update(augment="imagenet", resize_size=18, horizontal_flip=True)
     config["metrics"] = []
     reference = run(config)
-    plugins.register_module(Interrupt(2), name="interrupt")
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run(config)
-    finally:
-        plugins.unregister("interrupt")
+    with interrupt_after(2, KeyboardInterrupt("simulated interruption")), pytest.raises(KeyboardInterrupt):
+        run(config)
     client = mlflow.MlflowClient(mlflow_uri)
     killed = client.search_runs(
         [client.get_experiment_by_name("stream").experiment_id], "attributes.status = 'KILLED'", max_results=1
@@ -118,6 +108,41 @@ def test_kill_and_resume_with_workers_gives_the_same_weights(digit_folder, mlflo
     for (name, a), b in zip(reference.student.state_dict().items(), resumed.student.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert resumed.last_acc == reference.last_acc
+
+
+def test_sigterm_to_the_process_group_ends_a_streamed_run_killed(digit_folder, tmp_path):
+    """Schedulers (Slurm, torchrun) send SIGTERM to every process of the job, DataLoader workers too."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = folder_config(digit_folder, uri, workers=2)
+    config["epochs"] = 200
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    Tracker(uri, "stream")  # the store exists before the test polls it
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kdhub.cli", "run", str(path)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, as a job step has
+    )
+    client = mlflow.MlflowClient(uri)
+    deadline = time.time() + 120
+    run_id = None
+    while run_id is None and time.time() < deadline:
+        experiment = client.get_experiment_by_name("stream")
+        runs = client.search_runs([experiment.experiment_id]) if experiment is not None else []
+        if runs and client.get_metric_history(runs[0].info.run_id, "loss/total"):
+            run_id = runs[0].info.run_id
+        time.sleep(0.3)
+    assert run_id is not None, "the run did not finish an epoch"
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    run_info = client.get_run(run_id)
+    assert run_info.info.status == "KILLED"
+    assert "terminated by SIGTERM" in run_info.data.tags["kdhub.failure"]
 
 
 def test_unreadable_images_stop_the_run_or_are_skipped_and_counted(digit_folder, tmp_path, mlflow_uri, capsys):
