@@ -93,15 +93,13 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
         return
 
-    sigchld = getattr(signal, "SIGCHLD", None)
-    previous_sigchld: Any = None
-
     def stop(signum: int, frame: Any) -> None:
-        nonlocal previous_sigchld
-        # A scheduler's SIGTERM reaches the whole process group, DataLoader workers included: their
-        # deaths must not raise (torch's SIGCHLD handler) while the run is being marked KILLED.
-        if sigchld is not None and previous_sigchld is None:
-            previous_sigchld = signal.signal(sigchld, signal.SIG_DFL)
+        if hasattr(signal, "SIGCHLD"):
+            # A scheduler's SIGTERM reaches the whole process group, DataLoader workers included; torch's
+            # SIGCHLD handler would raise on their deaths while the run is being marked KILLED. The process
+            # is ending: worker deaths are expected from here on (a no-op handler, not SIG_DFL, so a
+            # SIGCHLD already pending does not raise "ignored due to race condition").
+            signal.signal(signal.SIGCHLD, _expected_child_exit)
         raise Terminated("terminated by SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -109,8 +107,10 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if sigchld is not None and previous_sigchld is not None:
-            signal.signal(sigchld, previous_sigchld)
+
+
+def _expected_child_exit(signum: int, frame: Any) -> None:
+    """SIGCHLD after SIGTERM: a worker of this process ended as the whole job is stopped."""
 
 
 _BARE_REASONS: dict[type[BaseException], str] = {KeyboardInterrupt: "interrupted (Ctrl-C or SIGINT)"}
