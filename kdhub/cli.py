@@ -359,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kdhub: error: {err}", file=sys.stderr)
             return err.exit_code
         except Terminated:
-            print("kdhub: terminated (SIGTERM); the run can be resumed", file=sys.stderr)
+            print(
+                "kdhub: terminated (SIGTERM); resume with kdhub run --resume RUN_ID, or run the study again",
+                file=sys.stderr,
+            )
             return 143
         except KeyboardInterrupt:
             print("kdhub: interrupted", file=sys.stderr)

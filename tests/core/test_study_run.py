@@ -232,8 +232,9 @@ def test_a_killed_study_process_reruns_only_what_is_left(sig, mlflow_uri, tmp_pa
     )
     if sig == "SIGKILL":
         assert proc.returncode == -signal.SIGKILL
-    else:  # SIGTERM stops the study like Ctrl-C
-        assert proc.returncode == 130, proc.stderr
+    else:  # SIGTERM stops the study like Ctrl-C, with the shell's code for SIGTERM
+        assert proc.returncode == 143, proc.stderr
+        assert "run the study again" in proc.stderr
         assert "Traceback" not in proc.stderr
     assert "finished  kd s0" in proc.stdout
     before = {r["run"]: r for r in study_status(spec, uri)["rows"]}
