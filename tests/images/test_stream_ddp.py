@@ -85,7 +85,12 @@ def test_two_processes_see_disjoint_shards_and_make_the_same_tllm_decisions(digi
     assert epochs[1] != epochs[2]  # a new shuffle each epoch
 
     stopped = [load_table(r["run_id"], "tllm_stopped", uri) for r in (one, two)]
-    assert stopped[0] == stopped[1]
+    assert set(stopped[0]) == set(stopped[1])
+    for column, values in stopped[0].items():  # the same decisions; the losses differ in summation order
+        if all(isinstance(v, (int, str)) for v in values):
+            assert stopped[1][column] == values, column
+        else:
+            assert stopped[1][column] == pytest.approx(values, rel=1e-4, abs=1e-5), column
     assert stopped[0]["class"]
     assert len(set(stopped[0]["stopped_epoch"])) > 1  # real decisions: classes stopped at different epochs
     curves = [load_table(r["run_id"], "tllm_curves", uri) for r in (one, two)]

@@ -270,7 +270,8 @@ def test_real_run_on_digits_clamps_k_and_learns() -> None:
 
 @pytest.mark.slow
 def test_real_run_under_a_class_selecting_policy() -> None:
-    trainer = digits_trainer([{"name": "crd"}], epochs=3, policy={"name": "tllm", "options": {"start": 1, "window": 1}})
+    paper = {"criterion": "paper", "start": 1, "window": 1, "patience": 1, "end": None, "max_stopped_fraction": 1.0}
+    trainer = digits_trainer([{"name": "crd"}], epochs=3, policy={"name": "tllm", "options": paper})
     trainer.fit()
     assert max(logged(trainer, "tllm/stopped_classes")) > 0, "the masked path ran"
     assert all(math.isfinite(v) for v in logged(trainer, "loss/crd"))
