@@ -83,7 +83,9 @@ def describe_run(config: RunConfig) -> dict[str, Any]:
         plan["optim"] = config.optim.model_dump(mode="json")
         plan["schedule"] = config.schedule.model_dump(mode="json")
         plan["tracking"] = config.tracking.model_dump(mode="json")
-        plan["warnings"] = list(dict.fromkeys(str(w.message) for w in caught))
+        # what the config's plugins warn about, not libraries' deprecation notices
+        notes = [w for w in caught if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))]
+        plan["warnings"] = list(dict.fromkeys(str(w.message) for w in notes))
         return plan
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,23 @@ def test_dry_run_lists_the_warnings_a_run_would_give(tmp_path, capsys):
     plan = yaml.safe_load(capsys.readouterr().out)
     assert any("too short to tell" in w for w in plan["warnings"])
     assert any("no class will be stopped" in w for w in plan["warnings"])
+
+
+def test_dry_run_leaves_out_libraries_deprecation_notices(tmp_path, capsys, monkeypatch):
+    from kdhub.engine import loop
+
+    original = loop.build_run
+
+    def noisy(*args, **kwargs):
+        warnings.warn("torchvision.io is deprecated", DeprecationWarning, stacklevel=1)
+        warnings.warn("a note for the user", UserWarning, stacklevel=1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "build_run", noisy)
+    assert main(["run", write(tmp_path, CONFIG), "--dry-run"]) == 0
+    plan = yaml.safe_load(capsys.readouterr().out)
+    assert "a note for the user" in plan["warnings"]
+    assert not any("deprecated" in w for w in plan["warnings"])
 
 
 def test_dry_run_rejects_what_training_would_reject(tmp_path, capsys):
