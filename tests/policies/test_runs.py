@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 import kdhub
@@ -27,6 +28,25 @@ BASE: dict[str, Any] = {
     "metrics": ["accuracy"],
     "train": {"device": "cpu", "progress": False},
 }
+
+
+def replay_decisions(table: dict[str, list], options: dict[str, Any], epochs: int) -> dict[int, int]:
+    """TLLM's decisions replayed on a fresh policy from a run's logged ``tllm_curves`` table."""
+    replay = kdhub.create("policy", "tllm", **options)
+    context = kdhub.PolicyContext(
+        epochs=epochs,
+        steps_per_epoch=1,
+        num_classes=10,
+        ce_weight=0.1,
+        device=torch.device("cpu"),
+        has_validation=True,
+        method_names=["kd"],
+    )
+    replay.setup(context)
+    for row, epoch in enumerate(table["epoch"]):
+        replay.curves[epoch] = [table[str(m)][row] for m in range(10)]
+        replay.decide(epoch)
+    return replay.stopped
 
 
 def train(**config: Any) -> Trainer:
@@ -71,24 +91,8 @@ def test_tllm_stops_classes_in_a_real_run():
     assert min(replaced) == first_stop + 1
     # the decisions follow from the logged curves: replay them on a fresh policy
     table = log.tables["tllm_curves"]
-    replay = kdhub.create("policy", "tllm", **options)
-    replay.setup(
-        kdhub.PolicyContext(
-            epochs=5,
-            steps_per_epoch=1,
-            num_classes=10,
-            ce_weight=0.1,
-            device=policy.ctx.device,
-            has_validation=True,
-            method_names=["kd"],
-        )
-    )
-    for row, epoch in enumerate(table["epoch"]):
-        losses = [table[str(m)][row] for m in range(10)]
-        assert all(math.isfinite(v) for v in losses)
-        replay.curves[epoch] = losses
-        replay.decide(epoch)
-    assert replay.stopped == policy.stopped
+    assert all(math.isfinite(table[str(m)][row]) for m in range(10) for row in range(len(table["epoch"])))
+    assert replay_decisions(table, options, epochs=5) == policy.stopped
     assert log.tables["tllm_stopped"]["stopped_epoch"] == [policy.stopped[m] for m in sorted(policy.stopped)]
     assert "tllm_curves" in log.figures
     assert log.param_values["tllm/curve_loss"] == "methods"
@@ -108,23 +112,7 @@ def test_tllm_defaults_in_a_real_run():
     assert (params["tllm/end_epoch"], params["tllm/max_stopped"]) == (10, 5)
     assert len(policy.stopped) <= 5
     assert all(5 <= e <= 10 for e in policy.stopped.values())
-    table = log.tables["tllm_curves"]
-    replay = kdhub.create("policy", "tllm")
-    replay.setup(
-        kdhub.PolicyContext(
-            epochs=12,
-            steps_per_epoch=1,
-            num_classes=10,
-            ce_weight=0.1,
-            device=policy.ctx.device,
-            has_validation=True,
-            method_names=["kd"],
-        )
-    )
-    for row, epoch in enumerate(table["epoch"]):
-        replay.curves[epoch] = [table[str(m)][row] for m in range(10)]
-        replay.decide(epoch)
-    assert replay.stopped == policy.stopped
+    assert replay_decisions(log.tables["tllm_curves"], {}, epochs=12) == policy.stopped
 
 
 def test_tllm_with_only_batch_relational_methods():
