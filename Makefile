@@ -26,5 +26,5 @@ typecheck: $(STAMP)
 
 docs: $(STAMP)
 	$(VENV)/bin/python -m kdhub_methods._table > docs/methods.md
-	$(VENV)/bin/python -m kdhub.config > docs/config.md
-	$(VENV)/bin/python -m kdhub.reference policies docs/policies.md
+	$(VENV)/bin/python -m kdhub.registry.reference config > docs/config.md
+	$(VENV)/bin/python -m kdhub.registry.reference policies docs/policies.md

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 
 import kdhub
-from kdhub import plugins
-from kdhub.config import parse_config
+from kdhub.contract.config_loading import parse_config
 from kdhub.engine.loop import Trainer, pick_device
 from kdhub.engine.stream import LoaderOptions, StreamData, sample_seed
+from kdhub.registry import loading as plugins
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 

@@ -19,7 +19,7 @@ import torch
 from _common import HandLoop, kd_config, kdhub_epoch
 
 import kdhub
-from kdhub.config import parse_config
+from kdhub.contract.config_loading import parse_config
 from kdhub.engine.loop import Trainer, pick_device
 
 

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from _common import HandLoop, kd_config, kdhub_epoch, sync
 
 import kdhub
-from kdhub.config import parse_config
+from kdhub.contract.config_loading import parse_config
 from kdhub.engine.hostsync import CudaSyncGuard
 from kdhub.engine.loop import Trainer
 from kdhub.engine.speed import available_cores, resolve_threads

@@ -28,10 +28,10 @@ import torch
 from pydantic import Field
 
 import kdhub
-from kdhub import plugins
-from kdhub.config import parse_config
+from kdhub.contract.config_loading import parse_config
 from kdhub.engine.loop import Trainer, pick_device
 from kdhub.engine.runner import run
+from kdhub.registry import loading as plugins
 
 ANALYSIS_METRICS = [
     "per_class_accuracy",

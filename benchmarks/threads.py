@@ -23,7 +23,7 @@ DEFAULT_THREADS = torch.get_num_threads()  # before kdhub sets anything
 from _common import kd_config, kdhub_epoch  # noqa: E402
 
 import kdhub  # noqa: E402
-from kdhub.config import parse_config  # noqa: E402
+from kdhub.contract.config_loading import parse_config  # noqa: E402
 from kdhub.engine.loop import Trainer  # noqa: E402
 from kdhub.engine.speed import available_cores  # noqa: E402
 

@@ -1,12 +1,20 @@
-"""kdhub: a knowledge-distillation workbench where every method, policy and metric is a plugin."""
+"""kdhub: a knowledge-distillation workbench where every method, policy and metric is a plugin.
+
+This module is the public API: what a plugin author or a notebook imports (``kdhub.Method``,
+``kdhub.Options``, ``kdhub.run`` ...) is listed in ``__all__``; test helpers for plugins are in
+:mod:`kdhub.testing`. The code is in layer packages, each importing only from the layers below
+(CONTRIBUTING.md): :mod:`kdhub.contract`, :mod:`kdhub.registry`, :mod:`kdhub.tracking`,
+:mod:`kdhub.engine`, :mod:`kdhub.study`, :mod:`kdhub.commands`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from kdhub.base import EpochOrFraction, FiniteFloat, Options, Plugin, resolve_epoch
-from kdhub.command import Command
-from kdhub.dataset import (
+from kdhub import _moved
+from kdhub.contract.base import EpochOrFraction, FiniteFloat, Options, Plugin, resolve_epoch
+from kdhub.contract.command import Command
+from kdhub.contract.dataset import (
     Augmentation,
     DataBundle,
     Dataset,
@@ -15,7 +23,7 @@ from kdhub.dataset import (
     ImageTransforms,
     TensorSplit,
 )
-from kdhub.errors import (
+from kdhub.contract.errors import (
     ConfigError,
     DivergedError,
     IncompatibleError,
@@ -24,18 +32,19 @@ from kdhub.errors import (
     PluginNotFoundError,
     RunFailedError,
 )
-from kdhub.hookspecs import hookimpl
-from kdhub.method import LossValue, Method, SetupContext, StepOutputs
-from kdhub.metric import EvalBatch, Metric, MetricContext, MetricResult
-from kdhub.model import FEATURE_ROLES, Model
-from kdhub.outputs import Outputs
-from kdhub.plugins import plugin_classes
-from kdhub.policy import EpochAction, EpochReport, Policy, PolicyContext, StepPlan
-from kdhub.runlog import MemoryLog, RunLog, Table
-from kdhub.runview import RunView
-from kdhub.tables import AGREEMENT, PER_CLASS_ACCURACY, TableSchema
+from kdhub.contract.hookspecs import hookimpl
+from kdhub.contract.method import LossValue, Method, SetupContext, StepOutputs
+from kdhub.contract.metric import EvalBatch, Metric, MetricContext, MetricResult
+from kdhub.contract.model import FEATURE_ROLES, Model
+from kdhub.contract.outputs import Outputs
+from kdhub.contract.policy import EpochAction, EpochReport, Policy, PolicyContext, StepPlan
+from kdhub.contract.runlog import MemoryLog, RunLog, Table
+from kdhub.contract.runview import RunView
+from kdhub.contract.tables import AGREEMENT, PER_CLASS_ACCURACY, TableSchema
+from kdhub.contract.version import __version__
+from kdhub.registry.loading import plugin_classes
 
-__version__ = "0.1.0"
+_moved.install()  # the former module paths (kdhub.config, kdhub.plugins ...) still import, with a warning
 
 __all__ = [
     "AGREEMENT",
@@ -101,20 +110,20 @@ def run(config: Any, resume_run_id: str | None = None, track: bool = True) -> An
 
 def list_plugins(kind: str, pattern: str = "*") -> list[str]:
     """Names of the plugins of ``kind`` matching a glob ``pattern``: ``list_plugins("method", "*kd*")``."""
-    from kdhub.plugins import get_registry
+    from kdhub.registry.loading import get_registry
 
     return get_registry().names(kind, pattern)
 
 
 def get_plugin(kind: str, name: str) -> type:
     """The plugin class (with its ``Options`` and docstring); unknown names list close matches."""
-    from kdhub.plugins import get_registry
+    from kdhub.registry.loading import get_registry
 
     return get_registry().get(kind, name)
 
 
 def create(kind: str, name: str, **options: Any) -> Any:
     """A plugin instance with validated options: ``create("method", "kd", temperature=2.0)``."""
-    from kdhub.plugins import get_registry
+    from kdhub.registry.loading import get_registry
 
     return get_registry().create(kind, name, **options)

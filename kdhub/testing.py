@@ -18,16 +18,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdhub import plugins
-from kdhub.dataset import DataBundle, TensorSplit
+from kdhub.contract.dataset import DataBundle, TensorSplit
+from kdhub.contract.hookspecs import hookimpl
+from kdhub.contract.method import Method, SetupContext, StepOutputs
+from kdhub.contract.metric import Metric, MetricContext, MetricResult
 from kdhub.engine.data import DeviceData
 from kdhub.engine.distributed import DistEnv
 from kdhub.engine.evaluate import Evaluator, Tally
 from kdhub.engine.features import FeatureTaps, dry_run_shapes
 from kdhub.engine.losses import method_loss, terms_of
-from kdhub.hookspecs import hookimpl
-from kdhub.method import Method, SetupContext, StepOutputs
-from kdhub.metric import Metric, MetricContext, MetricResult
+from kdhub.registry import loading as plugins
 
 __all__ = [
     "TINY_TAPS",

@@ -84,7 +84,7 @@ def build_store(folder: Path, epochs: int) -> dict[str, Any]:
     """The demo's runs (the KD student registered), a comparison, an evaluation and a study, in ``folder``."""
     import yaml
 
-    from kdhub.demo import demo_configs
+    from kdhub.commands.demo import demo_configs
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"  # a SQLite store keeps artifacts in ./mlruns (the folder)
     ids: dict[str, Any] = {"uri": uri}

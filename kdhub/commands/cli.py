@@ -10,21 +10,21 @@ import os
 import sys
 from typing import Any
 
-from kdhub import evaluate, export
-from kdhub.errors import KdhubError, Terminated
+from kdhub.commands import evaluate, export
+from kdhub.contract.errors import KdhubError, Terminated
 
 EXIT_USAGE = 2
 
 
 def _registry() -> Any:
-    from kdhub.plugins import get_registry
+    from kdhub.registry.loading import get_registry
 
     return get_registry()
 
 
 def _warn_load_failures() -> None:
     """One line per plugin that failed to load (``kdhub plugins`` tells why)."""
-    from kdhub.plugins import load_failures
+    from kdhub.registry.loading import load_failures
 
     for failure in load_failures():
         print(
@@ -40,7 +40,8 @@ def prepare_run(config_file: str | None, overrides: list[str], resume: str | Non
     With ``resume``, the run must exist, not be deleted or FINISHED, and a config (file or
     ``--set``) may change only the resumable keys (:data:`kdhub.config.RESUMABLE`).
     """
-    from kdhub.config import apply_overrides, check_resume, load_config, parse_config, resolve_plugins
+    from kdhub.contract.config_loading import apply_overrides, check_resume, load_config, parse_config
+    from kdhub.registry.resolve import resolve_plugins
     from kdhub.tracking import check_reference, check_resumable, load_run_config, uri_problem
 
     if uri is not None:
@@ -76,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _warn_load_failures()
     config = prepare_run(args.config, args.set, args.resume, args.tracking_uri)
     if args.dry_run:
-        from kdhub.dryrun import describe_run, format_plan
+        from kdhub.commands.dryrun import describe_run, format_plan
 
         print(format_plan(describe_run(config)), end="")
         return 0
@@ -100,7 +101,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from kdhub.plugins import load_failures, loaded_plugins
+    from kdhub.registry.loading import load_failures, loaded_plugins
 
     infos, failures = loaded_plugins(), load_failures()
     if args.json:
@@ -144,7 +145,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from kdhub.reference import capabilities, option_rows
+    from kdhub.registry.reference import capabilities, option_rows
 
     entry = _registry().entry(args.kind, args.name)
     cls = entry.cls
@@ -261,7 +262,7 @@ def _print_status(status: dict[str, Any], name: str) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from kdhub.demo import demo
+    from kdhub.commands.demo import demo
 
     demo(epochs=args.epochs, tracking_uri=args.tracking_uri)
     return 0

@@ -8,10 +8,10 @@ from typing import Any
 
 import yaml
 
-from kdhub.config import parse_config
+from kdhub.contract.config_loading import parse_config
+from kdhub.contract.tables import PER_CLASS_ACCURACY
 from kdhub.engine.loop import RunResult
 from kdhub.engine.runner import run
-from kdhub.tables import PER_CLASS_ACCURACY
 from kdhub.tracking import load_table, tracking_uri
 
 __all__ = ["demo", "demo_configs"]
@@ -19,7 +19,7 @@ __all__ = ["demo", "demo_configs"]
 
 def demo_configs(epochs: int | None = None, uri: str | None = None) -> dict[str, dict[str, Any]]:
     """The demo's three run configs (teacher, vanilla, kd) as dicts; the kd teacher's weights are set later."""
-    spec = yaml.safe_load(resources.files("kdhub").joinpath("demo.yaml").read_text())
+    spec = yaml.safe_load(resources.files("kdhub.commands").joinpath("demo.yaml").read_text())
     configs = {}
     for name, overrides in spec["runs"].items():
         config = {**spec["common"], **overrides}

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from kdhub.config import RunConfig
+from kdhub.contract.config import RunConfig
 
 __all__ = ["describe_run", "format_plan"]
 

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kdhub.config import DataConfig, PluginRef, apply_overrides
-from kdhub.errors import ConfigError, KdhubError
-from kdhub.registry import format_validation_error
+from kdhub.contract.config import DataConfig, PluginRef
+from kdhub.contract.config_loading import apply_overrides
+from kdhub.contract.errors import ConfigError, KdhubError
+from kdhub.contract.validation import format_validation_error
 
 __all__ = ["EvaluationConfig", "add_parser", "evaluate", "report"]
 
@@ -58,8 +59,8 @@ def evaluate(
     """Accuracy (%) overall and per class of the checkpoint's network on ``split`` of the dataset."""
     from kdhub.engine.data import open_data
     from kdhub.engine.loop import pick_device
-    from kdhub.export import network_from_checkpoint
-    from kdhub.plugins import get_registry
+    from kdhub.registry.loading import get_registry
+    from kdhub.registry.student import network_from_checkpoint
 
     registry = get_registry()
     try:
@@ -176,7 +177,7 @@ def _log(args: argparse.Namespace, result: dict[str, Any], label: str) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from kdhub.export import load_checkpoint
+    from kdhub.registry.student import load_checkpoint
     from kdhub.tracking import resolve_weights
 
     if args.split not in ("train", "val", "test"):

@@ -6,7 +6,7 @@ import argparse
 from abc import abstractmethod
 from typing import ClassVar
 
-from kdhub.base import Plugin
+from kdhub.contract.base import Plugin
 
 __all__ = ["Command"]
 

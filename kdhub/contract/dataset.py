@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from kdhub.base import Plugin
+from kdhub.contract.base import Plugin
 
 __all__ = ["Augmentation", "DataBundle", "Dataset", "FileDataset", "FileSplit", "ImageTransforms", "TensorSplit"]
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from kdhub.runview import RunView
+    from kdhub.contract.runview import RunView
 
 hookspec = pluggy.HookspecMarker("kdhub")
 hookimpl = pluggy.HookimplMarker("kdhub")

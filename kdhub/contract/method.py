@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from kdhub.base import Options, Plugin
-from kdhub.outputs import StepOutputs
+from kdhub.contract.base import Options, Plugin
+from kdhub.contract.outputs import StepOutputs
 
 __all__ = ["LossValue", "Method", "SetupContext", "StepOutputs"]
 

@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from kdhub.base import Plugin
-from kdhub.outputs import EvalBatch
-from kdhub.runlog import Table
-from kdhub.tables import TableSchema
+from kdhub.contract.base import Plugin
+from kdhub.contract.outputs import EvalBatch
+from kdhub.contract.runlog import Table
+from kdhub.contract.tables import TableSchema
 
 __all__ = ["EvalBatch", "Metric", "MetricContext", "MetricResult"]
 

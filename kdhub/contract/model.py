@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from kdhub.base import Plugin
+from kdhub.contract.base import Plugin
 
 __all__ = ["FEATURE_ROLES", "Model"]
 

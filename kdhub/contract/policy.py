@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from kdhub.base import Plugin
-from kdhub.outputs import StepOutputs
-from kdhub.runlog import RunLog
+from kdhub.contract.base import Plugin
+from kdhub.contract.outputs import StepOutputs
+from kdhub.contract.runlog import RunLog
 
 __all__ = ["EpochAction", "EpochReport", "Policy", "PolicyContext", "StepPlan"]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kdhub.config import RunConfig
+    from kdhub.contract.config import RunConfig
 
 __all__ = ["RunView"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kdhub.errors import KdhubError
-from kdhub.runlog import Table
+from kdhub.contract.errors import KdhubError
+from kdhub.contract.runlog import Table
 
 __all__ = ["AGREEMENT", "PER_CLASS_ACCURACY", "TableSchema"]
 

@@ -19,18 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdhub.config import MetricRef, RunConfig
+from kdhub.contract.config import MetricRef, RunConfig
+from kdhub.contract.errors import ConfigError, IncompatibleError, plugin_errors
+from kdhub.contract.method import SetupContext
+from kdhub.contract.metric import Metric
+from kdhub.contract.policy import Policy, PolicyContext
 from kdhub.engine import checkpoint
 from kdhub.engine.data import DataSource, open_data
 from kdhub.engine.distributed import DistEnv, init_distributed
 from kdhub.engine.features import FeatureTaps, check_roles, dry_run_shapes
 from kdhub.engine.losses import Teaching
-from kdhub.errors import ConfigError, IncompatibleError, plugin_errors
-from kdhub.export import student_spec
-from kdhub.method import SetupContext
-from kdhub.metric import Metric
-from kdhub.policy import Policy, PolicyContext
-from kdhub.registry import Registry
+from kdhub.registry.catalog import Registry
+from kdhub.registry.student import student_spec
 
 __all__ = ["RunParts", "build_run", "pick_device", "seed_everything"]
 

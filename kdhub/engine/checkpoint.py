@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdhub.errors import IncompatibleError, KdhubError
+from kdhub.contract.errors import IncompatibleError, KdhubError
 
 __all__ = [
     "CheckpointError",

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdhub.dataset import Augmentation, DataBundle, FileDataset, TensorSplit
+from kdhub.contract.dataset import Augmentation, DataBundle, FileDataset, TensorSplit
+from kdhub.engine.splits import _hold_out, class_balanced_split
 
 __all__ = ["Batch", "DataSource", "DeviceData", "augment", "class_balanced_split", "digest", "open_data"]
 
@@ -88,21 +89,6 @@ class DataSource(Protocol):
     def stats(self) -> dict[str, float]:
         """Data-path metrics since the last call, summed over processes (e.g. skipped unreadable images)."""
         ...
-
-
-def class_balanced_split(labels: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """(kept, held-out) indices: class m gives round(fraction * N_m) samples to the held-out split."""
-    if fraction <= 0:
-        return torch.arange(len(labels)), torch.empty(0, dtype=torch.long)
-    held = []
-    for cls in labels.unique().tolist():
-        members = (labels == cls).nonzero().squeeze(1)
-        take = math.floor(fraction * len(members) + 0.5)
-        held.append(members[torch.randperm(len(members), generator=generator)[:take]])
-    held_out = torch.cat(held).sort().values
-    keep = torch.ones(len(labels), dtype=torch.bool)
-    keep[held_out] = False
-    return keep.nonzero().squeeze(1), held_out
 
 
 def digest(*tensors: Tensor) -> str:
@@ -287,14 +273,6 @@ def open_data(
     raise TypeError(
         f"a dataset's load() returned {type(loaded).__name__}; expected a kdhub.DataBundle or kdhub.FileDataset"
     )
-
-
-def _hold_out(labels: Tensor, kept: Tensor, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """A second class-balanced split (``holdout``) out of the training data left after validation."""
-    if fraction <= 0:
-        return kept, torch.empty(0, dtype=torch.long)
-    rest, held = class_balanced_split(labels[kept], fraction, generator)
-    return kept[rest], kept[held]
 
 
 def _to(split: TensorSplit, device: torch.device) -> TensorSplit:

@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdhub.contract.metric import Metric, MetricContext, MetricResult
+from kdhub.contract.outputs import EvalBatch, StepOutputs
+from kdhub.contract.policy import Policy
 from kdhub.engine.data import DataSource
 from kdhub.engine.distributed import DistEnv
 from kdhub.engine.features import FeatureTaps
 from kdhub.engine.heads import eval_logits
 from kdhub.engine.losses import Teaching, sample_distillation_loss
-from kdhub.metric import Metric, MetricContext, MetricResult
-from kdhub.outputs import EvalBatch, StepOutputs
-from kdhub.policy import Policy
 
 __all__ = ["Evaluation", "Evaluator", "Tally"]
 

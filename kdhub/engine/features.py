@@ -7,8 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from kdhub.contract.errors import IncompatibleError
 from kdhub.engine.heads import eval_logits
-from kdhub.errors import IncompatibleError
 
 __all__ = ["FeatureTaps", "check_roles", "dry_run_shapes"]
 

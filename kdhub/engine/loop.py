@@ -41,8 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdhub import plugins
-from kdhub.config import RunConfig, resolve_plugins
+from kdhub.contract.config import RunConfig
+from kdhub.contract.errors import KdhubError
+from kdhub.contract.metric import Metric, MetricContext, MetricResult
+from kdhub.contract.outputs import StepOutputs
+from kdhub.contract.policy import EpochAction, EpochReport
+from kdhub.contract.runlog import EpochLog, MemoryLog, RunLog
+from kdhub.contract.runview import RunView
 from kdhub.engine import checkpoint, speed
 from kdhub.engine.build import RunParts, build_run, pick_device, seed_everything
 from kdhub.engine.evaluate import Evaluation, Evaluator
@@ -51,12 +56,8 @@ from kdhub.engine.hostsync import training_steps
 from kdhub.engine.losses import method_loss
 from kdhub.engine.schedule import make_optimizer, make_scheduler
 from kdhub.engine.tally import EpochTally
-from kdhub.errors import KdhubError
-from kdhub.metric import Metric, MetricContext, MetricResult
-from kdhub.outputs import StepOutputs
-from kdhub.policy import EpochAction, EpochReport
-from kdhub.runlog import EpochLog, MemoryLog, RunLog
-from kdhub.runview import RunView
+from kdhub.registry import loading as plugins
+from kdhub.registry.resolve import resolve_plugins
 
 __all__ = ["RunResult", "Trainer", "pick_device", "seed_everything"]
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from kdhub.errors import KdhubError
-from kdhub.method import LossValue, Method
-from kdhub.outputs import StepOutputs
+from kdhub.contract.errors import KdhubError
+from kdhub.contract.method import LossValue, Method
+from kdhub.contract.outputs import StepOutputs
 
 __all__ = ["Teaching", "method_loss", "sample_distillation_loss", "split_terms", "terms_of", "total"]
 

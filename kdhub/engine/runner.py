@@ -13,11 +13,12 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kdhub import plugins
-from kdhub.config import RunConfig, dump_config, parse_config
+from kdhub.contract.config import RunConfig
+from kdhub.contract.config_loading import dump_config, parse_config
+from kdhub.contract.errors import DivergedError, KdhubError, Terminated
 from kdhub.engine import checkpoint
 from kdhub.engine.loop import RunResult, Trainer
-from kdhub.errors import DivergedError, KdhubError, Terminated
+from kdhub.registry import loading as plugins
 
 __all__ = ["run"]
 
@@ -70,7 +71,7 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
 def _resumable(config: RunConfig, run_id: str, uri: str | None, check_alive: bool = True) -> str | None:
     """The checkpoint a run resumes from (None: from scratch); refuses a finished or still running run,
     and a config that changes more than the resumable keys."""
-    from kdhub.config import check_resume
+    from kdhub.contract.config_loading import check_resume
     from kdhub.tracking import artifact_exists, check_resumable, liveness, load_run_config, run_info
 
     path = "checkpoints/last.pt"

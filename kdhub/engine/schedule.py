@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from kdhub.base import resolve_epoch
-from kdhub.config import OptimConfig, ScheduleConfig
+from kdhub.contract.base import resolve_epoch
+from kdhub.contract.config import OptimConfig, ScheduleConfig
 
 __all__ = ["lr_factor", "make_optimizer", "make_scheduler"]
 

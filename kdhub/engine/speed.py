@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdhub.config import TrainConfig
+from kdhub.contract.config import TrainConfig
+from kdhub.contract.errors import ConfigError
 from kdhub.engine.features import FeatureTaps
 from kdhub.engine.heads import eval_logits
-from kdhub.errors import ConfigError
 
 __all__ = [
     "CompiledModel",

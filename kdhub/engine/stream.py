@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from kdhub.dataset import FileDataset, FileSplit, ImageTransforms
-from kdhub.errors import KdhubError
+from kdhub.contract.dataset import FileDataset, FileSplit, ImageTransforms
+from kdhub.contract.errors import KdhubError
 
 __all__ = ["LoaderOptions", "StreamData", "build_transforms", "default_workers", "sample_seed"]
 
@@ -249,7 +249,7 @@ class StreamData:
         loader: LoaderOptions | None = None,
         holdout_fraction: float = 0.0,
     ) -> None:
-        from kdhub.engine.data import _hold_out, class_balanced_split
+        from kdhub.engine.splits import _hold_out, class_balanced_split
 
         self.bundle, self.device, self.seed = bundle, device, seed
         self.rank, self.world_size = rank, world_size

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from kdhub.contract.errors import DivergedError
 from kdhub.engine.distributed import DistEnv
-from kdhub.errors import DivergedError
 
 __all__ = ["EpochTally"]
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import pluggy
 
-from kdhub import hookspecs
-from kdhub.errors import KdhubError, PluginLoadError
-from kdhub.registry import Registry
+from kdhub.contract import hookspecs
+from kdhub.contract.errors import KdhubError, PluginLoadError
+from kdhub.registry.catalog import Registry
 
 __all__ = [
     "LIFECYCLE_HOOKS",

@@ -3,7 +3,8 @@
 One helper for every place that documents options — ``kdhub show``, ``docs/config.md``,
 ``docs/methods.md`` and the option tables of ``docs/policies.md`` — so they cannot disagree.
 
-python -m kdhub.reference policies docs/policies.md     # rewrite the generated tables in place
+python -m kdhub.registry.reference policies docs/policies.md   # rewrite the generated tables in place
+python -m kdhub.registry.reference config > docs/config.md       # the run-config reference
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from kdhub.contract.config import PluginRef, RunConfig
+from kdhub.contract.validation import inner_model
+
 __all__ = [
     "OptionRow",
     "capabilities",
+    "config_reference",
     "markdown_options",
     "option_rows",
     "type_text",
@@ -122,7 +127,7 @@ _SECTION = re.compile(r"<!-- options: (\w+) (\w+) -->\n.*?<!-- /options -->", re
 
 def update_generated_sections(text: str) -> str:
     """Regenerate every ``<!-- options: KIND NAME --> ... <!-- /options -->`` section of a Markdown text."""
-    from kdhub.plugins import get_registry
+    from kdhub.registry.loading import get_registry
 
     registry = get_registry()
 
@@ -134,9 +139,47 @@ def update_generated_sections(text: str) -> str:
     return _SECTION.sub(render, text)
 
 
+def config_reference() -> str:
+    """Markdown reference of every run-config key, generated from the pydantic models."""
+    lines = [
+        "# Run config reference",
+        "",
+        "Generated from `kdhub/contract/config.py` by `make docs` (a test keeps it in sync).",
+        "A run is one YAML file with these keys; unknown keys are errors. Plugin options are documented by",
+        "`kdhub show KIND NAME`. Override any value from the command line with `--set dotted.path=value`",
+        "(`--set methods.0.options.temperature=2`).",
+        "",
+        "Config files are UTF-8 YAML read by a strict loader: plain values, lists and mappings only (tags such as",
+        "`!!binary`, `!!set` or `!!python/...` are refused), no duplicate keys, at most 64 levels of nesting. Anchors",
+        "and aliases may share values, within limits that rule out alias bombs: at most 64 aliases, none pointing",
+        "at a value that holds aliases itself or at the value it sits in. Floats must be finite (`.nan` and `.inf`",
+        "are refused) and a boolean is never taken for a number. Limits of MLflow (run name 250 characters, tag",
+        "keys 250 characters of letters, digits and `_-.:/ `, tag values 8,000 characters) are checked before the",
+        "run starts.",
+        "",
+        "| key | type | default | bounds | description |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for row, field in zip(option_rows(model, prefix), model.model_fields.values(), strict=True):
+            inner = inner_model(field.annotation)
+            kind = "list" if "list[" in str(field.annotation) else ("mapping" if inner else row.type)
+            cells = [f"`{row.name}`", kind.replace("|", "\\|"), f"`{row.default}`", row.bounds, row.description]
+            lines.append("| " + " | ".join(cells) + " |")
+            if inner is not None and inner is not PluginRef:
+                walk(inner, f"{row.name}{'[i]' if kind == 'list' else ''}.")
+
+    walk(RunConfig, "")
+    return "\n".join(lines) + "\n"
+
+
 def _main(argv: list[str]) -> int:
+    if argv == ["config"]:
+        print(config_reference(), end="")
+        return 0
     if len(argv) != 2 or argv[0] != "policies":
-        print("usage: python -m kdhub.reference policies FILE.md", file=sys.stderr)
+        print("usage: python -m kdhub.registry.reference policies FILE.md | config", file=sys.stderr)
         return 2
     path = Path(argv[1])
     path.write_text(update_generated_sections(path.read_text(encoding="utf-8")), encoding="utf-8")

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kdhub.errors import KdhubError
+from kdhub.contract.errors import KdhubError
 from kdhub.study.spec import Resources
 from kdhub.study.worker import Outcome, RunTask, execute
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from kdhub.errors import ConfigError, KdhubError
+from kdhub.contract.errors import ConfigError, KdhubError
 from kdhub.study.aggregate import ACCURACIES, aggregate, aggregate_figure
 from kdhub.study.executors import Executor, check_executor, make_executor
 from kdhub.study.spec import PlannedRun, StudyConfig, compare_groups, config_hash, expand, search_template
@@ -669,7 +669,7 @@ class _Study:
 
     def _compare(self) -> tuple[dict[str, Any], list[str]]:
         """One comparison per compared run and grid point (its seeds averaged), nested under the parent."""
-        from kdhub.plugins import get_registry
+        from kdhub.registry.loading import get_registry
         from kdhub.tracking import delete_run, find_runs, safe_metric_name
 
         spec = self.study.compare

@@ -17,10 +17,11 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from kdhub.config import apply_overrides, parse_config, read_yaml, resolve_plugins
-from kdhub.errors import ConfigError, KdhubError
-from kdhub.plugins import get_registry
-from kdhub.registry import format_validation_error
+from kdhub.contract.config_loading import apply_overrides, parse_config, read_yaml
+from kdhub.contract.errors import ConfigError, KdhubError
+from kdhub.contract.validation import format_validation_error
+from kdhub.registry.loading import get_registry
+from kdhub.registry.resolve import resolve_plugins
 
 __all__ = [
     "ChoiceParam",
@@ -567,7 +568,7 @@ def compare_groups(
 
 
 def _check_compare(spec: StudyCompare, study: StudyConfig, planned: list[PlannedRun]) -> None:
-    from kdhub.tables import PER_CLASS_ACCURACY
+    from kdhub.contract.tables import PER_CLASS_ACCURACY
 
     table, registry = PER_CLASS_ACCURACY, get_registry()
     by_name = {r.name: r for r in study.runs}

@@ -16,8 +16,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdhub.errors import KdhubError
-from kdhub.hookspecs import hookimpl
+from kdhub.contract.errors import KdhubError
+from kdhub.contract.hookspecs import hookimpl
 
 __all__ = ["KEY_TAG", "Outcome", "RunPruned", "RunTask", "TrialLink", "execute"]
 
@@ -142,7 +142,7 @@ _registered_for: Any = None
 def _watch() -> None:
     """Register the watcher's hooks in this process (again after ``plugins.reset()``)."""
     global _registered_for
-    from kdhub import plugins
+    from kdhub.registry import loading as plugins
 
     registry = plugins.get_registry()
     if _registered_for is not registry:
@@ -153,7 +153,7 @@ def _watch() -> None:
 def _open_trial(link: TrialLink) -> Any:
     import optuna
 
-    from kdhub.study.search import open_storage, pruner
+    from kdhub.study.storage import open_storage, pruner
 
     study = optuna.load_study(
         study_name=link.study_name,

@@ -16,6 +16,14 @@ MLflow model (optionally registered).
 
 from __future__ import annotations
 
+from kdhub.contract.limits import (
+    MAX_EXPERIMENT_NAME_LENGTH,
+    MAX_RUN_NAME_LENGTH,
+    MAX_TAG_KEY_LENGTH,
+    MAX_TAG_VALUE_LENGTH,
+    tag_problem,
+    uri_problem,
+)
 from kdhub.tracking.artifacts import (
     artifact_exists,
     check_reference,
@@ -57,16 +65,10 @@ from kdhub.tracking.runinfo import (
 from kdhub.tracking.store import (
     DEFAULT_URI,
     KIND_TAG,
-    MAX_EXPERIMENT_NAME_LENGTH,
-    MAX_RUN_NAME_LENGTH,
-    MAX_TAG_KEY_LENGTH,
-    MAX_TAG_VALUE_LENGTH,
     MODEL_CHECKPOINT,
     MODEL_NAME,
     PROBE_TIMEOUT_S,
-    tag_problem,
     tracking_uri,
-    uri_problem,
 )
 from kdhub.tracking.studies import (
     delete_run,

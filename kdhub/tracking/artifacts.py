@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdhub.errors import KdhubError
-from kdhub.runlog import Table
+from kdhub.contract.errors import KdhubError
+from kdhub.contract.runlog import Table
 from kdhub.tracking.store import MODEL_CHECKPOINT, _client, _existing_client, tracking_uri
 
 if TYPE_CHECKING:
@@ -269,7 +269,7 @@ def load_table(run_id: str, name: str, uri: str | None = None) -> Table:
 
 def load_run_config(run_id: str, uri: str | None = None) -> dict[str, Any]:
     """The config a run logged (``config.yaml``), read with kdhub's safe YAML loader."""
-    from kdhub.config import read_yaml
+    from kdhub.contract.config_loading import read_yaml
 
     with tempfile.TemporaryDirectory(prefix="kdhub-") as folder:
         path = resolve_artifact(f"runs:/{run_id}/config.yaml", uri, Path(folder))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from kdhub.errors import KdhubError
+from kdhub.contract.errors import KdhubError
 from kdhub.tracking.artifacts import teacher_links
 from kdhub.tracking.runinfo import _default_weight, _option_text, model_label
 from kdhub.tracking.store import _MAX_TAG, _NOTE_TAG
 from kdhub.tracking.tracker import Tracker
 
 if TYPE_CHECKING:
-    from kdhub.config import RunConfig  # config checks tracking's limits: no import at run time
+    from kdhub.contract.config import RunConfig
 
 
 # the description of a run -----------------------------------------------------------------------
@@ -124,8 +124,8 @@ def log_run_end(tracker: Tracker, config: RunConfig, data: Any, result: Any) -> 
 
     Returns ``{"model_id": ..., "registered": "NAME/VERSION"}`` (what was done).
     """
-    import kdhub
-    from kdhub.export import model_checkpoint, network_from_checkpoint
+    from kdhub.contract.version import __version__
+    from kdhub.registry.student import model_checkpoint, network_from_checkpoint
 
     done: dict[str, str] = {}
     metrics = dict(result.metrics)
@@ -139,9 +139,9 @@ def log_run_end(tracker: Tracker, config: RunConfig, data: Any, result: Any) -> 
             "method": ",".join(m.name for m in config.methods) or "none",
             "policy": config.policy.name,
             "dataset": config.data.name,
-            "kdhub.version": kdhub.__version__,
+            "kdhub.version": __version__,
         }
-        metadata = {"kdhub": {**checkpoint["model_spec"], "run_id": tracker.run_id, "kdhub_version": kdhub.__version__}}
+        metadata = {"kdhub": {**checkpoint["model_spec"], "run_id": tracker.run_id, "kdhub_version": __version__}}
         try:
             model_id = tracker.log_model(
                 net, example, checkpoint=checkpoint, metadata=metadata, tags=tags, step=config.epochs

@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdhub.plugins import get_registry
+from kdhub.registry.loading import get_registry
 from kdhub.tracking.artifacts import teacher_links
 from kdhub.tracking.store import _MAX_TAG, KIND_TAG
 
 if TYPE_CHECKING:
-    from kdhub.config import PluginRef, RunConfig  # config checks tracking's limits: no import at run time
+    from kdhub.contract.config import PluginRef, RunConfig
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -221,11 +221,11 @@ def _used_plugins(config: RunConfig) -> list[tuple[str, str]]:
 def run_tags(config: RunConfig) -> dict[str, str]:
     """Tags of a training run: its models (``cnn(width=32)``), methods, policy, data, seed, the teacher's
     run or registered model, and the versions of the plugin distributions it uses (besides kdhub)."""
-    import kdhub
+    from kdhub.contract.version import __version__
 
     tags = {
         KIND_TAG: "train",
-        "kdhub.version": kdhub.__version__,
+        "kdhub.version": __version__,
         "student": model_label(config.student),
         "teacher": model_label(config.teacher),
         "method": ",".join(m.name for m in config.methods) or "none",

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from kdhub.tracking.store import _client, _sqlite_path
+from kdhub.contract.limits import _sqlite_path
+from kdhub.tracking.store import _client
 
 if TYPE_CHECKING:
     pass  # config checks tracking's limits: no import at run time

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdhub.errors import KdhubError
-from kdhub.runlog import Table
+from kdhub.contract.errors import KdhubError
+from kdhub.contract.runlog import Table
 from kdhub.tracking.artifacts import _get_run, _refuse_finished
 from kdhub.tracking.heartbeat import HEARTBEAT_TAG, HOST_TAG, PID_TAG, _Heartbeat, heartbeat_seconds
 from kdhub.tracking.runinfo import _global_uri, _safe_key, _source_tags

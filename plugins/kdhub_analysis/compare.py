@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import kdhub
-from kdhub.errors import KdhubError
-from kdhub.figures import new_figure
-from kdhub.runlog import Table
-from kdhub.tables import AGREEMENT, PER_CLASS_ACCURACY
+from kdhub.contract.errors import KdhubError
+from kdhub.contract.figures import new_figure
+from kdhub.contract.runlog import Table
+from kdhub.contract.tables import AGREEMENT, PER_CLASS_ACCURACY
 from kdhub_analysis.stats import DifferenceTest, adjust, pair_by_seed, paired_t, sign_counts, summary, welch_t
 
 __all__ = [

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 import kdhub
-from kdhub.reference import capabilities, markdown_options
+from kdhub.registry.reference import capabilities, markdown_options
 
 COMMAND = "python -m kdhub_methods._table > docs/methods.md"
 

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 import kdhub
-from kdhub.functional import kl_per_sample
+from kdhub.contract.functional import kl_per_sample
 
 
 class KD(kdhub.Method):

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 
 import kdhub
-from kdhub.functional import kl_per_sample
+from kdhub.contract.functional import kl_per_sample
 
 _EPS = 1e-7  # added to the standard deviation, as in the official code
 

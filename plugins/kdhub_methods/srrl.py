@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 import kdhub
-from kdhub.functional import kl_per_sample
+from kdhub.contract.functional import kl_per_sample
 from kdhub_methods._feature_common import MaskedBatchNorm2d, require_vectors, role_shapes, taught_weight
 
 

@@ -8,8 +8,8 @@ import torch
 from pydantic import Field
 
 import kdhub
-from kdhub.figures import new_figure
-from kdhub.functional import nanmean
+from kdhub.contract.figures import new_figure
+from kdhub.contract.functional import nanmean
 
 from ._support import add_at
 

@@ -12,8 +12,8 @@ from pydantic import Field
 from torch import Tensor
 
 import kdhub
-from kdhub.figures import new_figure
-from kdhub.functional import nanmean
+from kdhub.contract.figures import new_figure
+from kdhub.contract.functional import nanmean
 
 from ._support import SampleBuffer, role_shapes
 

@@ -12,7 +12,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 import kdhub
-from kdhub.figures import new_figure
+from kdhub.contract.figures import new_figure
 
 _Direction = Annotated[int, Field(ge=-100_000, le=100_000)]
 

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 
 import kdhub
-from kdhub.figures import new_figure
+from kdhub.contract.figures import new_figure
 
 from ._support import SampleBuffer, role_shapes
 

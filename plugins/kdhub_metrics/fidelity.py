@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 import kdhub
-from kdhub.figures import new_figure
-from kdhub.functional import kl_per_sample
+from kdhub.contract.figures import new_figure
+from kdhub.contract.functional import kl_per_sample
 
 from ._support import add_at
 

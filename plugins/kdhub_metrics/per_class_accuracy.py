@@ -7,8 +7,8 @@ import math
 import torch
 
 import kdhub
-from kdhub.figures import new_figure
-from kdhub.functional import nanmean, nanmin
+from kdhub.contract.figures import new_figure
+from kdhub.contract.functional import nanmean, nanmin
 
 
 class PerClassAccuracy(kdhub.Metric):

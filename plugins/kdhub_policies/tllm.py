@@ -12,8 +12,8 @@ from pydantic import Field
 from torch import Tensor
 
 import kdhub
-from kdhub.figures import new_figure
-from kdhub.functional import kl_per_sample
+from kdhub.contract.figures import new_figure
+from kdhub.contract.functional import kl_per_sample
 
 FEW_SAMPLES = 20  # fewer validation samples than this in a class: warn that its curve is noisy
 

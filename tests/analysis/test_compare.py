@@ -13,11 +13,11 @@ import pytest
 import torch
 from scipy import stats
 
-from kdhub.cli import main
+from kdhub.commands.cli import main
+from kdhub.contract.errors import ConfigError, KdhubError
+from kdhub.contract.tables import AGREEMENT, PER_CLASS_ACCURACY
 from kdhub.engine.runner import run
-from kdhub.errors import ConfigError, KdhubError
 from kdhub.study import StudyConfig, expand, run_study
-from kdhub.tables import AGREEMENT, PER_CLASS_ACCURACY
 from kdhub.tracking import Tracker
 from kdhub_analysis.compare import (
     CompareError,

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import kdhub
-from kdhub import plugins
+from kdhub.registry import loading as plugins
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SUITE = BENCHMARKS / "gpu_suite.py"

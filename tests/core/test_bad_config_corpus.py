@@ -22,9 +22,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from kdhub import cli
-from kdhub.config import RunConfig
-from kdhub.plugins import get_registry
+from kdhub.commands import cli
+from kdhub.contract.config import RunConfig
+from kdhub.registry.loading import get_registry
 
 NAN, INF = math.nan, math.inf
 HUGE_INT = 10**30

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from kdhub.cli import main
+from kdhub.commands.cli import main
 
 
 def test_plugins_json_lists_builtins_and_the_template(capsys):

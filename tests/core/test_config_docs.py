@@ -1,13 +1,13 @@
 import re
 from pathlib import Path
 
-from kdhub.config import config_reference
+from kdhub.registry.reference import config_reference
 
 DOCS = Path(__file__).parents[2] / "docs"
 
 
 def test_config_reference_is_up_to_date():
-    assert (DOCS / "config.md").read_text() == config_reference(), "regenerate: python -m kdhub.config > docs/config.md"
+    assert (DOCS / "config.md").read_text() == config_reference(), "regenerate: make docs"
 
 
 def test_config_reference_lists_every_section():

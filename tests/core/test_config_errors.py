@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdhub.cli import main
-from kdhub.config import apply_overrides, load_config
-from kdhub.errors import KdhubError
+from kdhub.commands.cli import main
+from kdhub.contract.config_loading import apply_overrides, load_config
+from kdhub.contract.errors import KdhubError
 
 
 @pytest.fixture
@@ -116,8 +116,8 @@ STUDIES = sorted(
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_config_validates(path):
-    from kdhub.config import resolve_plugins
-    from kdhub.plugins import get_registry
+    from kdhub.registry.loading import get_registry
+    from kdhub.registry.resolve import resolve_plugins
 
     resolve_plugins(load_config(path), get_registry())
 
@@ -180,7 +180,8 @@ def test_hostile_or_broken_yaml_is_one_line(capsys, tmp_path, raw, expected, no_
 
 
 def test_an_alias_budget_and_plain_sharing(tmp_path):
-    from kdhub.config import ConfigError, read_yaml
+    from kdhub.contract.config import ConfigError
+    from kdhub.contract.config_loading import read_yaml
 
     shared = tmp_path / "shared.yaml"
     shared.write_text("opts: &o {temperature: 4}\nmethods: [{name: kd, options: *o}, {name: dkd, options: *o}]\n")
@@ -330,10 +331,11 @@ def test_an_unreachable_tracking_server_fails_fast_naming_it(capsys, tmp_path):
     ],
 )
 def test_unknown_model_builder_arguments(capsys, tmp_path, model, options, expected, no_training):
-    from kdhub.config import parse_config, resolve_plugins
+    from kdhub.contract.config_loading import parse_config
+    from kdhub.contract.errors import KdhubError as Error
     from kdhub.engine.loop import Trainer
-    from kdhub.errors import KdhubError as Error
-    from kdhub.plugins import get_registry
+    from kdhub.registry.loading import get_registry
+    from kdhub.registry.resolve import resolve_plugins
 
     config = parse_config(
         {"student": {"name": model, "options": options}, "data": {"name": "digits"}, "train": {"progress": False}}
@@ -347,7 +349,7 @@ def test_unknown_model_builder_arguments(capsys, tmp_path, model, options, expec
 def test_pretrained_weights_without_network_say_what_to_do(monkeypatch, tmp_path):
     import urllib.error
 
-    from kdhub.config import parse_config
+    from kdhub.contract.config_loading import parse_config
     from kdhub.engine.loop import Trainer
     from kdhub_zoo.models import timm_models
 
@@ -372,7 +374,7 @@ def test_pretrained_weights_without_network_say_what_to_do(monkeypatch, tmp_path
 
 @pytest.mark.parametrize("dataset", ["cifar10", "fashion_mnist"])
 def test_a_dataset_root_that_is_a_file(tmp_path, dataset):
-    from kdhub.config import parse_config
+    from kdhub.contract.config_loading import parse_config
     from kdhub.engine.loop import Trainer
 
     root = tmp_path / "afile"
@@ -383,7 +385,8 @@ def test_a_dataset_root_that_is_a_file(tmp_path, dataset):
 
 
 def test_batch_size_larger_than_the_training_set(tmp_path):
-    from kdhub.config import ConfigError, parse_config
+    from kdhub.contract.config import ConfigError
+    from kdhub.contract.config_loading import parse_config
     from kdhub.engine.loop import Trainer
 
     config = parse_config({"student": {"name": "cnn", "options": {"width": 4}}, "data": {"batch_size": 4096}})

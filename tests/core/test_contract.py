@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import kdhub
-from kdhub import plugins
 from kdhub.engine.runner import run
+from kdhub.registry import loading as plugins
 from kdhub.testing import check_method
 
 

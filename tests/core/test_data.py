@@ -2,7 +2,7 @@
 
 import torch
 
-from kdhub.dataset import Augmentation, DataBundle, TensorSplit
+from kdhub.contract.dataset import Augmentation, DataBundle, TensorSplit
 from kdhub.engine.data import DeviceData, augment, class_balanced_split
 
 

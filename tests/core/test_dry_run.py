@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import kdhub
-from kdhub.cli import main
+from kdhub.commands.cli import main
 
 CONFIG = {
     "epochs": 12,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import kdhub
-from kdhub import plugins
 from kdhub.engine.runner import run
+from kdhub.registry import loading as plugins
 from kdhub.testing import interrupt_after
 from kdhub.tracking import load_table
 
@@ -153,7 +153,7 @@ def _steps_by_key(client: mlflow.MlflowClient, run_id: str) -> dict[str, list[in
 
 def test_a_resumed_run_logs_every_step_once(teacher_run, mlflow_uri, monkeypatch):
     """Killed after epoch 2's checkpoint but before its values reached MLflow: the resume logs them, once."""
-    from kdhub.runlog import EpochLog
+    from kdhub.contract.runlog import EpochLog
 
     config = kd_config(teacher_run, mlflow_uri, epochs=3)
     config["checkpoint"] = {"every": 1}

@@ -15,9 +15,9 @@ import torch
 import yaml
 
 import kdhub
-from kdhub import plugins
-from kdhub.cli import main
+from kdhub.commands.cli import main
 from kdhub.engine.runner import run
+from kdhub.registry import loading as plugins
 from kdhub.tracking import Tracker
 
 

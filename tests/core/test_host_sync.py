@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import kdhub
-from kdhub import plugins
-from kdhub.config import parse_config
+from kdhub.contract.config_loading import parse_config
 from kdhub.engine import losses
 from kdhub.engine.hostsync import CudaSyncGuard, HostSyncCounter, training_steps
 from kdhub.engine.loop import Trainer
+from kdhub.registry import loading as plugins
 
 METHODS = sorted(
     n for n in kdhub.list_plugins("method") if kdhub.get_plugin("method", n).__module__.startswith("kdhub_methods.")

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import kdhub
-from kdhub.cli import main
-from kdhub.config import parse_config
-from kdhub.dataset import DataBundle, TensorSplit
+from kdhub.commands.cli import main
+from kdhub.contract.config_loading import parse_config
+from kdhub.contract.dataset import DataBundle, TensorSplit
 from kdhub.engine.data import DeviceData, digest
 from kdhub.engine.runner import run
-from kdhub.plugins import get_registry
+from kdhub.registry.loading import get_registry
 from kdhub.tracking import (
     command_line,
     load_table,
@@ -212,8 +212,8 @@ class _Branchy:
 
 
 def test_a_student_that_cannot_be_exported_fails_the_run_loudly_and_resumes_without_a_model(tiny_config, mlflow_uri):
-    from kdhub import plugins
-    from kdhub.errors import KdhubError
+    from kdhub.contract.errors import KdhubError
+    from kdhub.registry import loading as plugins
 
     plugins.register_module(_Branchy(), name="branchy")
     try:
@@ -293,7 +293,7 @@ def test_figures_are_large_and_titled(student_run, client, tmp_path):
 
 def test_params_are_only_those_that_apply():
     registry = get_registry()
-    from kdhub.config import resolve_plugins
+    from kdhub.registry.resolve import resolve_plugins
 
     sgd = parse_config({"student": "cnn", "schedule": {"name": "cosine"}})
     params = run_params(sgd, resolve_plugins(sgd, registry), device="cpu")

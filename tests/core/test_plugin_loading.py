@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import kdhub
-from kdhub import plugins
+from kdhub.registry import loading as plugins
 
 
 def make_distribution(root: Path, dist: str, module: str, code: str) -> None:
@@ -205,7 +205,7 @@ def test_a_refused_registration_keeps_the_plugins_other_registrations(mixed_site
 
 
 def test_kdhub_plugins_exits_1_on_a_failure_and_lists_lifecycle_plugins(mixed_site, capsys):
-    from kdhub.cli import main
+    from kdhub.commands.cli import main
 
     assert main(["plugins"]) == 1
     out = capsys.readouterr().out
@@ -219,7 +219,7 @@ def test_kdhub_plugins_exits_1_on_a_failure_and_lists_lifecycle_plugins(mixed_si
 
 
 def test_kdhub_run_warns_and_unknown_names_mention_the_failure(mixed_site, capsys, tmp_path):
-    from kdhub.cli import main
+    from kdhub.commands.cli import main
 
     config = tmp_path / "run.yaml"
     config.write_text("student: cnn\nteacher: cnn\nmethods: [broken_method]\n")
@@ -243,7 +243,7 @@ def test_trace_plugins_prints_the_traceback(mixed_site):
 
 
 def test_show_prints_capabilities_as_values(capsys):
-    from kdhub.cli import main
+    from kdhub.commands.cli import main
 
     assert main(["show", "metric", "cka"]) == 0
     out = capsys.readouterr().out
@@ -260,7 +260,7 @@ class _Boom:
 
 
 def test_a_raising_lifecycle_hook_fails_the_run_naming_the_plugin(capsys, tmp_path, mlflow_uri):
-    from kdhub.cli import main
+    from kdhub.commands.cli import main
 
     config = tmp_path / "run.yaml"
     config.write_text(

@@ -3,7 +3,7 @@ import torch
 from pydantic import Field
 
 import kdhub
-from kdhub.registry import DuplicatePluginError, Registry
+from kdhub.registry.catalog import DuplicatePluginError, Registry
 
 
 class Dummy(kdhub.Method):

@@ -20,10 +20,10 @@ import yaml
 from _runs import finished_and_killed_runs
 
 import kdhub
-from kdhub.cli import main
+from kdhub.commands.cli import main
+from kdhub.contract.errors import IncompatibleError, KdhubError
 from kdhub.engine import checkpoint
 from kdhub.engine.checkpoint import CheckpointError, load, load_weights, read_weights
-from kdhub.errors import IncompatibleError, KdhubError
 from kdhub.tracking import resolve_artifact
 
 REPO = Path(__file__).parents[2]

@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 
 import kdhub
-from kdhub.config import TrainConfig, parse_config
+from kdhub.contract.config import TrainConfig
+from kdhub.contract.config_loading import parse_config
+from kdhub.contract.errors import ConfigError
 from kdhub.engine import speed
 from kdhub.engine.features import FeatureTaps
 from kdhub.engine.loop import Trainer
 from kdhub.engine.runner import run
-from kdhub.errors import ConfigError
 
 
 @pytest.fixture

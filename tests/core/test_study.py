@@ -5,8 +5,8 @@ import math
 import pytest
 import yaml
 
-from kdhub.cli import main
-from kdhub.errors import ConfigError
+from kdhub.commands.cli import main
+from kdhub.contract.errors import ConfigError
 from kdhub.study import StudyConfig, count_runs, expand, parse_study
 from kdhub.study.aggregate import aggregate, mean_std
 from kdhub.study.spec import compare_groups

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 import kdhub
-from kdhub import plugins
-from kdhub.cli import main
+from kdhub.commands.cli import main
+from kdhub.registry import loading as plugins
 from kdhub.study import StudyConfig, run_study, study_status
 from kdhub.study.worker import KEY_TAG
 
@@ -198,8 +198,8 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     import kdhub
-    from kdhub import plugins
-    from kdhub.cli import main
+    from kdhub.registry import loading as plugins
+    from kdhub.commands.cli import main
 
     class Killer:
         @kdhub.hookimpl

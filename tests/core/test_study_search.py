@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 import kdhub
-from kdhub import plugins
-from kdhub.config import parse_config
+from kdhub.contract.config_loading import parse_config
+from kdhub.registry import loading as plugins
 from kdhub.study import StudyConfig, run_study
 
 pytest.importorskip("optuna")

@@ -12,9 +12,10 @@ import pytest
 import yaml
 from _runs import finished_and_killed_runs
 
-from kdhub.cli import main
-from kdhub.config import RESUMABLE, ConfigError, check_resume, parse_config
-from kdhub.errors import KdhubError
+from kdhub.commands.cli import main
+from kdhub.contract.config import ConfigError
+from kdhub.contract.config_loading import RESUMABLE, check_resume, parse_config
+from kdhub.contract.errors import KdhubError
 from kdhub.tracking import Tracker, tag_problem, uri_problem
 from kdhub.tracking.store import _store_lock
 

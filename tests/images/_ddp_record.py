@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from kdhub.config import load_config
+from kdhub.contract.config_loading import load_config
 from kdhub.engine import stream
 from kdhub.engine.runner import run
 

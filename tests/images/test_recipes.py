@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kdhub.config import load_config, resolve_plugins
-from kdhub.plugins import get_registry
+from kdhub.contract.config_loading import load_config
+from kdhub.registry.loading import get_registry
+from kdhub.registry.resolve import resolve_plugins
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 IMAGENET = sorted((EXAMPLES / "imagenet").glob("*.yaml"))

@@ -11,7 +11,7 @@ from _images import digit_images, write_image
 from torchvision.transforms import v2
 
 import kdhub
-from kdhub.dataset import DataBundle, TensorSplit
+from kdhub.contract.dataset import DataBundle, TensorSplit
 from kdhub.engine.data import DeviceData, open_data
 from kdhub.engine.stream import LoaderOptions, StreamData, build_transforms, sample_seed
 

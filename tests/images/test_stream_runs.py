@@ -148,7 +148,7 @@ def test_sigterm_to_the_process_group_ends_a_streamed_run_killed(digit_folder, t
 def test_unreadable_images_stop_the_run_or_are_skipped_and_counted(digit_folder, tmp_path, mlflow_uri, capsys):
     import shutil
 
-    from kdhub.cli import main
+    from kdhub.commands.cli import main
 
     root = tmp_path / "broken"
     shutil.copytree(digit_folder, root)

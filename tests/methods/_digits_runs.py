@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from kdhub.config import parse_config
+from kdhub.contract.config_loading import parse_config
 from kdhub.engine.loop import Trainer
 from kdhub.engine.runner import run
 

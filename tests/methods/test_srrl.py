@@ -11,7 +11,7 @@ from _digits_runs import digits_trainer, logged
 from torch import nn
 
 import kdhub
-from kdhub.functional import kl_per_sample
+from kdhub.contract.functional import kl_per_sample
 from kdhub.testing import TINY_TAPS, TinyNet, check_method
 
 

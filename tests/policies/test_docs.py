@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import kdhub
-from kdhub.reference import update_generated_sections
+from kdhub.registry.reference import update_generated_sections
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "policies.md"
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 import kdhub
-from kdhub.config import apply_overrides, parse_config
+from kdhub.contract.config_loading import apply_overrides, parse_config
 from kdhub.engine.loop import Trainer
 from kdhub.engine.runner import run
 from kdhub.testing import interrupt_after

@@ -92,7 +92,7 @@ def test_mlp_taps(batch_norm: bool) -> None:
 
 
 def test_options_are_validated() -> None:
-    from kdhub.plugins import get_registry
+    from kdhub.registry.loading import get_registry
 
     registry = get_registry()
     with pytest.raises(kdhub.ConfigError, match="depth"):
