@@ -12,7 +12,8 @@ See docs/studies.md.
 
 from __future__ import annotations
 
-from kdhub.study.runner import run_study, study_status
+from kdhub.study.reporting import study_status
+from kdhub.study.runner import run_study
 from kdhub.study.spec import (
     PlannedRun,
     Resources,
