@@ -183,7 +183,7 @@ def cmd_study(args: argparse.Namespace) -> int:
                 f"search {spec.run}: {spec.trials} trials over {', '.join(spec.space)} "
                 f"({spec.sampler} sampler, {pruning}, {spec.direction} {spec.objective})"
             )
-            from kdhub.study.spec import search_notes, search_template
+            from kdhub.study.plan import search_notes, search_template
 
             for note in search_notes(study, search_template(study, plan)):
                 print(note)

@@ -11,16 +11,9 @@ Imports only :mod:`kdhub.contract`.
 
 from __future__ import annotations
 
-from kdhub.registry.catalog import (  # the names of the former module kdhub.registry
-    KINDS,
-    DuplicatePluginError,
-    Entry,
-    Registry,
-    check_options,
-    format_validation_error,
-    shown,
-    suggest,
-)
+# the names of the former module kdhub.registry
+from kdhub.contract.validation import format_validation_error, shown, suggest
+from kdhub.registry.catalog import KINDS, DuplicatePluginError, Entry, Registry, check_options
 
 __all__ = [
     "KINDS",

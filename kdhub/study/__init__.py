@@ -12,6 +12,7 @@ See docs/studies.md.
 
 from __future__ import annotations
 
+from kdhub.study.plan import count_runs, expand
 from kdhub.study.reporting import study_status
 from kdhub.study.runner import run_study
 from kdhub.study.spec import (
@@ -21,8 +22,6 @@ from kdhub.study.spec import (
     StudyCompare,
     StudyConfig,
     StudyRun,
-    count_runs,
-    expand,
     load_study,
     parse_study,
 )

@@ -12,6 +12,7 @@ from typing import Any
 from kdhub.contract.errors import KdhubError
 from kdhub.registry.loading import get_registry
 from kdhub.study.aggregate import ACCURACIES, aggregate, aggregate_figure
+from kdhub.study.plan import compare_groups, expand
 from kdhub.study.resumption import (
     HASH_TAG,
     ROLE_TAG,
@@ -23,7 +24,7 @@ from kdhub.study.resumption import (
     find_children,
     find_parent,
 )
-from kdhub.study.spec import PlannedRun, StudyConfig, compare_groups, expand
+from kdhub.study.spec import PlannedRun, StudyConfig
 from kdhub.tracking import delete_run, find_runs, flatten, safe_metric_name, store_exists
 
 __all__ = ["Progress", "StudySummary", "study_description", "study_params", "study_status"]

@@ -24,6 +24,7 @@ import yaml
 
 from kdhub.contract.errors import KdhubError
 from kdhub.study.executors import Executor, check_executor, make_executor
+from kdhub.study.plan import expand, search_notes, search_template, substitute
 from kdhub.study.reporting import (
     Echo,
     Progress,
@@ -52,14 +53,7 @@ from kdhub.study.resumption import (
     find_parent,
 )
 from kdhub.study.search import Search, default_storage, import_optuna
-from kdhub.study.spec import (
-    PlannedRun,
-    StudyConfig,
-    expand,
-    search_notes,
-    search_template,
-    substitute,
-)
+from kdhub.study.spec import PlannedRun, StudyConfig
 from kdhub.study.worker import KEY_TAG, Outcome, RunTask
 from kdhub.tracking import KIND_TAG, Tracker, find_runs, set_run_state, study_run_tags
 

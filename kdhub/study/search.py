@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from kdhub.contract.errors import KdhubError
-from kdhub.study.spec import ChoiceParam, FloatParam, IntParam, PlannedRun, SearchSpec, _set, substitute
+from kdhub.study.plan import _set, substitute
+from kdhub.study.spec import ChoiceParam, FloatParam, IntParam, PlannedRun, SearchSpec
 from kdhub.study.storage import default_storage, import_optuna, open_storage, pruner
 from kdhub.study.worker import Outcome, TrialLink, reduce_values
 

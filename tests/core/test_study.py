@@ -9,7 +9,7 @@ from kdhub.commands.cli import main
 from kdhub.contract.errors import ConfigError
 from kdhub.study import StudyConfig, count_runs, expand, parse_study
 from kdhub.study.aggregate import aggregate, mean_std
-from kdhub.study.spec import compare_groups
+from kdhub.study.plan import compare_groups
 
 BASE = {
     "epochs": 1,
@@ -396,3 +396,19 @@ def test_sqlite_writes_retry_while_another_process_holds_the_lock(monkeypatch):
     assert Store.calls == 3
     with pytest.raises(RuntimeError, match="not found"):  # other errors are not retried
         client.get_run("r2")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"resources": {"cpus": True}}, r"resources.cpus: expected a number, got a boolean \(true\)"),
+        ({"resources": {"gpus": float("nan")}}, r"resources.gpus: .*finite"),
+        ({"compare": {"baseline": "a", "runs": ["a"], "tol": float("inf")}}, r"compare.tol: .*finite"),
+        ({"resources": {"cpu": 2}}, r"resources.cpu: .*did you mean 'cpus'"),
+    ],
+)
+def test_study_files_are_as_strict_as_run_configs(changes, message):
+    """The study file's models share the run config's strict base: no boolean for a number, no NaN, no unknown key."""
+    data = {"name": "s", "base": BASE, "runs": [{"name": "a"}], **changes}
+    with pytest.raises(ConfigError, match=message):
+        parse_study(data)
