@@ -13,7 +13,7 @@ import io
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -157,7 +157,7 @@ def forward_outputs(
         indices = torch.arange(len(labels))
     return StepOutputs(
         student_logits=s_logits,
-        teacher_logits=t_logits,
+        teacher_logits=cast(Tensor, t_logits),  # None without a teacher
         labels=labels,
         indices=indices,
         epoch=epoch,

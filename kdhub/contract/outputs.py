@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 from torch import Tensor
 
@@ -16,10 +17,12 @@ class Outputs:
     Features are keyed by *role* (``"stages"``, ``"preact_stages"``, ``"pooled"`` ...), each a list of
     tensors in network order, taken by forward hooks on the modules the model plugin names; only the
     roles some plugin asked for are present. ``indices`` are the samples' positions in their split.
+    ``teacher_logits`` is None only in a run without a teacher, where no plugin that ``needs_teacher``
+    runs (it is typed as a tensor for those that do; a teacher-free metric checks for None).
     """
 
     student_logits: Tensor
-    teacher_logits: Tensor | None = None
+    teacher_logits: Tensor = field(default=cast(Tensor, None))
     labels: Tensor
     indices: Tensor
     student_features: dict[str, list[Tensor]] = field(default_factory=dict)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -129,7 +129,7 @@ class Evaluator:
                     offset += len(y)
                     batch = EvalBatch(
                         student_logits=s_logits,
-                        teacher_logits=t_logits,
+                        teacher_logits=cast(Tensor, t_logits),  # None without a teacher
                         labels=y,
                         indices=idx,
                         student_features=s_rec.collect(),

@@ -35,7 +35,7 @@ import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -213,7 +213,7 @@ class Trainer:
                     s_logits, s_feats, t_logits, t_feats = self._forward(x, True)
                     out = StepOutputs(
                         student_logits=s_logits,
-                        teacher_logits=t_logits,
+                        teacher_logits=cast(Tensor, t_logits),  # None without a teacher
                         labels=y,
                         indices=idx,
                         epoch=0,
@@ -254,7 +254,7 @@ class Trainer:
             if teach:
                 out = StepOutputs(
                     student_logits=s_logits,
-                    teacher_logits=t_logits,
+                    teacher_logits=cast(Tensor, t_logits),  # None without a teacher
                     labels=y,
                     indices=idx,
                     epoch=epoch,

@@ -150,7 +150,7 @@ def pair_by_seed(
     if set(run_seeds) != set(baseline_seeds) or len(run_seeds) < 2:
         return None
     where = {s: j for j, s in enumerate(baseline_seeds)}
-    return [(i, where[s]) for i, s in sorted(enumerate(run_seeds), key=lambda item: item[1])]
+    return [(i, where[s]) for i, s in sorted(enumerate(run_seeds), key=lambda item: -1 if item[1] is None else item[1])]
 
 
 def sign_counts(diffs: Sequence[float | None]) -> tuple[int, int, int]:

@@ -38,6 +38,15 @@ class ContrastMemory(nn.Module):
       cheaper for very large N.
     """
 
+    memory_s: Tensor
+    memory_t: Tensor
+    z_s: Tensor
+    z_t: Tensor
+    labels: Tensor
+    order: Tensor
+    class_count: Tensor
+    class_start: Tensor
+
     def __init__(
         self,
         dim: int,

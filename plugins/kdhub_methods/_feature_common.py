@@ -122,7 +122,7 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
     unchanged when fewer than two samples count.
     """
 
-    def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, weight: Tensor | None = None) -> Tensor:
         if weight is None or not self.training:
             return super().forward(x)
         x = x.float()  # statistics in float32, as batch_norm runs under autocast
@@ -135,10 +135,16 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         y = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
         if self.affine:
             y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+        tracked = self.num_batches_tracked
+        if (
+            self.track_running_stats
+            and self.running_mean is not None
+            and self.running_var is not None
+            and tracked is not None
+        ):
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.float()
+                tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / tracked.float()
                 enough = count > 1
                 unbiased = var * count / (count - 1).clamp(min=1.0)
                 self.running_mean.copy_(

@@ -79,8 +79,10 @@ class AB(kdhub.Method):
             False, description="also add the AB loss in the main stage (the paper and RepDistiller do not)"
         )
 
+    options: Options
+
     @property
-    def init_epochs(self) -> int:
+    def init_epochs(self) -> int:  # type: ignore[override]  # a capability an option decides
         return self.options.init_epochs
 
     def setup(self, ctx: kdhub.SetupContext) -> None:

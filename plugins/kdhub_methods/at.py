@@ -65,6 +65,8 @@ class AT(kdhub.Method):
             None, max_length=64, description="indices into 'stages' of both models (negative from the end); None = all"
         )
 
+    options: Options
+
     def setup(self, ctx: kdhub.SetupContext) -> None:
         s_shapes, t_shapes = role_shapes(ctx, "stages", self.name)
         self._stages = resolve_stages(len(s_shapes), len(t_shapes), self.options.stages, self.name)

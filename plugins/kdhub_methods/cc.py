@@ -91,6 +91,8 @@ class CC(kdhub.Method):
                 raise ValueError(f"options {', '.join(sorted(unused))} only apply to form: gaussian")
             return self
 
+    options: Options
+
     def setup(self, ctx: kdhub.SetupContext) -> None:
         s_shapes, t_shapes = role_shapes(ctx, "pooled", self.name)
         require_vectors(s_shapes[0], self.name, "pooled", "student")

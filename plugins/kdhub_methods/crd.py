@@ -113,6 +113,8 @@ class CRD(kdhub.Method):
             False, description="draw negatives with replacement (cheaper for very large training sets)"
         )
 
+    options: Options
+
     def setup(self, ctx: kdhub.SetupContext) -> None:
         s_shapes, t_shapes = role_shapes(ctx, "pooled", self.name)
         labels = ctx.train_labels.reshape(-1)

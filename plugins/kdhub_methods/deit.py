@@ -56,6 +56,8 @@ class DeiT(kdhub.Method):
             "class head, or the distillation head (an error without one)",
         )
 
+    options: Options
+
     def loss(self, out: kdhub.StepOutputs) -> torch.Tensor:
         hard = out.teacher_logits.argmax(1)
         return F.cross_entropy(

@@ -68,6 +68,8 @@ class DIST(kdhub.Method):
             1.0, ge=0.01, le=100, description="softmax temperature T (loss scaled by T^2)"
         )
 
+    options: Options
+
     def loss(self, out: kdhub.StepOutputs) -> dict[str, torch.Tensor]:
         o = self.options
         t = o.temperature

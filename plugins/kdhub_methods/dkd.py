@@ -94,6 +94,8 @@ class DKD(kdhub.Method):
             20, ge=0, le=100_000, description="epochs of linear warm-up min(epoch / warmup, 1); 0 = none"
         )
 
+    options: Options
+
     def warmup_factor(self, epoch: int) -> float:
         """``min(epoch / warmup, 1)`` (epochs from 1); 1 when the warm-up is off."""
         warmup = self.options.warmup

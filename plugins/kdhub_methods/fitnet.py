@@ -56,6 +56,8 @@ class FitNet(kdhub.Method):
             description="index into the 'stages' features of both models (negative counts from the end)",
         )
 
+    options: Options
+
     def setup(self, ctx: kdhub.SetupContext) -> None:
         s_shapes, t_shapes = role_shapes(ctx, "stages", self.name)
         (index,) = resolve_stages(len(s_shapes), len(t_shapes), [self.options.stage], self.name)

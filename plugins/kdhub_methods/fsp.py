@@ -75,12 +75,14 @@ class FSP(kdhub.Method):
             False, description="also add the FSP loss in the main stage (the paper and RepDistiller do not)"
         )
 
+    options: Options
+
     @property
-    def feature_roles(self) -> tuple[str, ...]:
+    def feature_roles(self) -> tuple[str, ...]:  # type: ignore[override]  # a capability an option decides
         return ("stem", "stages") if self.options.include_stem else ("stages",)
 
     @property
-    def init_epochs(self) -> int:
+    def init_epochs(self) -> int:  # type: ignore[override]  # a capability an option decides
         return self.options.init_epochs
 
     def setup(self, ctx: kdhub.SetupContext) -> None:

@@ -110,8 +110,10 @@ class FT(kdhub.Method):
             "repdistiller", description="repdistiller = compare attention maps of the factors; paper = whole factors"
         )
 
+    options: Options
+
     @property
-    def init_epochs(self) -> int:
+    def init_epochs(self) -> int:  # type: ignore[override]  # a capability an option decides
         return self.options.init_epochs
 
     def setup(self, ctx: kdhub.SetupContext) -> None:

@@ -41,6 +41,8 @@ class KD(kdhub.Method):
             "batchmean", description="batchmean = true KL; per_class_mean also divides by C (DeiT/TAKD)"
         )
 
+    options: Options
+
     def loss(self, out: kdhub.StepOutputs) -> torch.Tensor:
         t = self.options.temperature
         loss = kl_per_sample(out.student_logits, out.teacher_logits, t) * (t * t)

@@ -46,6 +46,8 @@ class LabelSmoothing(kdhub.Method):
             0.1, ge=0, le=1, description="smoothing mass alpha: q = (1 - alpha) onehot + alpha / C"
         )
 
+    options: Options
+
     def loss(self, out: kdhub.StepOutputs) -> torch.Tensor:
         return F.cross_entropy(
             out.student_logits.float(), out.labels, reduction="none", label_smoothing=self.options.alpha

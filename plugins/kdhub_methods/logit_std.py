@@ -60,6 +60,8 @@ class LogitStd(kdhub.Method):
             2.0, ge=0.01, le=100, description="base temperature T applied to the z-scored logits"
         )
 
+    options: Options
+
     def loss(self, out: kdhub.StepOutputs) -> torch.Tensor:
         t = self.options.temperature
         return kl_per_sample(standardize(out.student_logits), standardize(out.teacher_logits), t) * (t * t)

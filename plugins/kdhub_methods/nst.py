@@ -82,6 +82,8 @@ class NST(kdhub.Method):
             0.0, ge=0, le=1e4, description="offset c of the polynomial kernel (x.y + c)^d"
         )
 
+    options: Options
+
     def setup(self, ctx: kdhub.SetupContext) -> None:
         s_shapes, t_shapes = role_shapes(ctx, "stages", self.name)
         self._stages = resolve_stages(len(s_shapes), len(t_shapes), self.options.stages, self.name)

@@ -100,6 +100,8 @@ class OFD(kdhub.Method):
     class Options(kdhub.Options):
         kernel_size: Literal[1, 3] = Field(1, description="kernel size of the student-side connector conv")
 
+    options: Options
+
     def setup(self, ctx: kdhub.SetupContext) -> None:
         s_shapes, t_shapes = role_shapes(ctx, "preact_stages", self.name)
         names = ctx.teacher_taps.get("bn_before_relu")

@@ -112,8 +112,10 @@ class ReviewKD(kdhub.Method):
         )
         max_mid_channels: int = Field(512, ge=1, le=65536, description="upper bound of the ABF's hidden channels")
 
+    options: Options
+
     @property
-    def feature_roles(self) -> tuple[str, ...]:
+    def feature_roles(self) -> tuple[str, ...]:  # type: ignore[override]  # a capability an option decides
         # the post-ReLU-only variant must not demand pre-ReLU taps of the models
         return ("stages", "preact_stages", "pooled") if self.options.teacher_preact else ("stages", "pooled")
 

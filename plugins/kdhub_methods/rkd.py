@@ -90,6 +90,8 @@ class RKD(kdhub.Method):
                 raise ValueError("distance_weight and angle_weight are both 0: nothing to distil")
             return self
 
+    options: Options
+
     def setup(self, ctx: kdhub.SetupContext) -> None:
         s_shapes, t_shapes = role_shapes(ctx, "pooled", self.name)
         require_vectors(s_shapes[0], self.name, "pooled", "student")

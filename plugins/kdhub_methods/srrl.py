@@ -74,6 +74,8 @@ class SRRL(kdhub.Method):
                 raise ValueError("temperature is used only with sr_loss: kl")
             return self
 
+    options: Options
+
     def setup(self, ctx: kdhub.SetupContext) -> None:
         s_shapes, t_shapes = role_shapes(ctx, "pooled", self.name)
         require_vectors(s_shapes[-1], self.name, "pooled", "student")

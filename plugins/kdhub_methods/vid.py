@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +94,8 @@ class VID(kdhub.Method):
                 raise ValueError("init_variance must exceed eps")
             return self
 
+    options: Options
+
     def setup(self, ctx: kdhub.SetupContext) -> None:
         s_shapes, t_shapes = role_shapes(ctx, "stages", self.name)
         self._stages = resolve_stages(len(s_shapes), len(t_shapes), self.options.stages, self.name)
@@ -109,7 +111,7 @@ class VID(kdhub.Method):
     def loss(self, out: kdhub.StepOutputs) -> torch.Tensor:
         g_s, g_t = out.student_features["stages"], out.teacher_features["stages"]
         losses = []
-        for head, i in zip(self.heads, self._stages, strict=True):
+        for head, i in zip(cast("list[_VIDStage]", self.heads), self._stages, strict=True):
             f_s, f_t = match_spatial(g_s[i], g_t[i])
             losses.append(vid_nll(head.regressor(f_s), f_t, head.log_scale, self.options.eps))
         return torch.stack(losses).sum(dim=0)

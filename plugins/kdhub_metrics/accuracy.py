@@ -21,6 +21,8 @@ class Accuracy(kdhub.Metric):
     class Options(kdhub.Options):
         top_k: int = Field(5, ge=1, le=1000, description="k of the top-k accuracy (capped at the class count)")
 
+    options: Options
+
     def reset(self, ctx: kdhub.MetricContext) -> None:
         super().reset(ctx)
         self.k = min(self.options.top_k, ctx.num_classes)

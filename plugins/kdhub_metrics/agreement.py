@@ -45,6 +45,8 @@ class Agreement(kdhub.Metric):
     class Options(kdhub.Options):
         top_k: int = Field(5, ge=1, le=1000, description="k of the top-k agreement (capped at the class count)")
 
+    options: Options
+
     def reset(self, ctx: kdhub.MetricContext) -> None:
         super().reset(ctx)
         c = ctx.num_classes

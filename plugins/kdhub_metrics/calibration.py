@@ -49,6 +49,8 @@ class Calibration(kdhub.Metric):
     class Options(kdhub.Options):
         bins: int = Field(15, ge=1, le=1000, description="number of equal-width confidence bins")
 
+    options: Options
+
     def reset(self, ctx: kdhub.MetricContext) -> None:
         super().reset(ctx)
         # rows: student count, confidence, correct; teacher count, confidence, correct

@@ -114,7 +114,7 @@ def minibatch_cka(x: Tensor | Iterable[Tensor], y: Tensor | Iterable[Tensor], ba
         full = (x.shape[0] // batch_size) * batch_size
         xs, ys = x[:full].split(batch_size), y[:full].split(batch_size)
     else:
-        xs, ys = list(x), list(y)  # type: ignore[arg-type]
+        xs, ys = list(x), list(y)
     sums = torch.zeros(3, dtype=torch.float64)
     for xb, yb in zip(xs, ys, strict=True):
         sums = sums.to(xb.device) + hsic_terms(xb, yb)
@@ -198,8 +198,10 @@ class CKA(kdhub.Metric):
             0, ge=0, le=2**32 - 1, description="seed of the subsample (fixed, so runs compare on the same samples)"
         )
 
+    options: Options
+
     @property
-    def feature_roles(self) -> tuple[str, ...]:
+    def feature_roles(self) -> tuple[str, ...]:  # type: ignore[override]  # a capability an option decides
         return (self.options.role,)
 
     def reset(self, ctx: kdhub.MetricContext) -> None:
@@ -265,10 +267,12 @@ class CKA(kdhub.Metric):
             grams_t = {j: gram(ft[j]) for j in t_layers}
             self_s = {i: unbiased_hsic(k, k) for i, k in grams_s.items()}
             self_t = {j: unbiased_hsic(k, k) for j, k in grams_t.items()}
+            hsic = self.hsic
+            assert hsic is not None  # allocated above
             for row, (i, j) in enumerate(self.pairs):
-                self.hsic[row, 0] += unbiased_hsic(grams_s[i], grams_t[j])
-                self.hsic[row, 1] += self_s[i]
-                self.hsic[row, 2] += self_t[j]
+                hsic[row, 0] += unbiased_hsic(grams_s[i], grams_t[j])
+                hsic[row, 1] += self_s[i]
+                hsic[row, 2] += self_t[j]
             self.batches += 1
         stored = {f"s{i}": fs[i] for i in s_layers} | {f"t{j}": ft[j] for j in t_layers}
         if self.full is not None:

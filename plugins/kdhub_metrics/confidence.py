@@ -73,6 +73,8 @@ class Confidence(kdhub.Metric):
             0, ge=0, le=2**32 - 1, description="seed of the subsample (fixed, so runs compare on the same samples)"
         )
 
+    options: Options
+
     def reset(self, ctx: kdhub.MetricContext) -> None:
         super().reset(ctx)
         self.buffer = SampleBuffer.random(ctx.num_samples, self.options.max_samples, self.options.seed, ctx.device)

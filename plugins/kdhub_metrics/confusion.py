@@ -39,6 +39,8 @@ class Confusion(kdhub.Metric):
     class Options(kdhub.Options):
         annotate: bool = Field(True, description="write the percentages in the figure's cells (up to 20 classes)")
 
+    options: Options
+
     def reset(self, ctx: kdhub.MetricContext) -> None:
         super().reset(ctx)
         c = ctx.num_classes

@@ -17,7 +17,7 @@ from kdhub.contract.figures import new_figure
 _Direction = Annotated[int, Field(ge=-100_000, le=100_000)]
 
 
-def first_layer(net: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+def first_layer(net: nn.Module, name: str | None = None) -> tuple[str, nn.Conv2d | nn.Linear]:
     """The module called ``name``, or the first ``nn.Conv2d`` / ``nn.Linear`` in ``net.named_modules()`` order."""
     modules = dict(net.named_modules())
     if name is not None:
@@ -30,15 +30,16 @@ def first_layer(net: nn.Module, name: str | None = None) -> tuple[str, nn.Module
             )
         found = (name, module)
     else:
-        found = next(((n, m) for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
-        if found is None:
+        first = next(((n, m) for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+        if first is None:
             raise kdhub.IncompatibleError("eigenspace: the student has no Conv2d or Linear layer")
+        found = first
     if isinstance(found[1], nn.Conv2d) and found[1].groups != 1:
         raise kdhub.IncompatibleError(f"eigenspace: {found[0]!r} is a grouped convolution (groups != 1)")
     return found
 
 
-def weight_matrix(layer: nn.Module) -> Tensor:
+def weight_matrix(layer: nn.Conv2d | nn.Linear) -> Tensor:
     """The layer's weight as ``[C_out, d]`` (a conv's ``[C_out, C_in·kh·kw]``), detached, float64, on the CPU."""
     return layer.weight.detach().reshape(layer.weight.shape[0], -1).double().cpu()
 
@@ -150,6 +151,8 @@ class Eigenspace(kdhub.Metric):
         )
         seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the patch sampling")
 
+    options: Options
+
     def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self.w0: Tensor | None = None
@@ -214,6 +217,7 @@ class Eigenspace(kdhub.Metric):
         if n == 0:
             return kdhub.MetricResult()
         sigma = self.xtx.cpu() / n
+        assert self.w0 is not None  # reset() set it
         delta = weight_matrix(self.layer) - self.w0
         eigenvalues, a = eigen_components(delta, sigma)
         d = a.numel()

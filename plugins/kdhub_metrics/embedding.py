@@ -84,8 +84,10 @@ class Embedding(kdhub.Metric):
         pca_dims: int = Field(50, ge=0, le=10_000, description="PCA components before t-SNE (0 = none)")
         seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the subsample and of t-SNE")
 
+    options: Options
+
     @property
-    def feature_roles(self) -> tuple[str, ...]:
+    def feature_roles(self) -> tuple[str, ...]:  # type: ignore[override]  # a capability an option decides
         return (self.options.role,)
 
     def reset(self, ctx: kdhub.MetricContext) -> None:

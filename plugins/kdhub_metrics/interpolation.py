@@ -37,6 +37,8 @@ class Interpolation(kdhub.Metric):
             99.0, ge=0, le=100, description="train accuracy (%) at or above which a model is said to interpolate"
         )
 
+    options: Options
+
     def reset(self, ctx: kdhub.MetricContext) -> None:
         super().reset(ctx)
         if ctx.split != "train":

@@ -54,8 +54,10 @@ class Annealing(kdhub.Policy):
         phase2_from_best: bool = Field(True, description="phase 2 starts from the best phase-1 checkpoint")
         reset_optimizer: bool = Field(True, description="phase 2 starts with a fresh optimizer and schedule")
 
+    options: Options
+
     @property
-    def needs_validation(self) -> bool:
+    def needs_validation(self) -> bool:  # type: ignore[override]  # a capability an option decides
         return self.options.phase2_from_best  # the best phase-1 checkpoint is chosen on the validation split
 
     def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:

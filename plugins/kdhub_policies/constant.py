@@ -20,6 +20,8 @@ class Constant(kdhub.Policy):
     class Options(kdhub.Options):
         kd_weight: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e6, description="factor on every method's weight")
 
+    options: Options
+
     def setup(self, ctx: kdhub.PolicyContext) -> None:
         super().setup(ctx)
         self._plan = kdhub.StepPlan(kd_weight=self.options.kd_weight)

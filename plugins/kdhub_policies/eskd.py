@@ -49,6 +49,8 @@ class ESKD(kdhub.Policy):
             1.0, ge=0, le=1e6, description="factor on every method's weight before the stop"
         )
 
+    options: Options
+
     def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self._logged = False

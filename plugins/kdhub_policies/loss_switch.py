@@ -59,6 +59,8 @@ class LossSwitch(kdhub.Policy):
             1.0, ge=0, le=1e6, description="w_kd0: factor on every method's weight on the KD side"
         )
 
+    options: Options
+
     def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self._logged = False

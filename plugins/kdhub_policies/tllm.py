@@ -146,6 +146,8 @@ class TLLM(kdhub.Policy):
         )
         kd_weight: kdhub.FiniteFloat = Field(1.0, ge=0, le=1e6, description="factor on every method's weight")
 
+    options: Options
+
     def __init__(self, options: kdhub.Options | None = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self.curves: dict[int, list[float]] = {}
@@ -157,7 +159,7 @@ class TLLM(kdhub.Policy):
         self.decisions: dict[int, dict[str, float]] = {}  # class -> the statistics that stopped it
         self.streak: dict[int, int] = {}  # class -> consecutive checks at which it looked stagnant
         self._plan = kdhub.StepPlan()
-        self.ctx: kdhub.PolicyContext | None = None
+        self.ctx: kdhub.PolicyContext | None = None  # type: ignore[assignment]  # set by setup()
 
     # -- run start -------------------------------------------------------------------------
 
@@ -366,8 +368,8 @@ class TLLM(kdhub.Policy):
         x_mean = k / 2
         sxx = sum((x - x_mean) ** 2 for x in xs)
         fits: dict[int, tuple[float, float]] = {}
-        for m in range(len(rows[0])):
-            ys = [row[m] for row in rows]
+        for m in range(len(rows[0])):  # type: ignore[arg-type]  # no None row (above)
+            ys = [row[m] for row in rows]  # type: ignore[index]
             if any(math.isnan(y) for y in ys):
                 continue
             level = sum(ys) / len(ys)

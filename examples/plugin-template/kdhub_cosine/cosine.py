@@ -29,6 +29,8 @@ class CosineKD(kdhub.Method):
         center: bool = Field(True, description="subtract each sample's mean logit first (Pearson correlation)")
         eps: float = Field(1e-8, gt=0, le=1e-2, description="guards the norm of an all-equal logit vector")
 
+    options: Options  # what self.options is (for type checkers): this class's options
+
     def loss(self, out: kdhub.StepOutputs) -> torch.Tensor:
         s, t = out.student_logits.float(), out.teacher_logits.float()
         if self.options.center:

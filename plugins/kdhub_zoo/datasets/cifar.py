@@ -24,6 +24,8 @@ class _Cifar(kdhub.Dataset):
         crop_padding: int = Field(4, ge=0, le=16, description="random crop 32 with this padding (0 = none)")
         horizontal_flip: bool = Field(True, description="random horizontal flips in training")
 
+    options: Options
+
     def load(self) -> kdhub.DataBundle:
         from torchvision import datasets
 

@@ -61,6 +61,8 @@ class CUB200(kdhub.Dataset):
         )
         download: bool = Field(False, description="download CUB_200_2011.tgz when neither folder nor archive exists")
 
+    options: Options
+
     def load(self) -> kdhub.FileDataset:
         o = self.options
         who = self.name

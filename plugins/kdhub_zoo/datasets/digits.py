@@ -45,6 +45,8 @@ class Digits(kdhub.Dataset):
                 )
             return value
 
+    options: Options
+
     def load(self) -> kdhub.DataBundle:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split

@@ -47,6 +47,8 @@ class FashionMNIST(kdhub.Dataset):
         crop_padding: int = Field(2, ge=0, le=8, description="random-crop padding in training (0 = none)")
         horizontal_flip: bool = Field(True, description="random horizontal flips in training")
 
+    options: Options
+
     def load(self) -> kdhub.DataBundle:
         from torchvision import datasets
 

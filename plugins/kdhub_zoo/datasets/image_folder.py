@@ -61,6 +61,8 @@ class ImageFolder(kdhub.Dataset):
         split_seed: int = Field(0, ge=0, description="one-folder layout: seed of the train/test split")
         extensions: tuple[str, ...] = Field(IMAGE_EXTENSIONS, min_length=1, description="image file suffixes")
 
+    options: Options
+
     def load(self) -> kdhub.FileDataset:
         o = self.options
         who = self.name

@@ -74,6 +74,8 @@ class ImageNet(kdhub.Dataset):
             "val", min_length=1, max_length=255, description="the folder of the test split inside root"
         )
 
+    options: Options
+
     def load(self) -> kdhub.FileDataset:
         o = self.options
         who = self.name

@@ -64,6 +64,8 @@ class Synthetic(kdhub.Dataset):
                 )
             return self
 
+    options: Options
+
     def load(self) -> kdhub.DataBundle:
         o = self.options
         gen = torch.Generator().manual_seed(o.seed)

@@ -37,6 +37,11 @@ class CifarResNet(TappedNet):
     state dicts load as they are; the added ReLU, pooling and flatten modules hold no parameters.
     """
 
+    # added by name (add_module) in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(self, depth: int, filters: tuple[int, int, int, int], num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:

@@ -74,6 +74,11 @@ class MobileNetV2(TappedNet):
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
         init_fan_out(self, linear_std=0.01)
 
+    def _group(self, g: int) -> nn.Sequential:
+        group = self.blocks[g]
+        assert isinstance(group, nn.Sequential)
+        return group
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)
         for group in self.blocks:
@@ -86,7 +91,7 @@ class MobileNetV2(TappedNet):
             "stem": ["conv1"],
             "stages": stages,
             "preact_stages": stages,  # linear bottlenecks: no ReLU ends a stage
-            "bn_before_relu": [f"blocks.{g}.{len(self.blocks[g]) - 1}.conv.7" for g in STAGE_GROUPS],
+            "bn_before_relu": [f"blocks.{g}.{len(self._group(g)) - 1}.conv.7" for g in STAGE_GROUPS],
             "pooled": ["flatten"],
             "classifier": ["classifier.0"],
         }
@@ -116,6 +121,8 @@ class MobileNetV2Model(ZooModel):
             0.5, gt=0, le=4, description="width multiplier of every layer (0.5 in the KD papers)"
         )
         expansion: int = Field(6, ge=1, le=16, description="expansion ratio t of the inverted residuals")
+
+    options: Options
 
     def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         return MobileNetV2(num_classes, in_channels, self.options.width, self.options.expansion)

@@ -42,6 +42,12 @@ class CifarResNetV2(TappedNet):
     Module names follow RepDistiller's ``resnetv2.py`` (``conv1, bn1, layer1..4, linear``).
     """
 
+    # added by name (add_module) in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, num_blocks: tuple[int, int, int, int], num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
         self.num_blocks = num_blocks

@@ -60,6 +60,11 @@ class ShuffleNetV1(TappedNet):
     Module names follow RepDistiller's ``ShuffleNetv1.py`` (``conv1, bn1, layer1..3, linear``).
     """
 
+    # added by name (add_module) in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(
         self,
         num_classes: int,
@@ -136,7 +141,7 @@ class ShuffleV2Block(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         half = channels // 2
-        self.half = half
+        self.split = half
         self.conv1 = nn.Conv2d(half, half, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(half)
         self.conv2 = nn.Conv2d(half, half, 3, 1, 1, groups=half, bias=False)
@@ -147,7 +152,7 @@ class ShuffleV2Block(nn.Module):
         self.relu_out = nn.ReLU()  # not in place: its input is the pre-activation tap
 
     def forward(self, x: Tensor) -> Tensor:
-        x1, x2 = x[:, : self.half], x[:, self.half :]
+        x1, x2 = x[:, : self.split], x[:, self.split :]
         out = F.relu(self.bn1(self.conv1(x2)))
         out = self.bn3(self.conv3(self.bn2(self.conv2(out))))
         return self.relu_out(self.shuffle(torch.cat([x1, out], 1)))
@@ -183,6 +188,11 @@ class ShuffleNetV2(TappedNet):
 
     Module names follow RepDistiller's ``ShuffleNetv2.py`` (``conv1, bn1, layer1..3, conv2, bn2, linear``).
     """
+
+    # added by name (add_module) in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
 
     def __init__(
         self,

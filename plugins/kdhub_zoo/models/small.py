@@ -92,6 +92,8 @@ class CNN(ZooModel):
         )
         depth: int = Field(3, ge=1, le=4, description="number of stages (2 or 3 for 8x8 inputs)")
 
+    options: Options
+
     def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         return SmallCNN(num_classes, in_channels, self.options.width, self.options.depth)
 
@@ -158,8 +160,10 @@ class MLPModel(ZooModel):
         )
         batch_norm: bool = Field(True, description="BatchNorm1d after each hidden linear layer")
 
+    options: Options
+
     @property
-    def feature_roles(self) -> tuple[str, ...]:
+    def feature_roles(self) -> tuple[str, ...]:  # type: ignore[override]  # a capability an option decides
         bn = ("bn_before_relu",) if self.options.batch_norm else ()
         return ("stages", "preact_stages", *bn, "pooled", "classifier")
 

@@ -143,6 +143,8 @@ class Timm(kdhub.Model):
                 raise ValueError(f"timm has no model {value!r}{hint}")
             return value
 
+    options: Options
+
     def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         o = self.options
         if o.pretrained and not _hub_reachable():
@@ -196,7 +198,7 @@ class Timm(kdhub.Model):
                     f"timm:{o.variant} has no distillation head (distilled_training needs e.g. "
                     "deit_tiny_distilled_patch16_224)"
                 )
-            net.set_distilled_training(True)
+            net.set_distilled_training(True)  # type: ignore[operator]  # a timm model's method (checked above)
         return net
 
     def taps(self, net: nn.Module) -> dict[str, list[str]]:

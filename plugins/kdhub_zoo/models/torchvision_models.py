@@ -36,13 +36,13 @@ def torchvision_taps(net: nn.Module) -> dict[str, list[str]]:
         taps["stages"] = [f"layer{i}" for i in (1, 2, 3, 4)]
     elif "trunk_output" in children:  # regnet
         taps["stem"] = ["stem"]
-        taps["stages"] = [f"trunk_output.{name}" for name, _ in net.trunk_output.named_children()]
+        taps["stages"] = [f"trunk_output.{name}" for name, _ in children["trunk_output"].named_children()]
     elif all(f"stage{i}" in children for i in (2, 3, 4)):  # shufflenet_v2
         taps["stem"] = ["maxpool"]
         taps["stages"] = ["stage2", "stage3", "stage4"]
     elif type(net).__name__ in ("ConvNeXt", "SwinTransformer"):  # features = [stem, stage, down, stage, ...]
         taps["stem"] = ["features.0"]
-        taps["stages"] = [f"features.{i}" for i in range(1, len(net.features), 2)]
+        taps["stages"] = [f"features.{i}" for i in range(1, len(list(children["features"].children())), 2)]
     last = _last_linear(net)
     if last is not None:
         taps["pooled"] = [f"{last}:input"]
@@ -78,22 +78,25 @@ def _adapt_first_conv(net: nn.Module, in_channels: int, pretrained: bool) -> Non
     """Rebuild the first 3-channel conv for ``in_channels`` (pretrained kernels: their channel mean, spread)."""
     for name, conv in net.named_modules():
         if isinstance(conv, nn.Conv2d) and conv.in_channels == 3:
+            layout: dict[str, Any] = {
+                "kernel_size": conv.kernel_size,
+                "stride": conv.stride,
+                "padding": conv.padding,
+                "dilation": conv.dilation,
+            }
             new = nn.Conv2d(
                 in_channels,
                 conv.out_channels,
-                conv.kernel_size,
-                conv.stride,
-                conv.padding,
-                conv.dilation,
-                conv.groups,
-                conv.bias is not None,
-                conv.padding_mode,
+                **layout,
+                groups=conv.groups,
+                bias=conv.bias is not None,
+                padding_mode=conv.padding_mode,
             )
             with torch.no_grad():
                 if pretrained:  # as timm's adapt_input_conv: keeps the response to a grey image
                     mean = conv.weight.mean(dim=1, keepdim=True)
                     new.weight.copy_(mean.repeat(1, in_channels, 1, 1) * (3.0 / in_channels))
-                    if conv.bias is not None:
+                    if conv.bias is not None and new.bias is not None:
                         new.bias.copy_(conv.bias)
                 else:
                     nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
@@ -194,6 +197,8 @@ class TorchVision(kdhub.Model):
                 raise ValueError("give weights (by name) or weights_file, not both")
             return self
 
+    options: Options
+
     def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         o = self.options
         try:
@@ -236,8 +241,9 @@ class TorchVision(kdhub.Model):
         else:
             net = self._pretrained(models, kwargs)
             head = _last_linear(net)
-            if head is not None and net.get_submodule(head).out_features != num_classes:
-                _set_module(net, head, nn.Linear(net.get_submodule(head).in_features, num_classes))
+            linear = net.get_submodule(head) if head is not None else None
+            if head is not None and isinstance(linear, nn.Linear) and linear.out_features != num_classes:
+                _set_module(net, head, nn.Linear(linear.in_features, num_classes))
         if o.variant in ("googlenet", "inception_v3") and not aux and getattr(net, "aux_logits", False):
             net.aux_logits = False
             for name in ("aux1", "aux2", "AuxLogits"):
@@ -266,6 +272,7 @@ class TorchVision(kdhub.Model):
                 kwargs["input_size"] = weights.meta["min_size"]
             path = cached_weights(weights.url, who)
         else:
+            assert o.weights_file is not None  # reached only with weights or weights_file given
             path = Path(o.weights_file).expanduser()
             if not path.is_file():
                 raise kdhub.KdhubError(f"{who}: weights_file {path} does not exist")

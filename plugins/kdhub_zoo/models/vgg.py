@@ -34,6 +34,18 @@ class VGG(TappedNet):
     pooling after block 3 is used only for inputs of 64 pixels or more.
     """
 
+    # added by name (add_module) in __init__
+    block0: nn.Sequential
+    block1: nn.Sequential
+    block2: nn.Sequential
+    block3: nn.Sequential
+    block4: nn.Sequential
+    relu0: nn.ReLU
+    relu1: nn.ReLU
+    relu2: nn.ReLU
+    relu3: nn.ReLU
+    relu4: nn.ReLU
+
     def __init__(self, depth: int, num_classes: int, in_channels: int = 3, image_size: int = 32) -> None:
         super().__init__()
         cfg = CONFIGS[depth]

@@ -104,6 +104,7 @@ class _WRNModel(ZooModel):
     depth: ClassVar[int] = 40
     width: ClassVar[int] = 2
     Options = _WRNOptions
+    options: _WRNOptions
     family_doc = """
         Paper: S. Zagoruyko, N. Komodakis, "Wide Residual Networks", BMVC 2016; the exact network of
         RepDistiller's ``models/wrn.py`` (Tian et al., ICLR 2020), also used by mdistiller. Global average
@@ -177,6 +178,8 @@ class WRN(_WRNModel):
             if (depth - 4) % 6 != 0 or depth < 10 or depth > 1000 or not 1 <= width <= 64:
                 raise ValueError(f"WRN depth must be 6n+4 (10..1000) and width 1..64, got {value!r}")
             return value
+
+    options: Options
 
     def wrn_shape(self) -> tuple[int, int]:
         depth, width = self.options.variant.split("_")
