@@ -19,22 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from kdhub.contract.base import StrictModel
 from kdhub.contract.config import DataConfig, PluginRef
 from kdhub.contract.config_loading import apply_overrides
 from kdhub.contract.errors import ConfigError, KdhubError
 from kdhub.contract.validation import format_validation_error
 
-__all__ = ["EvaluationConfig", "add_parser", "evaluate", "report"]
+__all__ = ["EvaluationConfig", "add_arguments", "evaluate", "report"]
 
 DEFAULT_EXPERIMENT = "kdhub-evaluate"
 
 
-class EvaluationConfig(BaseModel):
-    """The data side of an evaluation (``--data NAME`` and ``--set`` paths)."""
-
-    model_config = ConfigDict(extra="forbid")
+class EvaluationConfig(StrictModel):
+    """The data side of an evaluation (``--data NAME`` and ``--set`` paths), as strict as a run config."""
 
     seed: int = Field(0, ge=0, description="seed of the validation split (as the run's)")
     data: DataConfig = Field(description="dataset plugin, options and splits")
@@ -195,13 +194,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``kdhub evaluate SOURCE --data NAME [--split test] [--set ...] [--log]``."""
-    p = subparsers.add_parser(
-        "evaluate",
-        help="overall and per-class accuracy of a student checkpoint on a dataset of the same classes",
-        description="Evaluate a checkpoint (run id, file, runs:/ or models:/ reference) on a dataset split.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``kdhub evaluate SOURCE --data NAME [--split test] [--set ...] [--log]``."""
     p.add_argument(
         "source", metavar="RUN_ID|PATH", help="run id, checkpoint file, runs:/<run>/<path> or models:/NAME/VERSION"
     )
@@ -219,5 +213,3 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--log", action="store_true", help="log the result as a new MLflow run")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"experiment of --log ({DEFAULT_EXPERIMENT})")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.set_defaults(func=cmd_evaluate)
-    return p

@@ -46,7 +46,7 @@ from kdhub.registry.student import (
 __all__ = [
     "FORMATS",
     "RTOL_ATOL",
-    "add_parser",
+    "add_arguments",
     "build_network",
     "export",
     "load_checkpoint",
@@ -244,13 +244,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``kdhub export SOURCE --format safetensors|onnx|torchscript [--out FILE]``."""
-    p = subparsers.add_parser(
-        "export",
-        help="write a trained student as safetensors, ONNX or TorchScript (checked against PyTorch)",
-        description="Export a student checkpoint; every format takes normalised float32 images [N, C, H, W].",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``kdhub export SOURCE --format safetensors|onnx|torchscript [--out FILE]``."""
     p.add_argument(
         "source", metavar="RUN_ID|PATH", help="run id, checkpoint file, runs:/<run>/<path> or models:/NAME/VERSION"
     )
@@ -258,5 +253,3 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", metavar="FILE", help="output file (default: <run or file name><suffix>)")
     p.add_argument("--input-shape", metavar="C,H,W", help="input shape for checkpoints that do not record it")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.set_defaults(func=cmd_export)
-    return p

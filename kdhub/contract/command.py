@@ -15,12 +15,15 @@ class Command(Plugin):
     """Base of every plugin command: ``kdhub <name> ...``.
 
     Register the class with the ``kdhub_register_commands`` hook; the ``kdhub`` command adds a
-    subcommand named ``name`` with ``help`` (default: the docstring's first line). A
-    :class:`kdhub.KdhubError` raised by :meth:`run` is printed as one line with exit code 2.
+    subcommand named ``name`` with ``help`` (default: the docstring's first line) and, above its
+    arguments in ``kdhub NAME --help``, ``description``. A :class:`kdhub.KdhubError` raised by
+    :meth:`run` is printed as one line with exit code 2. kdhub's own commands (``run``, ``study`` ...)
+    are registered the same way (:mod:`kdhub.commands.builtin`).
     """
 
     kind: ClassVar[str] = "command"
     help: ClassVar[str] = ""
+    description: ClassVar[str] = ""
 
     @abstractmethod
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

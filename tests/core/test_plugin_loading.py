@@ -332,3 +332,74 @@ def test_piping_into_head_prints_no_broken_pipe_traceback():
     proc.wait(timeout=300)
     assert "Traceback" not in err, err
     assert "BrokenPipeError" not in err, err
+
+
+COMMANDS = """
+import kdhub
+class Greet(kdhub.Command):
+    '''Say hello.'''
+    name = "greet"
+    def add_arguments(self, parser):
+        parser.add_argument("who")
+    def run(self, args):
+        print(f"hello {args.who}")
+        return 0
+class FakeRun(kdhub.Command):
+    '''Claims the built-in command name.'''
+    name = "run"
+    def add_arguments(self, parser):
+        pass
+    def run(self, args):
+        return 0
+@kdhub.hookimpl
+def kdhub_register_commands(register):
+    register(Greet)
+    register(FakeRun)
+"""
+
+
+@pytest.fixture
+def command_site(tmp_path, monkeypatch):
+    make_distribution(tmp_path, "kdhub-greet", "kdhub_greet_mod", COMMANDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("KDHUB_STRICT_PLUGINS", raising=False)
+    monkeypatch.delenv("KDHUB_LOAD_PLUGINS", raising=False)
+    plugins.reset()
+    yield tmp_path
+    plugins.reset()
+
+
+def test_kdhubs_own_commands_come_through_the_commands_hook(command_site, capsys):
+    """kdhub's commands are registered as a plugin's are: the same hook, the same registry, the same refusals."""
+    from kdhub.commands.builtin import BUILTIN_COMMANDS, RunCommand
+    from kdhub.commands.cli import build_parser, main
+
+    assert kdhub.get_plugin("command", "run") is RunCommand  # the third party's "run" was refused
+    own = next(i for i in plugins.loaded_plugins() if i.module == "kdhub.commands.builtin")
+    assert (own.distribution, own.name) == ("kdhub", "commands")
+    assert own.registered == {"command": [cls.name for cls in BUILTIN_COMMANDS]}
+    refused = [f.error for f in plugins.load_failures() if f.distribution == "kdhub-greet"]
+    assert len(refused) == 1
+    assert "FakeRun refused" in refused[0]
+    assert "registered twice" in refused[0]
+    choices = list(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    assert choices[: len(BUILTIN_COMMANDS)] == [cls.name for cls in BUILTIN_COMMANDS]
+    assert {"compare", "greet"} <= set(choices[len(BUILTIN_COMMANDS) :])
+    assert main(["greet", "you"]) == 0
+    assert capsys.readouterr().out == "hello you\n"
+
+
+def test_without_its_own_commands_kdhub_says_to_reinstall(monkeypatch, capsys):
+    """A checkout whose entry points predate the commands hook (kdhub not reinstalled) fails with one line."""
+    from kdhub.commands.cli import main
+
+    plugins.reset()
+    try:
+        registry = plugins.get_registry()
+        monkeypatch.setattr(registry, "entries", lambda kind, *a, **k: [])
+        assert main(["list", "method"]) == 2
+    finally:
+        plugins.reset()
+    err = capsys.readouterr().err
+    assert err.startswith("kdhub: error: kdhub's own commands are not registered")
+    assert "reinstall kdhub" in err
