@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from kdhub.contract.dataset import DataBundle, TensorSplit
-from kdhub.contract.hookspecs import hookimpl
+from kdhub.contract.hookspecs import REGISTER_HOOKS, hookimpl
 from kdhub.contract.method import Method, SetupContext, StepOutputs
 from kdhub.contract.metric import Metric, MetricContext, MetricResult
 from kdhub.engine.data import DeviceData
@@ -39,6 +39,7 @@ __all__ = [
     "forward_outputs",
     "init_losses",
     "interrupt_after",
+    "registered",
     "same_results",
     "setup_method",
     "test_batch",
@@ -465,13 +466,26 @@ class _Interrupt:
 
 
 @contextlib.contextmanager
-def interrupt_after(epoch: int, error: BaseException | None = None) -> Iterator[None]:
-    """Inside the block, every run stops after ``epoch`` (its checkpoint written), through the public
-    ``kdhub_epoch_ended`` hook: ``KeyboardInterrupt`` by default (the run ends KILLED, resumable)."""
-    plugin = _Interrupt(epoch, error if error is not None else KeyboardInterrupt(f"interrupted after epoch {epoch}"))
-    name = f"kdhub-testing-interrupt-{id(plugin)}"
+def registered(plugin: Any, name: str | None = None) -> Iterator[None]:
+    """Inside the block, ``plugin`` (an object or module with ``@kdhub.hookimpl`` functions) is a plugin:
+    its lifecycle hooks are called and the classes its register hooks register can be used. Afterwards it
+    is unregistered, and when it registered classes the registry is loaded again without them."""
+    name = name or f"kdhub-testing-{id(plugin)}"
+    registers = any(callable(getattr(plugin, hook, None)) for hook in REGISTER_HOOKS.values())
     plugins.register_module(plugin, name=name)
     try:
         yield
     finally:
-        plugins.unregister(name)
+        if registers:
+            plugins.reset()  # registry entries outlive unregister(): the next lookup reloads the entry points
+        else:
+            plugins.unregister(name)
+
+
+@contextlib.contextmanager
+def interrupt_after(epoch: int, error: BaseException | None = None) -> Iterator[None]:
+    """Inside the block, every run stops after ``epoch`` (its checkpoint written), through the public
+    ``kdhub_epoch_ended`` hook: ``KeyboardInterrupt`` by default (the run ends KILLED, resumable)."""
+    plugin = _Interrupt(epoch, error if error is not None else KeyboardInterrupt(f"interrupted after epoch {epoch}"))
+    with registered(plugin, f"kdhub-testing-interrupt-{id(plugin)}"):
+        yield

@@ -1,11 +1,20 @@
-"""Shared fixtures: a temporary MLflow store and a tiny real run config on the digits data."""
+"""Shared fixtures: a temporary MLflow store, a tiny real run config on the digits data, plugins registered for
+one test, and a finished and a killed run to read back."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import mlflow
 import pytest
 import torch
+
+from kdhub.engine.runner import run
+from kdhub.testing import interrupt_after, registered
 
 # One thread: the models in the tests are small, and threading overhead dominates on 2 shared cores.
 torch.set_num_threads(1)
@@ -32,3 +41,37 @@ def tiny_config(mlflow_uri: str) -> dict:
         "train": {"progress": False},
         "tracking": {"uri": mlflow_uri, "experiment": "tests", "log_model": False},
     }
+
+
+@pytest.fixture
+def register_plugin() -> Iterator[Callable[..., None]]:
+    """``register_plugin(obj, name)``: ``obj``'s hook implementations are a plugin until the test ends
+    (:func:`kdhub.testing.registered`; classes it registers are gone afterwards)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda plugin, name=None: stack.enter_context(registered(plugin, name))
+
+
+@pytest.fixture(scope="session")
+def finished_and_killed_runs() -> Callable[[Path, str], dict[str, Any]]:
+    """``finished_and_killed_runs(folder, experiment)``: a FINISHED run and a KILLED one (stopped after epoch
+    1, with a last.pt) in a store of their own; returns the uri, both run ids, a client and the config."""
+
+    def make(folder: Path, experiment: str) -> dict[str, Any]:
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        config = {
+            "student": {"name": "cnn", "options": {"width": 4}},
+            "epochs": 2,
+            "metrics": ["accuracy"],
+            "train": {"progress": False},
+            "tracking": {"uri": uri, "experiment": experiment},
+        }
+        finished = run(config).run_id
+        with interrupt_after(1), pytest.raises(KeyboardInterrupt):
+            run(config)
+        client = mlflow.MlflowClient(uri)
+        experiment_id = client.get_experiment_by_name(experiment).experiment_id
+        killed = client.search_runs([experiment_id], "attributes.status = 'KILLED'")[0].info.run_id
+        ids = {"finished": finished, "killed": killed}
+        return {"uri": uri, **ids, "client": client, "config": config, "folder": folder}
+
+    return make

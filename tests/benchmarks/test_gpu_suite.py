@@ -16,7 +16,6 @@ import pytest
 import torch
 
 import kdhub
-from kdhub.registry import loading as plugins
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SUITE = BENCHMARKS / "gpu_suite.py"
@@ -147,10 +146,8 @@ class _Register:
 
 
 @pytest.fixture
-def broken_methods():
-    plugins.register_module(_Register(), name="gpu-suite-test")
-    yield
-    plugins.reset()
+def broken_methods(register_plugin):
+    register_plugin(_Register(), "gpu-suite-test")
 
 
 def test_a_non_finite_loss_or_a_crash_fails_the_suite_naming_the_plugin(gpu_suite, broken_methods, tmp_path):

@@ -27,24 +27,20 @@ class Register:
         register(ScalarKD)
 
 
-def test_a_scalar_under_per_sample_is_refused_naming_the_method(tiny_config):
+def test_a_scalar_under_per_sample_is_refused_naming_the_method(tiny_config, register_plugin):
     with pytest.raises(
         kdhub.KdhubError, match=r"method 'scalar_kd': loss term 'loss' has shape \[\]; expected a per-sample"
     ):
         check_method(ScalarKD())
-    plugins.register_module(Register(), name="scalar-kd")
-    try:
-        config = {
-            **tiny_config,
-            "epochs": 1,
-            "teacher": {"name": "cnn", "options": {"width": 8}},
-            "methods": ["scalar_kd"],
-        }
-        with pytest.raises(kdhub.KdhubError, match=r"method 'scalar_kd'.*shape \[\].*per_sample = False"):
-            run(config, track=False)
-    finally:
-        plugins.unregister("scalar-kd")
-        plugins.reset()
+    register_plugin(Register(), "scalar-kd")
+    config = {
+        **tiny_config,
+        "epochs": 1,
+        "teacher": {"name": "cnn", "options": {"width": 8}},
+        "methods": ["scalar_kd"],
+    }
+    with pytest.raises(kdhub.KdhubError, match=r"method 'scalar_kd'.*shape \[\].*per_sample = False"):
+        run(config, track=False)
 
 
 def test_a_method_without_loss_cannot_be_registered_or_made():

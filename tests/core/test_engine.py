@@ -9,7 +9,7 @@ import torch
 import kdhub
 from kdhub.engine.runner import run
 from kdhub.registry import loading as plugins
-from kdhub.testing import interrupt_after
+from kdhub.testing import interrupt_after, registered
 from kdhub.tracking import load_table
 
 
@@ -135,12 +135,11 @@ def test_a_failing_run_is_marked_failed_with_the_reason(tiny_config, monkeypatch
         def kdhub_run_started(self, run):
             raise RuntimeError("disk full")
 
-    plugins.register_module(Boom(), name="boom")
-    try:
-        with pytest.raises(plugins.PluginHookError, match="plugin 'boom' from local: kdhub_run_started raised"):
-            run(tiny_config)
-    finally:
-        plugins.unregister("boom")
+    with (
+        registered(Boom(), "boom"),
+        pytest.raises(plugins.PluginHookError, match="plugin 'boom' from local: kdhub_run_started raised"),
+    ):
+        run(tiny_config)
     client = mlflow.MlflowClient(tiny_config["tracking"]["uri"])
     failed = client.search_runs([client.get_experiment_by_name("tests").experiment_id], "attributes.status = 'FAILED'")
     assert any("disk full" in r.data.tags.get("kdhub.failure", "") for r in failed)

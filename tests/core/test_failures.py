@@ -17,7 +17,7 @@ import yaml
 import kdhub
 from kdhub.commands.cli import main
 from kdhub.engine.runner import run
-from kdhub.registry import loading as plugins
+from kdhub.testing import registered
 from kdhub.tracking import Tracker
 
 
@@ -42,10 +42,8 @@ class RegisterNaN:
 
 
 @pytest.fixture
-def nan_method():
-    plugins.register_module(RegisterNaN(), name="nan-after")
-    yield
-    plugins.reset()
+def nan_method(register_plugin):
+    register_plugin(RegisterNaN(), "nan-after")
 
 
 def diverging(tiny_config: dict, step: int) -> dict:
@@ -174,12 +172,8 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_from_scratch(tiny_co
         def kdhub_run_started(self, run):
             raise KeyboardInterrupt("stopped before the first epoch")
 
-    plugins.register_module(StopAtStart(), name="stop-at-start")
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            run(tiny_config)
-    finally:
-        plugins.unregister("stop-at-start")
+    with registered(StopAtStart(), "stop-at-start"), pytest.raises(KeyboardInterrupt):
+        run(tiny_config)
     client = mlflow.MlflowClient(mlflow_uri)
     killed = client.search_runs(
         [client.get_experiment_by_name("tests").experiment_id], "attributes.status = 'KILLED'", max_results=1

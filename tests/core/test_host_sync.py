@@ -21,7 +21,6 @@ from kdhub.contract.config_loading import parse_config
 from kdhub.engine import losses
 from kdhub.engine.hostsync import CudaSyncGuard, HostSyncCounter, training_steps
 from kdhub.engine.loop import Trainer
-from kdhub.registry import loading as plugins
 
 METHODS = sorted(
     n for n in kdhub.list_plugins("method") if kdhub.get_plugin("method", n).__module__.startswith("kdhub_methods.")
@@ -145,10 +144,9 @@ class _Register:
 
 
 @pytest.fixture
-def syncing_method():
-    plugins.register_module(_Register(), name="host-sync-test")
-    yield "syncing_for_test"
-    plugins.reset()  # registry entries outlive unregister(): reload the entry points instead
+def syncing_method(register_plugin):
+    register_plugin(_Register(), "host-sync-test")
+    return "syncing_for_test"
 
 
 def test_the_counter_sees_host_syncs_in_steps_only(syncing_method):

@@ -211,29 +211,27 @@ class _Branchy:
         register(_BranchyModel)
 
 
-def test_a_student_that_cannot_be_exported_fails_the_run_loudly_and_resumes_without_a_model(tiny_config, mlflow_uri):
+def test_a_student_that_cannot_be_exported_fails_the_run_loudly_and_resumes_without_a_model(
+    tiny_config, mlflow_uri, register_plugin
+):
     from kdhub.contract.errors import KdhubError
-    from kdhub.registry import loading as plugins
 
-    plugins.register_module(_Branchy(), name="branchy")
-    try:
-        tiny_config.update(epochs=1, student={"name": "branchy_test"}, metrics=["accuracy"])
-        tiny_config["tracking"]["log_model"] = True
-        with pytest.raises(KdhubError, match=r"tracking\.log_model: the student branchy_test could not be logged"):
-            run(tiny_config)
-        client = mlflow.MlflowClient(mlflow_uri)
-        failed = client.search_runs(
-            [client.get_experiment_by_name("tests").experiment_id], "attributes.status = 'FAILED'", max_results=1
-        )[0]
-        reason = failed.data.tags["kdhub.failure"]
-        assert "--set tracking.log_model=false" in reason
-        assert "data-dependent" in reason or "GuardOnDataDependent" in reason, reason
-        tiny_config["tracking"]["log_model"] = False
-        resumed = run(tiny_config, resume_run_id=failed.info.run_id)
-        assert client.get_run(resumed.run_id).info.status == "FINISHED"
-        assert "test/acc_last" in client.get_run(resumed.run_id).data.metrics
-    finally:
-        plugins.unregister("branchy")
+    register_plugin(_Branchy(), "branchy")
+    tiny_config.update(epochs=1, student={"name": "branchy_test"}, metrics=["accuracy"])
+    tiny_config["tracking"]["log_model"] = True
+    with pytest.raises(KdhubError, match=r"tracking\.log_model: the student branchy_test could not be logged"):
+        run(tiny_config)
+    client = mlflow.MlflowClient(mlflow_uri)
+    failed = client.search_runs(
+        [client.get_experiment_by_name("tests").experiment_id], "attributes.status = 'FAILED'", max_results=1
+    )[0]
+    reason = failed.data.tags["kdhub.failure"]
+    assert "--set tracking.log_model=false" in reason
+    assert "data-dependent" in reason or "GuardOnDataDependent" in reason, reason
+    tiny_config["tracking"]["log_model"] = False
+    resumed = run(tiny_config, resume_run_id=failed.info.run_id)
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    assert "test/acc_last" in client.get_run(resumed.run_id).data.metrics
 
 
 def test_a_description_in_the_config_replaces_the_generated_one(tiny_config, mlflow_uri):

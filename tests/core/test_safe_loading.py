@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _runs import finished_and_killed_runs
 
 import kdhub
 from kdhub.commands.cli import main
@@ -206,7 +205,7 @@ def test_a_runs_reference_stays_inside_the_run(reference, mlflow_uri, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
+def two_runs(tmp_path_factory, finished_and_killed_runs):
     """A FINISHED run and a KILLED run (with a last.pt) in a store of their own."""
     return finished_and_killed_runs(tmp_path_factory.mktemp("runs"), "safe-loading")
 

@@ -15,9 +15,9 @@ import yaml
 
 import kdhub
 from kdhub.commands.cli import main
-from kdhub.registry import loading as plugins
 from kdhub.study import StudyConfig, run_study, study_status
 from kdhub.study.worker import KEY_TAG
+from kdhub.testing import registered
 
 BASE = {
     "epochs": 3,
@@ -56,13 +56,8 @@ class Trap:
             raise self.error
 
 
-@contextlib.contextmanager
-def trap(key: str, epoch: int, error: BaseException):
-    plugins.register_module(Trap(key, epoch, error), name="trap")
-    try:
-        yield
-    finally:
-        plugins.unregister("trap")
+def trap(key: str, epoch: int, error: BaseException) -> contextlib.AbstractContextManager[None]:
+    return registered(Trap(key, epoch, error), "trap")
 
 
 def children(uri: str, parent_id: str) -> dict[str, mlflow.entities.Run]:

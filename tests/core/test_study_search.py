@@ -11,8 +11,8 @@ import yaml
 
 import kdhub
 from kdhub.contract.config_loading import parse_config
-from kdhub.registry import loading as plugins
 from kdhub.study import StudyConfig, run_study
+from kdhub.testing import registered
 
 pytest.importorskip("optuna")
 
@@ -51,13 +51,8 @@ class Interrupt:
             raise KeyboardInterrupt
 
 
-@contextlib.contextmanager
-def interrupt(key: str, at_start: bool):
-    plugins.register_module(Interrupt(key, at_start), name="interrupt")
-    try:
-        yield
-    finally:
-        plugins.unregister("interrupt")
+def interrupt(key: str, at_start: bool) -> contextlib.AbstractContextManager[None]:
+    return registered(Interrupt(key, at_start), "interrupt")
 
 
 def study(trials: int) -> StudyConfig:

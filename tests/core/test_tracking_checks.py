@@ -10,7 +10,6 @@ import time
 import mlflow
 import pytest
 import yaml
-from _runs import finished_and_killed_runs
 
 from kdhub.commands.cli import main
 from kdhub.contract.config import ConfigError
@@ -143,7 +142,7 @@ def test_check_resume_allows_only_the_resumable_keys():
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, finished_and_killed_runs):
     return finished_and_killed_runs(tmp_path_factory.mktemp("resume"), "resume-checks")
 
 
