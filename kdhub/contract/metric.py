@@ -64,7 +64,7 @@ class Metric(Plugin):
 
     Capabilities (class defaults; a property where an option decides): ``needs_teacher`` and
     ``feature_roles`` (roles needed from both models in evaluation). ``tables`` names the
-    shared tables (:mod:`kdhub.tables`) the metric logs.
+    shared tables (:mod:`kdhub.contract.tables`) the metric logs.
     """
 
     kind: ClassVar[str] = "metric"

@@ -1,7 +1,7 @@
 """Building a run from its config: device, data, models, feature taps, methods, policy and metrics.
 
 Everything that needs no data was checked when the config was resolved
-(:func:`kdhub.config.resolve_plugins`); what is left here needs the data or the built models
+(:func:`kdhub.registry.resolve.resolve_plugins`); what is left here needs the data or the built models
 (dry-run shapes, the taps of models that name them only once built, a validation split that
 came out empty).
 """
