@@ -42,7 +42,7 @@ from kdhub.contract.runlog import MemoryLog, RunLog, Table
 from kdhub.contract.runview import RunView
 from kdhub.contract.tables import AGREEMENT, PER_CLASS_ACCURACY, TableSchema
 from kdhub.contract.version import __version__
-from kdhub.registry.loading import plugin_classes
+from kdhub.registry.loading import get_registry, plugin_classes
 
 _moved.install()  # the former module paths (kdhub.config, kdhub.plugins ...) still import, with a warning
 
@@ -103,6 +103,7 @@ __all__ = [
 def run(config: Any, resume_run_id: str | None = None, track: bool = True) -> Any:
     """Train one run from a config (a YAML-shaped dict or a ``RunConfig``), logged to MLflow unless
     ``track`` is False; returns a ``RunResult``. See :func:`kdhub.engine.runner.run`."""
+    # deferred: `import kdhub` does not load the engine (start-up time)
     from kdhub.engine.runner import run as run_one
 
     return run_one(config, resume_run_id=resume_run_id, track=track)
@@ -110,20 +111,14 @@ def run(config: Any, resume_run_id: str | None = None, track: bool = True) -> An
 
 def list_plugins(kind: str, pattern: str = "*") -> list[str]:
     """Names of the plugins of ``kind`` matching a glob ``pattern``: ``list_plugins("method", "*kd*")``."""
-    from kdhub.registry.loading import get_registry
-
     return get_registry().names(kind, pattern)
 
 
 def get_plugin(kind: str, name: str) -> type:
     """The plugin class (with its ``Options`` and docstring); unknown names list close matches."""
-    from kdhub.registry.loading import get_registry
-
     return get_registry().get(kind, name)
 
 
 def create(kind: str, name: str, **options: Any) -> Any:
     """A plugin instance with validated options: ``create("method", "kd", temperature=2.0)``."""
-    from kdhub.registry.loading import get_registry
-
     return get_registry().create(kind, name, **options)

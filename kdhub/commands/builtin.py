@@ -106,16 +106,15 @@ class RunCommand(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        from kdhub.engine.runner import run  # deferred: `kdhub --help` imports every command
+        # deferred: `kdhub --help` imports every command
+        from kdhub.engine.runner import run
 
         get_registry()
         _warn_load_failures()
         config = prepare_run(args.config, args.set, args.resume, args.tracking_uri)
         if args.dry_run:
-            from kdhub.commands.dryrun import (  # deferred: `kdhub --help` imports every command
-                describe_run,
-                format_plan,
-            )
+            # deferred: `kdhub --help` imports every command
+            from kdhub.commands.dryrun import describe_run, format_plan
 
             print(format_plan(describe_run(config)), end="")
             return 0
@@ -264,12 +263,8 @@ class StudyCommand(Command):
         p.add_argument("--fresh", action="store_true", help="start the study over under a new parent run")
 
     def run(self, args: argparse.Namespace) -> int:
-        from kdhub.study import (  # deferred: `kdhub --help` imports every command
-            expand,
-            load_study,
-            run_study,
-            study_status,
-        )
+        # deferred: `kdhub --help` imports every command
+        from kdhub.study import expand, load_study, run_study, study_status
 
         study = load_study(args.study, args.set)
         if args.dry_run:
@@ -288,10 +283,8 @@ class StudyCommand(Command):
                     f"search {spec.run}: {spec.trials} trials over {', '.join(spec.space)} "
                     f"({spec.sampler} sampler, {pruning}, {spec.direction} {spec.objective})"
                 )
-                from kdhub.study.plan import (  # deferred: `kdhub --help` imports every command
-                    search_notes,
-                    search_template,
-                )
+                # deferred: `kdhub --help` imports every command
+                from kdhub.study.plan import search_notes, search_template
 
                 for note in search_notes(study, search_template(study, plan)):
                     print(note)
@@ -324,7 +317,8 @@ class DemoCommand(Command):
         p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from kdhub.commands.demo import demo  # deferred: `kdhub --help` imports every command
+        # deferred: `kdhub --help` imports every command
+        from kdhub.commands.demo import demo
 
         demo(epochs=args.epochs, tracking_uri=args.tracking_uri)
         return 0

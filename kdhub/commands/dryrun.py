@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from kdhub.contract.config import RunConfig
+from kdhub.engine.loop import Trainer
 
 __all__ = ["describe_run", "format_plan"]
 
@@ -23,8 +24,6 @@ def describe_run(config: RunConfig) -> dict[str, Any]:
     Builds the run exactly as training would (data, models, teacher weights, methods' setup, the
     policy and the metrics), so a config that passes here fails in training only for runtime reasons.
     """
-    from kdhub.engine.loop import Trainer
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = Trainer(config)

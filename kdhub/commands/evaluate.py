@@ -26,6 +26,9 @@ from kdhub.contract.config import DataConfig, PluginRef
 from kdhub.contract.config_loading import apply_overrides
 from kdhub.contract.errors import ConfigError, KdhubError
 from kdhub.contract.validation import format_validation_error
+from kdhub.registry.loading import get_registry
+from kdhub.registry.student import load_checkpoint, network_from_checkpoint
+from kdhub.tracking import KIND_TAG, Tracker, flatten, model_label, resolve_weights, tracking_uri
 
 __all__ = ["EvaluationConfig", "add_arguments", "evaluate", "report"]
 
@@ -56,10 +59,9 @@ def evaluate(
     label: str = "checkpoint",
 ) -> dict[str, Any]:
     """Accuracy (%) overall and per class of the checkpoint's network on ``split`` of the dataset."""
+    # deferred: `kdhub --help` imports this module for its arguments (start-up time)
     from kdhub.engine.data import open_data
     from kdhub.engine.loop import pick_device
-    from kdhub.registry.loading import get_registry
-    from kdhub.registry.student import network_from_checkpoint
 
     registry = get_registry()
     try:
@@ -144,8 +146,6 @@ def report(result: dict[str, Any], split: str) -> str:
 
 
 def _log(args: argparse.Namespace, result: dict[str, Any], label: str) -> str:
-    from kdhub.tracking import KIND_TAG, Tracker, flatten, model_label, tracking_uri
-
     split, info, spec = args.split, result["data"], result["spec"]
     student = model_label(PluginRef(name=spec["name"], options=spec.get("options") or {}))
     tracker = Tracker(tracking_uri(args.tracking_uri), args.experiment)
@@ -176,9 +176,6 @@ def _log(args: argparse.Namespace, result: dict[str, Any], label: str) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from kdhub.registry.student import load_checkpoint
-    from kdhub.tracking import resolve_weights
-
     if args.split not in ("train", "val", "test"):
         raise KdhubError(f"--split: expected train, val or test, got {args.split!r}")
     if args.batch_size is not None:

@@ -42,6 +42,7 @@ from kdhub.registry.student import (
     network_from_checkpoint,
     student_spec,
 )
+from kdhub.tracking import resolve_weights
 
 __all__ = [
     "FORMATS",
@@ -215,8 +216,6 @@ def _numbers(values: list[float]) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from kdhub.tracking import resolve_weights
-
     if args.format not in FORMATS:
         raise KdhubError(f"--format: unknown format {args.format!r} (choose {', '.join(FORMATS)})")
     shape = parse_shape(args.input_shape)

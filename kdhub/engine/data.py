@@ -20,6 +20,7 @@ from torch import Tensor
 
 from kdhub.contract.dataset import Augmentation, DataBundle, FileDataset, TensorSplit
 from kdhub.engine.splits import _hold_out, class_balanced_split
+from kdhub.engine.stream import LoaderOptions, StreamData
 
 __all__ = ["Batch", "DataSource", "DeviceData", "augment", "class_balanced_split", "digest", "open_data"]
 
@@ -264,8 +265,6 @@ def open_data(
     if isinstance(loaded, DataBundle):
         return DeviceData(loaded, device, val_fraction, seed, rank, world_size, train_fraction, holdout_fraction, name)
     if isinstance(loaded, FileDataset):
-        from kdhub.engine.stream import LoaderOptions, StreamData
-
         options = loader if isinstance(loader, LoaderOptions) else LoaderOptions.from_config(loader)
         return StreamData(
             loaded, device, val_fraction, seed, rank, world_size, train_fraction, options, holdout_fraction

@@ -58,6 +58,7 @@ from kdhub.engine.schedule import make_optimizer, make_scheduler
 from kdhub.engine.tally import EpochTally
 from kdhub.registry import loading as plugins
 from kdhub.registry.resolve import resolve_plugins
+from kdhub.tracking import resolve_artifact
 
 __all__ = ["RunResult", "Trainer", "pick_device", "seed_everything"]
 
@@ -141,8 +142,6 @@ class Trainer:
     def fetch(self, reference: str, where: str = "") -> Path:
         """A local file for a path or ``runs:/`` reference, downloaded once into the work folder;
         ``where`` (a config path) names it in errors."""
-        from kdhub.tracking import resolve_artifact
-
         if reference not in self.fetched:
             uri = self.tracker.uri if self.tracker is not None else self.config.tracking.uri
             folder = self.workdir / "downloads" / str(len(self.fetched))

@@ -14,11 +14,24 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from kdhub.contract.config import RunConfig
-from kdhub.contract.config_loading import dump_config, parse_config
+from kdhub.contract.config_loading import check_resume, dump_config, parse_config
 from kdhub.contract.errors import DivergedError, KdhubError, Terminated
 from kdhub.engine import checkpoint
 from kdhub.engine.loop import RunResult, Trainer
 from kdhub.registry import loading as plugins
+from kdhub.tracking import (
+    Tracker,
+    artifact_exists,
+    check_resumable,
+    default_run_name,
+    liveness,
+    load_run_config,
+    log_run_end,
+    log_run_start,
+    run_info,
+    run_params,
+    run_tags,
+)
 
 __all__ = ["run"]
 
@@ -33,7 +46,6 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
     """
     if isinstance(config, dict):
         config = parse_config(config)
-    from kdhub.tracking import Tracker, default_run_name, log_run_end, log_run_start, run_params, run_tags
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     tracker = Tracker(config.tracking.uri, config.tracking.experiment) if track and rank0 else None
@@ -71,9 +83,6 @@ def run(config: RunConfig | dict[str, Any], resume_run_id: str | None = None, tr
 def _resumable(config: RunConfig, run_id: str, uri: str | None, check_alive: bool = True) -> str | None:
     """The checkpoint a run resumes from (None: from scratch); refuses a finished or still running run,
     and a config that changes more than the resumable keys."""
-    from kdhub.contract.config_loading import check_resume
-    from kdhub.tracking import artifact_exists, check_resumable, liveness, load_run_config, run_info
-
     path = "checkpoints/last.pt"
     if not check_alive:  # torchrun's other processes: rank 0 decides, and marks the run RUNNING
         return path if artifact_exists(run_id, path, uri) else None

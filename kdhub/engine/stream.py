@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from kdhub.contract.dataset import FileDataset, FileSplit, ImageTransforms
 from kdhub.contract.errors import KdhubError
+from kdhub.engine.splits import _hold_out, class_balanced_split
 
 __all__ = ["LoaderOptions", "StreamData", "build_transforms", "default_workers", "sample_seed"]
 
@@ -249,8 +250,6 @@ class StreamData:
         loader: LoaderOptions | None = None,
         holdout_fraction: float = 0.0,
     ) -> None:
-        from kdhub.engine.splits import _hold_out, class_balanced_split
-
         self.bundle, self.device, self.seed = bundle, device, seed
         self.rank, self.world_size = rank, world_size
         self.options = loader or LoaderOptions()

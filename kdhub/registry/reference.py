@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 
 from kdhub.contract.config import PluginRef, RunConfig
 from kdhub.contract.validation import inner_model
+from kdhub.registry.loading import get_registry
 
 __all__ = [
     "OptionRow",
@@ -127,8 +128,6 @@ _SECTION = re.compile(r"<!-- options: (\w+) (\w+) -->\n.*?<!-- /options -->", re
 
 def update_generated_sections(text: str) -> str:
     """Regenerate every ``<!-- options: KIND NAME --> ... <!-- /options -->`` section of a Markdown text."""
-    from kdhub.registry.loading import get_registry
-
     registry = get_registry()
 
     def render(match: re.Match[str]) -> str:

@@ -23,6 +23,7 @@ from kdhub.study.plan import _set, substitute
 from kdhub.study.spec import ChoiceParam, FloatParam, IntParam, PlannedRun, SearchSpec
 from kdhub.study.storage import default_storage, import_optuna, open_storage, pruner
 from kdhub.study.worker import Outcome, TrialLink, reduce_values
+from kdhub.tracking import find_runs, set_run_state
 
 __all__ = ["Search", "default_storage", "import_optuna", "open_storage", "pruner"]
 
@@ -197,8 +198,6 @@ class Search:
 
     def log(self, parent: Any, run_ids: dict[str, str], uri: str) -> list[str]:
         """Trial table, best values and config, Optuna's plots on the parent; lines to print."""
-        from kdhub.tracking import find_runs, set_run_state
-
         state = self.optuna.trial.TrialState
         counts = {s.name.lower(): self._count(s) for s in (state.COMPLETE, state.PRUNED, state.FAIL)}
         parent.table("search/trials", self.table())

@@ -18,6 +18,10 @@ from typing import Any
 
 from kdhub.contract.errors import KdhubError
 from kdhub.contract.hookspecs import hookimpl
+from kdhub.engine.runner import run
+from kdhub.registry import loading as plugins
+from kdhub.study.storage import open_storage, pruner
+from kdhub.tracking import Tracker, set_run_state
 
 __all__ = ["KEY_TAG", "Outcome", "RunPruned", "RunTask", "TrialLink", "execute"]
 
@@ -101,8 +105,6 @@ class _Watcher:
             return
         current.run_id = run.run_id
         if current.task.params and run.run_id is not None:
-            from kdhub.tracking import Tracker
-
             tracker = Tracker(run.config.tracking.uri, run.config.tracking.experiment)
             tracker.run_id = run.run_id
             tracker.params({f"trial.{k}": v for k, v in current.task.params.items()})
@@ -142,7 +144,6 @@ _registered_for: Any = None
 def _watch() -> None:
     """Register the watcher's hooks in this process (again after ``plugins.reset()``)."""
     global _registered_for
-    from kdhub.registry import loading as plugins
 
     registry = plugins.get_registry()
     if _registered_for is not registry:
@@ -152,8 +153,6 @@ def _watch() -> None:
 
 def _open_trial(link: TrialLink) -> Any:
     import optuna
-
-    from kdhub.study.storage import open_storage, pruner
 
     study = optuna.load_study(
         study_name=link.study_name,
@@ -197,7 +196,6 @@ def execute(task: RunTask) -> Outcome:
         if task.trial is not None:
             current.trial = _open_trial(task.trial)
         _watcher.current = current
-        from kdhub.engine.runner import run
 
         result = run(task.config, resume_run_id=task.resume_run_id)
         outcome.status, outcome.run_id = "FINISHED", result.run_id
@@ -211,8 +209,6 @@ def execute(task: RunTask) -> Outcome:
         if current.pruned is not None:  # whatever the engine wrapped it in
             outcome.status, outcome.error = PRUNED, current.pruned
             if current.run_id is not None:
-                from kdhub.tracking import set_run_state
-
                 set_run_state(
                     task.config["tracking"]["uri"],
                     current.run_id,

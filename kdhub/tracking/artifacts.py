@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdhub.contract.config_loading import read_yaml
 from kdhub.contract.errors import KdhubError
 from kdhub.contract.runlog import Table
 from kdhub.tracking.store import MODEL_CHECKPOINT, _client, _existing_client, tracking_uri
@@ -269,8 +270,6 @@ def load_table(run_id: str, name: str, uri: str | None = None) -> Table:
 
 def load_run_config(run_id: str, uri: str | None = None) -> dict[str, Any]:
     """The config a run logged (``config.yaml``), read with kdhub's safe YAML loader."""
-    from kdhub.contract.config_loading import read_yaml
-
     with tempfile.TemporaryDirectory(prefix="kdhub-") as folder:
         path = resolve_artifact(f"runs:/{run_id}/config.yaml", uri, Path(folder))
         data = read_yaml(path, f"config of run {run_id}")

@@ -6,6 +6,8 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from kdhub.contract.errors import KdhubError
+from kdhub.contract.version import __version__
+from kdhub.registry.student import model_checkpoint, network_from_checkpoint
 from kdhub.tracking.artifacts import teacher_links
 from kdhub.tracking.runinfo import _default_weight, _option_text, model_label
 from kdhub.tracking.store import _MAX_TAG, _NOTE_TAG
@@ -124,9 +126,6 @@ def log_run_end(tracker: Tracker, config: RunConfig, data: Any, result: Any) -> 
 
     Returns ``{"model_id": ..., "registered": "NAME/VERSION"}`` (what was done).
     """
-    from kdhub.contract.version import __version__
-    from kdhub.registry.student import model_checkpoint, network_from_checkpoint
-
     done: dict[str, str] = {}
     metrics = dict(result.metrics)
     if config.tracking.log_model and result.student is not None:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdhub.contract.version import __version__
 from kdhub.registry.loading import get_registry
 from kdhub.tracking.artifacts import teacher_links
 from kdhub.tracking.store import _MAX_TAG, KIND_TAG
@@ -221,8 +222,6 @@ def _used_plugins(config: RunConfig) -> list[tuple[str, str]]:
 def run_tags(config: RunConfig) -> dict[str, str]:
     """Tags of a training run: its models (``cnn(width=32)``), methods, policy, data, seed, the teacher's
     run or registered model, and the versions of the plugin distributions it uses (besides kdhub)."""
-    from kdhub.contract.version import __version__
-
     tags = {
         KIND_TAG: "train",
         "kdhub.version": __version__,
