@@ -47,16 +47,17 @@ class _MovedModule(types.ModuleType):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        for target in self._kdhub_targets:
-            module = importlib.import_module(target)
-            if name in vars(module):
-                public = name in importlib.import_module("kdhub").__all__
-                warnings.warn(
-                    f"{self.__name__} moved: import {name} from {'kdhub' if public else target}",
-                    DeprecationWarning,
-                    stacklevel=2,
-                )
-                return getattr(module, name)
+        found = [t for t in self._kdhub_targets if name in vars(importlib.import_module(t))]
+        # the module that defines it, where another one only re-imports it
+        home = [t for t in found if getattr(vars(importlib.import_module(t))[name], "__module__", t) == t]
+        for target in home[:1] or found[:1]:
+            public = name in importlib.import_module("kdhub").__all__
+            warnings.warn(
+                f"{self.__name__} moved: import {name} from {'kdhub' if public else target}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return getattr(importlib.import_module(target), name)
         raise ImportError(  # not an AttributeError: `from ... import` would replace the message
             f"{self.__name__} moved to {', '.join(self._kdhub_targets)}, and none of them has {name!r}"
         )

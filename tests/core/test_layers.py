@@ -224,3 +224,34 @@ def test_no_module_over_600_lines():
         if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     ]
     assert not long, f"split by job (CONTRIBUTING.md), at most {MAX_LINES} lines a module:\n" + "\n".join(long)
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new"),
+    [
+        ("kdhub.config", "RunConfig", "kdhub.contract.config"),
+        ("kdhub.config", "load_config", "kdhub.contract.config_loading"),
+        ("kdhub.config", "resolve_plugins", "kdhub.registry.resolve"),
+        ("kdhub.plugins", "get_registry", "kdhub.registry.loading"),
+        ("kdhub.export", "network_from_checkpoint", "kdhub.registry.student"),
+        ("kdhub.hookspecs", "REGISTER_HOOKS", "kdhub.contract.hookspecs"),
+        ("kdhub.method", "Method", "kdhub"),
+    ],
+)
+def test_former_module_paths_still_import_with_a_warning(old, name, new):
+    """Third-party code that imports from a former path keeps working, and is told where the name is now."""
+    import importlib
+
+    with pytest.warns(DeprecationWarning, match=rf"{old} moved: import {name} from {new}$"):
+        value = getattr(importlib.import_module(old), name)
+    assert value is getattr(importlib.import_module(MOVED[old][0] if new == "kdhub" else new), name)
+    with pytest.raises(ImportError, match=rf"{old} moved to {MOVED[old][0]}.*none of them has 'no_such_name'"):
+        exec(f"from {old} import no_such_name")
+
+
+def test_kdhub_registry_keeps_the_names_of_the_former_module():
+    from kdhub.contract.validation import format_validation_error as formatter
+    from kdhub.registry import Registry, format_validation_error
+    from kdhub.registry.catalog import Registry as catalog_registry
+
+    assert (Registry, format_validation_error) == (catalog_registry, formatter)
