@@ -2,7 +2,8 @@
 functions and under ``TYPE_CHECKING`` included):
 
 - the layers of ``kdhub/`` import only downward, and no ``kdhub`` modules import each other in a cycle;
-- ``kdhub/`` uses the new module paths, never the former ones that :mod:`kdhub._moved` still answers;
+- the project (kdhub, plugins, template, tests, benchmarks) uses the new module paths, never the former
+  ones that :mod:`kdhub._moved` still answers;
 - only ``kdhub/tracking/`` imports mlflow, only ``kdhub/registry/loading.py`` makes pluggy's manager,
   and the core names no plugin;
 - no module of ``kdhub/`` or ``plugins/`` is longer than 600 lines.
@@ -157,8 +158,14 @@ def test_no_import_cycle(imports):
     assert not found, "kdhub modules that import each other in a cycle:\n" + "\n".join(" <-> ".join(c) for c in found)
 
 
-def test_no_former_module_path_in_kdhub(imports):
+def test_no_former_module_path_in_the_project(imports):
+    """kdhub, the built-in plugins, the template, tests and benchmarks import from the new paths."""
     old = [f"{i.where}: {i.name} is now {' / '.join(MOVED[i.target])}" for i in imports if i.target in MOVED]
+    for path in python_files("plugins", "examples", "tests", "benchmarks", "scripts"):
+        for name, line in imported_names(path):
+            former = next((m for m in MOVED if name == m or name.startswith(f"{m}.")), None)
+            if former is not None:
+                old.append(f"{path.relative_to(ROOT)}:{line}: {name} is now {' / '.join(MOVED[former])}")
     assert not old, "import from the new module paths:\n" + "\n".join(old)
 
 
