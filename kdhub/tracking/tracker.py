@@ -311,7 +311,7 @@ class Tracker:
 _REQUIREMENTS_CHECK = threading.Lock()
 
 
-def _no_requirements_check(requirements: list[str]) -> None:
+def _no_requirements_check(model_requirements: list[str]) -> None:
     """Stands in for MLflow's check of a model's requirements against the installed distributions."""
 
 
