@@ -298,7 +298,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the run")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats of each variant")
     parser.add_argument("--variants", default="model,nomodel,notrack,warm,bare", help="comma-separated variants")
-    parser.add_argument("--baseline", type=Path, help="another kdhub checkout, timed alternately (model, nomodel)")
+    parser.add_argument(
+        "--baseline", type=Path, help="another kdhub checkout: its model and nomodel runs follow this checkout's"
+    )
     parser.add_argument("--uri", default="sqlite:///mlflow.db", help="tracking store (created before timing)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -312,9 +314,11 @@ def main() -> None:
             _child_kdhub(args.child, args.config, args.uri, args.out, args.launched)
         return
 
-    variants = [(v, None) for v in args.variants.split(",") if v]
-    if args.baseline is not None:
-        variants += [(f"{v}@baseline", args.baseline.resolve()) for v in ("model", "nomodel")]
+    variants: list[tuple[str, Path | None]] = []
+    for name in (v for v in args.variants.split(",") if v):
+        variants.append((name, None))
+        if args.baseline is not None and name in ("model", "nomodel"):  # before/after side by side
+            variants.append((f"{name}@baseline", args.baseline.resolve()))
     folder = Path(tempfile.mkdtemp(prefix="kdhub-overhead-"))
     _config(folder, args.epochs)
     print(f"warming up in {folder} (creates the store, fills the page cache)...", file=sys.stderr)
@@ -324,9 +328,10 @@ def main() -> None:
     for repeat in range(args.repeats):
         for variant, root in variants:
             runs[variant].append(_measure(variant.split("@")[0], root, args, folder))
+            done = runs[variant][-1]
             print(
-                f"  {repeat + 1}/{args.repeats} {variant}: {runs[variant][-1]['wall']:.2f} s wall, "
-                f"{runs[variant][-1]['cpu']:.2f} s CPU",
+                f"  {repeat + 1}/{args.repeats} {variant}: {done['wall']:.2f} s wall, {done['cpu']:.2f} s CPU, "
+                f"load {os.getloadavg()[0]:.1f}; items {json.dumps(done['items_cpu'], sort_keys=True)}",
                 file=sys.stderr,
             )
         loads.append(os.getloadavg()[0])
