@@ -142,7 +142,10 @@ class RayExecutor(Executor):
             resources.get("GPU", 0) / self.gpus_default if self.gpus_default else resources.get("CPU", 1) / cpus_per_run
         )
         self.slots = max(1, parallel if parallel is not None else int(capacity))
-        self._remote = ray.remote(max_retries=0)(execute)
+        # max_calls=0: a worker process executes run after run, GPU runs included (Ray makes a function declared
+        # with GPUs single-use unless told), so a study of short runs pays importing torch and MLflow and opening
+        # the store once per worker; execute() isolates a failing run, and Ray replaces a process that died
+        self._remote = ray.remote(max_retries=0, max_calls=0)(execute)
         self._cluster = f"{int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs"
         self._address = address
 

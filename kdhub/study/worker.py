@@ -222,12 +222,29 @@ def execute(task: RunTask) -> Outcome:
                 outcome.detail = traceback.format_exc()
     finally:
         _watcher.current = None
+        if task.worker:
+            _release_device_memory()
     outcome.epochs = current.epochs
     outcome.run_id = outcome.run_id or current.run_id
     if task.trial is not None and outcome.status != "FAILED":
         _objective(task.trial, current, outcome)
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _release_device_memory() -> None:
+    """In a worker that goes on to the next run: give the GPU memory the run's tensors held back to the device.
+
+    A worker process executes several runs (the executor reuses it); the allocator's cache of a finished
+    run would otherwise stay reserved for this process while other workers share the GPU.
+    """
+    import gc
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()  # the run's modules and optimizer state may sit in reference cycles
+        torch.cuda.empty_cache()
 
 
 def _objective(link: TrialLink, current: _Current, outcome: Outcome) -> None:

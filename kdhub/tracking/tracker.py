@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -249,7 +250,7 @@ class Tracker:
         with tempfile.TemporaryDirectory(prefix="kdhub-model-") as tmp, self._failed_on_error(model.model_id):
             file = Path(tmp) / MODEL_CHECKPOINT
             torch.save(checkpoint, file)
-            with _global_uri(self.uri):
+            with _global_uri(self.uri), _requirements_as_given():
                 mlflow.pytorch.log_model(
                     net,
                     name=MODEL_NAME,
@@ -262,6 +263,9 @@ class Tracker:
                     run_id=self.run_id,
                     model_id=model.model_id,
                     step=step,
+                    # MLflow would reload the model it just wrote and predict the example (a warning if that
+                    # fails); the network already ran on the example above, for the signature
+                    validate_serving_input=False,
                 )
         return str(model.model_id)
 
@@ -302,6 +306,35 @@ class Tracker:
         versions.append({"name": name, "version": str(version.version)})
         self.client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(versions)})
         return str(version.version)
+
+
+_REQUIREMENTS_CHECK = threading.Lock()
+
+
+def _no_requirements_check(model_requirements: list[str]) -> None:
+    """Stands in for MLflow's check of a model's requirements against the installed distributions."""
+
+
+@contextmanager
+def _requirements_as_given() -> Iterator[None]:
+    """Log a model without MLflow checking its pip requirements against what is installed.
+
+    kdhub gives the exact versions of the distributions running this process (torch, mlflow), so the
+    check cannot find a mismatch; it costs a scan of every installed distribution's files (about a
+    second of CPU) the first time a process logs a model. An MLflow without the check is left alone.
+    """
+    from mlflow.utils import environment
+
+    with _REQUIREMENTS_CHECK:  # one model at a time per process while the check is swapped out
+        check = getattr(environment, "warn_dependency_requirement_mismatches", None)
+        if check is None:
+            yield
+            return
+        environment.warn_dependency_requirement_mismatches = _no_requirements_check
+        try:
+            yield
+        finally:
+            environment.warn_dependency_requirement_mismatches = check
 
 
 def _dataset_entity(info: dict[str, Any]) -> Any:

@@ -132,6 +132,38 @@ def test_the_logged_model_reproduces_the_test_logits(student_run, client):
     assert logged.tags["student"] == "cnn(width=8)"
 
 
+def test_the_model_is_logged_with_kdhubs_requirements_without_scanning_the_environment(
+    tiny_config, mlflow_uri, monkeypatch, tmp_path
+):
+    from mlflow.utils import environment, requirements_utils
+
+    scans: list[int] = []
+    real_scan = requirements_utils.importlib_metadata.packages_distributions
+
+    def scan() -> dict:
+        scans.append(1)
+        return real_scan()
+
+    monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)  # as in a new process
+    monkeypatch.setattr(requirements_utils.importlib_metadata, "packages_distributions", scan)
+    check = environment.warn_dependency_requirement_mismatches
+    tiny_config.update(epochs=1)
+    tiny_config["tracking"]["log_model"] = True
+    result = run(tiny_config)
+    assert scans == []  # MLflow neither inferred nor checked the requirements against every distribution
+    assert environment.warn_dependency_requirement_mismatches is check  # and its check is back for others
+    client = mlflow.MlflowClient(mlflow_uri)
+    model_id = client.get_run(result.run_id).outputs.model_outputs[0].model_id
+    folder = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{client.get_logged_model(model_id).artifact_location}/requirements.txt",
+        dst_path=str(tmp_path),
+        tracking_uri=mlflow_uri,
+    )
+    with open(folder) as handle:
+        requirements = handle.read().split()
+    assert requirements == [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
+
+
 def test_registered_version_carries_tags_and_teaches_a_later_run(student_run, client, mlflow_uri, tmp_path):
     version = client.get_model_version(MODEL, "1")
     assert version.run_id == student_run.run_id

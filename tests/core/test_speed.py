@@ -293,3 +293,32 @@ def test_engine_runs_the_teacher_in_inference_mode_and_bf16():
     assert mixed.teacher_forward.amp == "bf16"
     assert all(math.isfinite(v) for v in mixed.history[0].values())
     assert mixed.history[0]["loss/kd"] != reference.history[0]["loss/kd"]
+
+
+# process exit -----------------------------------------------------------------------------------------
+
+
+def test_a_process_that_trained_exits_without_collecting_what_it_loaded(tiny_config, tmp_path):
+    """The final garbage collections of torch's and MLflow's objects (a second of CPU) are skipped."""
+    import json
+    import subprocess
+    import sys
+
+    tiny_config["epochs"] = 1
+    script = (
+        "import json, os, sys\n"
+        "from kdhub.engine.runner import run\n"
+        "run(json.loads(sys.argv[1]), track=False)\n"
+        "class Cycle:\n"
+        "    def __del__(self):\n"
+        "        os.write(1, b'collected at exit')\n"
+        "cycle = Cycle()\n"
+        "cycle.me = cycle\n"
+        "del cycle\n"
+        "print('trained', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(tiny_config)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "trained"  # the cycle was left to the operating system

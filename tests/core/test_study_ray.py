@@ -1,11 +1,13 @@
 """The Ray executor: the same study on 2 Ray workers gives the numbers of the local executor."""
 
 import glob
+import os
 
 import mlflow
 import pytest
 
 from kdhub.study import StudyConfig, run_study
+from kdhub.tracking import PID_TAG
 
 ray = pytest.importorskip("ray")
 
@@ -62,6 +64,11 @@ def test_ray_with_two_workers_gives_the_numbers_of_the_local_executor(mlflow_uri
     assert sorted(c.info.run_name for c in children) == sorted(
         k.replace(" s", "-s") for k, (state, _, _) in expected.items() if state == "finished"
     )
+    # Ray's worker processes went on from run to run (imports and the store paid once per worker, not per run),
+    # the failed runs included: the runs after them in the same process gave the local executor's numbers
+    pids = {c.data.tags[PID_TAG] for c in children}
+    assert str(os.getpid()) not in pids
+    assert len(pids) < len(children), pids
     kd = next(c for c in children if c.data.tags["kdhub.study.key"] == "kd-s1")
     teacher = remote["run_ids"][1]["teacher"]
     assert kd.data.params["teacher.weights"] == f"runs:/{teacher}/checkpoints/final.pt"

@@ -21,6 +21,34 @@ def test_digits_is_embedded_stratified_and_scaled():
     assert torch.equal(bundle.test.labels, again.test.labels)
 
 
+@pytest.mark.parametrize(("fraction", "seed"), [(0.25, 0), (0.25, 7), (0.1, 3), (0.5, 11), (0.9, 0), (0.006, 5)])
+def test_digits_are_scikit_learns_data_and_split_without_importing_it(fraction, seed):
+    """The same images, labels and stratified split as ``load_digits`` + ``train_test_split``."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from kdhub_zoo.datasets.digits import stratified_split
+
+    raw = load_digits()
+    expected = train_test_split(
+        list(range(len(raw.target))), test_size=fraction, random_state=seed, stratify=raw.target
+    )
+    train, test = stratified_split(raw.target, fraction, seed)
+    assert train.tolist() == list(expected[0])
+    assert test.tolist() == list(expected[1])
+    bundle = kdhub.create("dataset", "digits", test_fraction=fraction, split_seed=seed).load()
+    images = torch.from_numpy((raw.images * (255.0 / 16.0)).round()).to(torch.uint8).unsqueeze(1)
+    assert torch.equal(bundle.test.images, images[list(expected[1])])
+    assert torch.equal(bundle.train.labels, torch.from_numpy(raw.target)[list(expected[0])])
+    if (fraction, seed) == (0.25, 0):  # the default split, loaded in a process of its own
+        code = "import sys, kdhub; kdhub.create('dataset', 'digits').load(); print('sklearn' in sys.modules)"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert done.stdout.strip() == "False"
+
+
 def test_synthetic_has_the_asked_shape_and_is_deterministic():
     options = {"num_classes": 7, "channels": 2, "image_size": 12, "train_size": 70, "test_size": 14}
     a = kdhub.create("dataset", "synthetic", **options).load()

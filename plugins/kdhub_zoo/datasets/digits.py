@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import Field, field_validator
 
@@ -48,18 +52,11 @@ class Digits(kdhub.Dataset):
     options: Options
 
     def load(self) -> kdhub.DataBundle:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        raw = load_digits()
-        images = torch.from_numpy((raw.images * (255.0 / 16.0)).round()).to(torch.uint8).unsqueeze(1)
-        labels = torch.from_numpy(raw.target).long()
-        train_idx, test_idx = train_test_split(
-            list(range(len(labels))),
-            test_size=self.options.test_fraction,
-            random_state=self.options.split_seed,
-            stratify=raw.target,
-        )
+        raw_images, target = _digits()
+        images = torch.from_numpy((raw_images * (255.0 / 16.0)).round()).to(torch.uint8).unsqueeze(1)
+        labels = torch.from_numpy(target).long()
+        train_idx, test_idx = stratified_split(target, self.options.test_fraction, self.options.split_seed)
+        train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
         train = kdhub.TensorSplit(images[train_idx], labels[train_idx])
         test = kdhub.TensorSplit(images[test_idx], labels[test_idx])
         pixels = train.images.float() / 255
@@ -73,3 +70,61 @@ class Digits(kdhub.Dataset):
             class_names=[str(d) for d in range(10)],
             source="sklearn.datasets.load_digits",
         )
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 images ``[N, 8, 8]`` (0..16) and labels of scikit-learn's ``load_digits``.
+
+    Read from the file scikit-learn ships, without importing scikit-learn (a second of CPU at every
+    start of a run: its import pulls in SciPy); through ``load_digits`` where that file is not found.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                data = np.loadtxt(handle, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    return raw.images, raw.target
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices: scikit-learn's ``train_test_split(range(n), test_size=test_fraction,
+    random_state=seed, stratify=labels)``, step by step (its ``StratifiedShuffleSplit``), without it."""
+    n = len(labels)
+    n_test = math.ceil(test_fraction * n)
+    n_train = n - n_test
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    by_class = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_i = _approximate_mode(counts, n_train, rng)
+    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for i in range(len(counts)):
+        members = by_class[i].take(rng.permutation(counts[i]), mode="clip")
+        train.extend(members[: n_i[i]])
+        test.extend(members[n_i[i] : n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of ``draws`` come from each class: the floored proportional share, the rest given to the
+    largest remainders, ties broken at random (scikit-learn's ``_approximate_mode``)."""
+    continuous = counts / counts.sum() * draws
+    floored = np.floor(continuous)
+    need = int(draws - floored.sum())
+    if need > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            add = min(len(tied), need)
+            floored[rng.choice(tied, size=add, replace=False)] += 1
+            need -= add
+            if need == 0:
+                break
+    return floored.astype(int)
