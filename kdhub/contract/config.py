@@ -86,7 +86,8 @@ class TeacherRef(ModelRef):
         min_length=1,
         max_length=MAX_PATH,
         description="checkpoint path (kdhub .pt, state_dict .pt/.pth or .safetensors) or MLflow reference "
-        "runs:/<run_id>/checkpoints/final.pt",
+        "runs:/<run_id>/checkpoints/final.pt, models:/NAME/VERSION, models:/NAME@ALIAS or models:/<model id> "
+        "(a student kdhub logged, resolved in the run's tracking store)",
     )
 
 

@@ -165,8 +165,106 @@ def test_registered_version_carries_tags_and_teaches_a_later_run(student_run, cl
 
 
 def test_a_reference_to_a_missing_model_is_one_line(mlflow_uri, tmp_path):
-    with pytest.raises(Exception, match=r"models:/no-such-model/1: not found in"):
+    with pytest.raises(kdhub.KdhubError, match=r"models:/no-such-model/1: no registered model 'no-such-model' in"):
         resolve_artifact("models:/no-such-model/1", mlflow_uri, tmp_path / "dl")
+
+
+def _write_config(path, config):
+    import yaml
+
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_train_register_alias_then_distil_from_the_alias_on_the_command_line(mlflow_uri, tmp_path, capsys):
+    """The registry workflow end to end through ``kdhub run``: train and register a teacher, give its
+    version an alias, distil from ``models:/NAME@ALIAS``; the new run records the version it resolved."""
+    name = "tests-chain-teacher"
+    common = {
+        "epochs": 1,
+        "data": {"name": "digits", "batch_size": 64},
+        "train": {"progress": False},
+    }
+    teacher = {
+        **common,
+        "student": {"name": "cnn", "options": {"width": 8}},
+        "tracking": {"experiment": EXPERIMENT, "register": name},
+    }
+    assert main(["run", _write_config(tmp_path / "t.yaml", teacher), "--tracking-uri", mlflow_uri]) == 0
+    teacher_run = capsys.readouterr().out.split("run ", 1)[1].split(":")[0]
+    client = mlflow.MlflowClient(mlflow_uri)
+    (version,) = client.search_model_versions(f"name = '{name}'")
+    client.set_registered_model_alias(name, "best", version.version)
+
+    kd = {
+        **common,
+        "student": {"name": "cnn", "options": {"width": 4}},
+        "teacher": {"name": "cnn", "options": {"width": 8}, "weights": f"models:/{name}@best"},
+        "methods": ["kd"],
+        "metrics": ["accuracy"],
+        "tracking": {"experiment": EXPERIMENT, "log_model": False},
+    }
+    assert main(["run", _write_config(tmp_path / "kd.yaml", kd), "--tracking-uri", mlflow_uri]) == 0
+    kd_run = capsys.readouterr().out.split("run ", 1)[1].split(":")[0]
+    data = client.get_run(kd_run).data
+    assert data.tags["kdhub.teacher_model"] == f"{name}/{version.version}"
+    assert data.tags["kdhub.teacher_run"] == teacher_run
+    assert data.params["teacher.weights"] == f"models:/{name}@best"
+    assert f"(registered version `models:/{name}/{version.version}`)" in data.tags["mlflow.note.content"]
+    teacher_acc = client.get_run(teacher_run).data.metrics["test/acc_last"]
+    assert data.metrics["test/accuracy/teacher_acc"] == pytest.approx(teacher_acc)
+
+    # export and evaluate take the alias too
+    out = tmp_path / "teacher.safetensors"
+    argv = ["export", f"models:/{name}@best", "-f", "safetensors", "-o", str(out), "--tracking-uri", mlflow_uri]
+    assert main(argv) == 0
+    assert out.is_file()
+    assert main(["evaluate", f"models:/{name}@best", "--data", "digits", "--tracking-uri", mlflow_uri]) == 0
+    assert f"accuracy {teacher_acc:.2f} %" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("models:/{model}@nope", "registered model '{model}' has no alias 'nope' in {uri} (its aliases: "),
+        ("models:/{model}/99", "registered model '{model}' has no version '99' in {uri} (its versions: 1"),
+        ("models:/{model}/x", "registered model '{model}' has no version 'x'"),
+        ("models:/tests-digits-cnm/1", "no registered model 'tests-digits-cnm' in {uri}; did you mean {model}?"),
+        ("models:/m-0123456789abcdef", "no logged model 'm-0123456789abcdef' in {uri}"),
+        ("models:/", "expected models:/NAME/VERSION, models:/NAME@ALIAS"),
+        ("models:/{model}@", "expected models:/NAME/VERSION, models:/NAME@ALIAS"),
+    ],
+)
+def test_a_missing_registered_name_version_or_alias_is_one_line_exit_2(
+    reference, message, student_run, mlflow_uri, tmp_path, capsys
+):
+    reference, message = (t.format(model=MODEL, uri=mlflow_uri) for t in (reference, message))
+    config = {
+        "epochs": 1,
+        "student": {"name": "cnn", "options": {"width": 4}},
+        "teacher": {"name": "cnn", "options": {"width": 8}, "weights": reference},
+        "methods": ["kd"],
+        "tracking": {"experiment": EXPERIMENT},
+    }
+    path = _write_config(tmp_path / "kd.yaml", config)
+    for argv in (
+        ["run", path],
+        ["export", reference, "-f", "safetensors", "-o", str(tmp_path / "x.st")],
+        ["evaluate", reference, "--data", "digits"],
+    ):
+        assert main([*argv, "--tracking-uri", mlflow_uri]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err, err
+        if argv[0] == "run":
+            assert f"teacher.weights: {reference}: " in err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_models_reference_to_a_store_that_does_not_exist_is_refused(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'none.db'}"
+    assert main(["evaluate", "models:/x/1", "--data", "digits", "--tracking-uri", uri]) == 2
+    assert "there is no MLflow store at" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
 
 
 def test_the_run_is_described_with_its_command_and_commit(student_run, client):
