@@ -147,13 +147,14 @@ def run_params(config: RunConfig, options: dict[str, Any], device: str | None = 
     """Flattened params that apply to this run: ``method.kd.temperature``, ``optim.lr``, ... with defaults.
 
     Options of the optimizer and schedule the run does not use are left out (no AdamW betas on an
-    SGD run, no milestones on a cosine run); ``train.device`` is ``device`` (the one used) when given.
+    SGD run, no milestones on a cosine run), and so are ``ce_weight`` (when 1) and ``policy.*`` (when
+    the default policy) on a run without a distillation method, where they change nothing;
+    ``train.device`` is ``device`` (the one used) when given.
     """
-    params: dict[str, str] = {
-        "seed": str(config.seed),
-        "epochs": str(config.epochs),
-        "ce_weight": str(config.ce_weight),
-    }
+    params: dict[str, str] = {"seed": str(config.seed), "epochs": str(config.epochs)}
+    distils = bool(config.methods)  # without a method, a default ce_weight and policy change nothing
+    if distils or config.ce_weight != 1.0:
+        params["ce_weight"] = str(config.ce_weight)
     optim = config.optim.model_dump(mode="json")
     for other, keys in _OPTIMIZER_KEYS.items():
         if other != config.optim.name:
@@ -185,7 +186,8 @@ def run_params(config: RunConfig, options: dict[str, Any], device: str | None = 
         weight = ref.weight if ref.weight is not None else _default_weight(ref.name)
         values = {"weight": weight, **options[f"methods.{i}"].model_dump(mode="json")}
         params.update(flatten(values, f"method.{ref.name}"))
-    params.update(flatten({"name": config.policy.name, **options["policy"].model_dump(mode="json")}, "policy"))
+    if distils or config.policy != type(config).model_fields["policy"].get_default(call_default_factory=True):
+        params.update(flatten({"name": config.policy.name, **options["policy"].model_dump(mode="json")}, "policy"))
     for i, metric in enumerate(config.metrics):
         values = {"split": metric.split, "every": metric.every, **options[f"metrics.{i}"].model_dump(mode="json")}
         params.update(flatten(values, f"metric.{metric.name}"))

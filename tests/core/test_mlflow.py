@@ -404,6 +404,15 @@ def test_params_are_only_those_that_apply():
     assert params["train.device"] == "auto"  # no device given: the config's
     assert {"schedule.milestones", "schedule.gamma"} <= set(params)
     assert not {"optim.momentum", "optim.nesterov", "schedule.min_lr"} & set(params)
+    # a run without a method: no default policy and no ce_weight of 1 (they change nothing on it)
+    assert not {"ce_weight", "policy.name"} & set(params)
+    weighted = parse_config({"student": "cnn", "ce_weight": 0.5})
+    assert run_params(weighted, resolve_plugins(weighted, registry))["ce_weight"] == "0.5"
+    kd = parse_config({"student": "cnn", "teacher": "cnn", "methods": ["kd"]})
+    params = run_params(kd, resolve_plugins(kd, registry))
+    assert params["ce_weight"] == "1.0"
+    assert params["policy.name"] == "constant"
+    assert params["method.kd.temperature"] == "4.0"
 
 
 def test_tags_name_models_with_options_and_only_used_plugin_distributions():
