@@ -245,6 +245,13 @@ with warnings.catch_warnings():
             max_length=256,
             description="also register the student in the MLflow Model Registry under this name (new version per run)",
         )
+        model_name: str | None = Field(
+            None,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+            max_length=256,
+            description="name of the run's logged MLflow model (default: 'student' when the run distils, 'model' "
+            "when it trains with labels only, e.g. a teacher or a vanilla baseline)",
+        )
         description: str | None = Field(
             None,
             min_length=1,

@@ -97,6 +97,20 @@ def run_description(
 # the engine's calls at the start and the end of a run ----------------------------------------------------
 
 
+def model_name(config: RunConfig) -> str:
+    """The name of a run's logged model: ``tracking.model_name``, else ``student`` for a run that distils
+    and ``model`` for one trained with labels only (a teacher, a vanilla baseline)."""
+    return config.tracking.model_name or ("student" if config.methods else "model")
+
+
+_REGISTERED = {
+    True: "Students distilled with kdhub; each version links its training run, its teacher and its method.",
+    False: "Models trained with labels only by kdhub (teachers or vanilla baselines: no distillation);"
+    " each version links its training run.",
+}
+"""The description of a new registered model, by whether its first version distils."""
+
+
 def _teacher_run(tracker: Tracker, config: RunConfig) -> tuple[str, str] | None:
     if config.teacher is None:
         return None
@@ -166,7 +180,13 @@ def log_run_end(tracker: Tracker, config: RunConfig, data: Any, result: Any) -> 
         metadata = {"kdhub": {**checkpoint["model_spec"], "run_id": tracker.run_id, "kdhub_version": __version__}}
         try:
             model_id = tracker.log_model(
-                net, example, checkpoint=checkpoint, metadata=metadata, tags=tags, step=config.epochs
+                net,
+                example,
+                checkpoint=checkpoint,
+                metadata=metadata,
+                tags=tags,
+                step=config.epochs,
+                name=model_name(config),
             )
         except Exception as err:  # torch.export cannot trace every model (data-dependent control flow)
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
@@ -187,7 +207,9 @@ def log_run_end(tracker: Tracker, config: RunConfig, data: Any, result: Any) -> 
                 teacher_run=_teacher_run(tracker, config),
                 teacher_model=_teacher_model(tracker, config),
             )
-            version = tracker.register_model(model_id, config.tracking.register, version_tags, description)
+            version = tracker.register_model(
+                model_id, config.tracking.register, version_tags, description, _REGISTERED[bool(config.methods)]
+            )
             done["registered"] = f"{config.tracking.register}/{version}"
             tracker.tags({"kdhub.registered_model": done["registered"]})
     text = run_description(  # tracking.description when set

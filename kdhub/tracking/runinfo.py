@@ -104,6 +104,17 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join([first.name or "python", *args])
 
 
+def source_name(argv: list[str] | None = None) -> str:
+    """What the runs table's *Source* column shows (``mlflow.source.name``): the config file of
+    ``kdhub run FILE`` or ``kdhub study FILE`` as typed (the UI shows its file name), else the command
+    line (``kdhub demo``, ``kdhub run --resume ID``)."""
+    argv = list(sys.argv if argv is None else argv)
+    for arg in argv[1:]:
+        if not arg.startswith("-") and arg.lower().endswith((".yaml", ".yml", ".json")) and Path(arg).is_file():
+            return arg
+    return command_line(argv)
+
+
 def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
     """``mlflow.source.git.commit`` (and branch, and whether tracked files differ) of the working directory."""
 
@@ -130,7 +141,12 @@ def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
 def _source_tags() -> dict[str, str]:
     import getpass
 
-    tags = {"mlflow.source.name": command_line()[:_MAX_TAG], "mlflow.source.type": "LOCAL", **git_tags()}
+    tags = {
+        "mlflow.source.name": source_name()[:_MAX_TAG],
+        "mlflow.source.type": "LOCAL",
+        "kdhub.command": command_line()[:_MAX_TAG],
+        **git_tags(),
+    }
     with contextlib.suppress(KeyError, OSError):  # no user name in some containers
         tags["mlflow.user"] = getpass.getuser()
     return tags

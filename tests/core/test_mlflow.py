@@ -132,6 +132,13 @@ def test_the_logged_model_reproduces_the_test_logits(student_run, client):
     assert logged.tags["student"] == "cnn(width=8)"
 
 
+def test_a_model_trained_with_labels_only_is_not_called_a_student(student_run, client):
+    model_id = client.get_run(student_run.run_id).outputs.model_outputs[0].model_id
+    logged = client.get_logged_model(model_id)
+    assert logged.name == "model"  # no method: a teacher or a baseline, not a student
+    assert "labels only" in client.get_registered_model(MODEL).description
+
+
 def test_registered_version_carries_tags_and_teaches_a_later_run(student_run, client, mlflow_uri, tmp_path):
     version = client.get_model_version(MODEL, "1")
     assert version.run_id == student_run.run_id
@@ -202,7 +209,7 @@ def test_train_register_alias_then_distil_from_the_alias_on_the_command_line(mlf
         "teacher": {"name": "cnn", "options": {"width": 8}, "weights": f"models:/{name}@best"},
         "methods": ["kd"],
         "metrics": ["accuracy"],
-        "tracking": {"experiment": EXPERIMENT, "log_model": False},
+        "tracking": {"experiment": EXPERIMENT, "register": "tests-chain-student"},
     }
     assert main(["run", _write_config(tmp_path / "kd.yaml", kd), "--tracking-uri", mlflow_uri]) == 0
     kd_run = capsys.readouterr().out.split("run ", 1)[1].split(":")[0]
@@ -211,6 +218,11 @@ def test_train_register_alias_then_distil_from_the_alias_on_the_command_line(mlf
     assert data.tags["kdhub.teacher_run"] == teacher_run
     assert data.params["teacher.weights"] == f"models:/{name}@best"
     assert f"(registered version `models:/{name}/{version.version}`)" in data.tags["mlflow.note.content"]
+    # models named for what they are; registered models described for what they hold
+    assert client.get_logged_model(client.get_run(teacher_run).outputs.model_outputs[0].model_id).name == "model"
+    assert client.get_logged_model(client.get_run(kd_run).outputs.model_outputs[0].model_id).name == "student"
+    assert client.get_registered_model(name).description.startswith("Models trained with labels only")
+    assert client.get_registered_model("tests-chain-student").description.startswith("Students distilled")
     teacher_acc = client.get_run(teacher_run).data.metrics["test/acc_last"]
     assert data.metrics["test/accuracy/teacher_acc"] == pytest.approx(teacher_acc)
 
@@ -276,6 +288,8 @@ def test_the_run_is_described_with_its_command_and_commit(student_run, client):
     assert f"**{student_run.last_acc:.2f} %**" in note
     assert f"Registered as `models:/{MODEL}/1`" in note
     assert tags["mlflow.source.name"]
+    assert tags["kdhub.command"]
+    assert tags["kdhub.system.heartbeat"].endswith(" UTC")
     assert tags["kdhub.kind"] == "train"
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
     if head.returncode == 0:
@@ -440,6 +454,32 @@ def test_the_command_line_is_recorded_without_the_tracking_uri():
     assert command_line(["train.py", "--lr", "0.1"]) == "train.py --lr 0.1"
 
 
+def test_the_source_is_the_config_file_and_the_command_line_a_tag(tmp_path, monkeypatch):
+    from kdhub.tracking import source_name
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kd.yaml").write_text("student: cnn\n")
+    argv = ["/venv/bin/kdhub", "run", "kd.yaml", "--set", "teacher.weights=runs:/abc/checkpoints/final.pt"]
+    assert source_name(argv) == "kd.yaml"  # not final.pt, the last word of the command line
+    assert source_name(["/venv/bin/kdhub", "demo"]) == "kdhub demo"
+    assert source_name(["/venv/bin/kdhub", "run", "--resume", "0" * 32]) == f"kdhub run --resume {'0' * 32}"
+    assert source_name(["/venv/bin/kdhub", "run", "missing.yaml"]) == "kdhub run missing.yaml"
+
+
+def test_host_pid_and_a_readable_heartbeat_are_system_tags():
+    from kdhub.tracking import HEARTBEAT_TAG, HOST_TAG, PID_TAG, heartbeat_stamp, liveness
+
+    assert (HOST_TAG, PID_TAG, HEARTBEAT_TAG) == ("kdhub.system.host", "kdhub.system.pid", "kdhub.system.heartbeat")
+    assert heartbeat_stamp(0) == "1970-01-01 00:00:00 UTC"
+    now = 1_800_000_000.0
+    fresh = {"tags": {HOST_TAG: "elsewhere", PID_TAG: "1", HEARTBEAT_TAG: heartbeat_stamp(now - 5)}}
+    assert liveness(fresh, now) == (True, "pid 1 on elsewhere, last heartbeat 5 s ago")
+    # runs written by earlier kdhub versions: kdhub.host / kdhub.pid / epoch seconds
+    earlier = {"tags": {"kdhub.host": "elsewhere", "kdhub.pid": "1", "kdhub.heartbeat": str(int(now - 5))}}
+    assert liveness(earlier, now) == liveness(fresh, now)
+    assert liveness({"tags": {}}, now) == (False, "it has no heartbeat")
+
+
 def test_study_child_tags_name_the_study_run_grid_point_and_seed():
     tags = study_run_tags("sweep", "kd", "temperature=4", 1, "p" * 32)
     assert tags == {
@@ -552,3 +592,67 @@ def test_system_metrics_are_sampled_when_asked(tiny_config, mlflow_uri, monkeypa
     result = run(tiny_config)
     metrics = mlflow.MlflowClient(mlflow_uri).get_run(result.run_id).data.metrics
     assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)
+
+
+# the demo's store -----------------------------------------------------------------------------------
+
+
+def test_the_demo_registers_the_kd_student_and_its_load_hint_works(tmp_path, capsys):
+    """``kdhub demo``: models named per role, the KD student registered, and the printed way to load it
+    (pyfunc on raw digits, float32) gives the student's logits; a trainable module comes from its checkpoint."""
+    from kdhub.commands.demo import demo
+    from kdhub.registry.student import load_checkpoint, network_from_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'demo.db'}"
+    results = demo(epochs=1, tracking_uri=uri)
+    out = capsys.readouterr().out
+    client = mlflow.MlflowClient(uri)
+    names = {
+        role: client.get_logged_model(client.get_run(r.run_id).outputs.model_outputs[0].model_id).name
+        for role, r in results.items()
+    }
+    assert names == {"teacher": "teacher", "vanilla": "vanilla", "kd": "student"}
+    (version,) = client.search_model_versions("name = 'digits-kd-student'")
+    assert version.run_id == results["kd"].run_id
+    assert client.get_registered_model("digits-kd-student").description.startswith("Students distilled")
+    assert "The KD student is registered as models:/digits-kd-student/1" in out
+
+    snippet = "\n".join(line[2:] for line in out.split("Load it and classify raw digits with:\n", 1)[1].splitlines())
+    scope: dict = {}
+    exec(compile(snippet, "demo-hint", "exec"), scope)  # the printed code, as a user pastes it
+    model, x = scope["model"], scope["x"]
+    assert x.dtype == np.float32
+    assert x.shape == (1797, 1, 8, 8)
+    data = digits_data()
+    test_images = data.normalise(data.splits["test"].images).numpy()
+    with torch.no_grad():
+        expected = results["kd"].student.cpu().eval()(torch.from_numpy(test_images)).numpy()
+    np.testing.assert_allclose(model.predict(test_images), expected, rtol=1e-5, atol=1e-5)
+    # the hint's normalisation of raw 0..16 pixels is the training one: the same logits on the same images
+    raw = torch.from_numpy(np.round(load_digits_images() * 255 / 16)).to(torch.uint8)[:, None]
+    np.testing.assert_allclose(data.normalise(raw).numpy(), x, rtol=1e-6, atol=1e-6)
+    with pytest.raises(Exception, match=r"float64|double|dtype|type"):
+        model.predict(x.astype(np.float64))  # pyfunc enforces the float32 signature
+
+    # the loaded pt2 graph cannot train; the kdhub checkpoint inside the model rebuilds a trainable module
+    mlflow.set_tracking_uri(uri)
+    try:
+        graph = mlflow.pytorch.load_model("models:/digits-kd-student/1")
+    finally:
+        mlflow.set_tracking_uri(None)
+    with pytest.raises(NotImplementedError):
+        graph.train()
+    path = resolve_artifact("models:/digits-kd-student/1", uri, tmp_path / "dl")
+    net = network_from_checkpoint(load_checkpoint(path))
+    net.train()
+    loss = net(torch.from_numpy(x[:8])).logsumexp(1).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())
+    with torch.no_grad():
+        np.testing.assert_allclose(net.eval()(torch.from_numpy(test_images)).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def load_digits_images() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return load_digits().images
