@@ -382,6 +382,23 @@ def test_tables_are_mlflow_tables_and_older_json_tables_still_read(student_run, 
     assert np.isnan(old["student"][1])
 
 
+def test_mlflow_load_table_reads_a_run_table_as_docs_mlflow_md_shows(student_run, mlflow_uri):
+    import mlflow.tracking.fluent
+
+    run_id = student_run.run_id
+    try:  # the exact calls of docs/mlflow.md
+        mlflow.set_tracking_uri(mlflow_uri)
+        mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
+        table = mlflow.load_table("tables/test/per_class_accuracy.json", run_ids=[run_id], extra_columns=["run_id"])
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.tracking.fluent._active_experiment_id = None
+    ours = load_table(run_id, "test/per_class_accuracy", mlflow_uri)
+    assert list(table["class"]) == ours["class"] == list(range(10))
+    np.testing.assert_allclose(table["student"], ours["student"])
+    assert set(table["run_id"]) == {run_id}
+
+
 def test_a_table_logged_twice_in_a_run_is_replaced(mlflow_uri):
     """A plugin that rewrites a table during a run (TLLM's curves) leaves the last version, not both appended."""
     from kdhub.tracking import Tracker
