@@ -159,24 +159,21 @@ def _model_version(reference: str, client: Any, uri: str = "", label: str = "") 
     """
     label = label or reference
     body = reference[len("models:/") :].strip("/")
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        version = None
-    elif "/" in body:
-        name, version = body.rsplit("/", 1)
-        alias = None
-    else:
+    if "@" not in body and "/" not in body:
         if not body:
             raise KdhubError(f"{label}: expected {_MODEL_FORMS}")
         return None
-    if not name or (alias is not None and not alias) or (version is not None and not version):
+    by_alias = "@" in body
+    name, version = body.split("@", 1) if by_alias else body.rsplit("/", 1)  # version: the alias when by_alias
+    if not name or not version:
         raise KdhubError(f"{label}: expected {_MODEL_FORMS}")
     store = f" in {uri}" if uri else ""
     try:
         registered = client.get_registered_model(name)
     except Exception:
         raise KdhubError(f"{label}: no registered model {name!r}{store}{_close_models(client, name)}") from None
-    if alias is not None:
+    if by_alias:
+        alias = version
         aliases = dict(getattr(registered, "aliases", None) or {})
         if alias not in aliases:
             known = ", ".join(sorted(aliases)) or "none"
@@ -201,7 +198,7 @@ def _model_version(reference: str, client: Any, uri: str = "", label: str = "") 
 
 
 def _close_models(client: Any, name: str) -> str:
-    """`` (did you mean ...?)`` with registered models named like ``name``, or the empty string."""
+    """``; did you mean ...?`` with registered models named like ``name``, or the empty string."""
     import difflib
 
     try:
