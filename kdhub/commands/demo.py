@@ -43,7 +43,30 @@ def demo(epochs: int | None = None, tracking_uri: str | None = None) -> dict[str
     print(report(tables, results))
     print(f"\nAll three runs are in the MLflow store {uri} (experiment 'kdhub-demo'). Open the UI with:")
     print(f"  mlflow ui --backend-store-uri {uri}")
+    print(load_hint(str(results["kd"].run_id), uri))
     return results
+
+
+def load_hint(run_id: str, uri: str) -> str:
+    """How to load the registered KD student with ``mlflow.pyfunc`` and feed it raw digits (docs/mlflow.md)."""
+    from kdhub.tracking import run_info
+
+    registered = run_info(run_id, uri)["tags"].get("kdhub.registered_model")
+    if not registered:
+        return ""
+    return "\n".join(
+        [
+            f"\nThe KD student is registered as models:/{registered}. Load it and classify raw digits with:",
+            "  import mlflow, numpy as np",
+            "  from sklearn.datasets import load_digits",
+            f'  mlflow.set_tracking_uri("{uri}")',
+            f'  model = mlflow.pyfunc.load_model("models:/{registered}")',
+            '  norm = model.metadata.metadata["kdhub"]["normalization"]',
+            "  pixels = np.round(load_digits().images * 255 / 16) / 255  # digits are 0..16; the model saw uint8 / 255",
+            '  x = ((pixels - norm["mean"][0]) / norm["std"][0])[:, None].astype(np.float32)  # [N, 1, 8, 8] float32',
+            "  print(model.predict(x).argmax(1)[:10])",
+        ]
+    )
 
 
 def report(tables: dict[str, dict[str, list[Any]]], results: dict[str, RunResult]) -> str:

@@ -86,7 +86,8 @@ class TeacherRef(ModelRef):
         min_length=1,
         max_length=MAX_PATH,
         description="checkpoint path (kdhub .pt, state_dict .pt/.pth or .safetensors) or MLflow reference "
-        "runs:/<run_id>/checkpoints/final.pt",
+        "runs:/<run_id>/checkpoints/final.pt, models:/NAME/VERSION, models:/NAME@ALIAS or models:/<model id> "
+        "(a student kdhub logged, resolved in the run's tracking store)",
     )
 
 
@@ -243,6 +244,13 @@ with warnings.catch_warnings():
             pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
             max_length=256,
             description="also register the student in the MLflow Model Registry under this name (new version per run)",
+        )
+        model_name: str | None = Field(
+            None,
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+            max_length=256,
+            description="name of the run's logged MLflow model (default: 'student' when the run distils, 'model' "
+            "when it trains with labels only, e.g. a teacher or a vanilla baseline)",
         )
         description: str | None = Field(
             None,

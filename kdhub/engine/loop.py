@@ -63,6 +63,10 @@ from kdhub.tracking import resolve_artifact
 __all__ = ["RunResult", "Trainer", "pick_device", "seed_everything"]
 
 
+_ENGINE_ACCURACY_SPLITS = ("test", "val", "holdout")
+"""Splits whose top-1 accuracy the engine logs as ``<split>/acc`` (a metric's ``acc`` scalar is not repeated)."""
+
+
 @dataclass
 class RunResult:
     run_id: str | None
@@ -328,7 +332,15 @@ class Trainer:
         return class_losses
 
     def _log_results(self, split: str, name: str, result: MetricResult, epoch: int, final: bool) -> dict[str, float]:
-        scalars = {f"{split}/{name}/{k}": v for k, v in result.scalars.items()}
+        """A metric's scalars as ``<split>/<metric>/<scalar>``; its tables and figures logged.
+
+        A scalar ``acc`` on a split whose top-1 accuracy the engine logs itself (test, val, holdout)
+        is that same number: it goes to ``<split>/acc`` instead of a second key.
+        """
+        scalars = {
+            f"{split}/acc" if k == "acc" and split in _ENGINE_ACCURACY_SPLITS else f"{split}/{name}/{k}": v
+            for k, v in result.scalars.items()
+        }
         suffix = "" if final else f"_epoch_{epoch:03d}"
         for table_name, table in result.tables.items():
             self.epoch_log.table(f"{split}/{table_name}{suffix}", table)
@@ -493,7 +505,8 @@ class Trainer:
             summary["test/acc_at_best_val"] = self.best["test_at_selection"]
         else:
             summary["best_test_epoch"] = self.best["epoch"]
-        self.epoch_log.metrics({**final, **summary})
+        repeated = {f"{split}/acc" for split in _ENGINE_ACCURACY_SPLITS}  # the last epoch logged them
+        self.epoch_log.metrics({**{k: v for k, v in final.items() if k not in repeated}, **summary})
         self.epoch_log.flush(self.logged)
         if self.dist.is_main:
             self.checkpoints.save_final(cfg.epochs, self.student.state_dict())

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["ACCURACIES", "aggregate", "aggregate_figure", "mean_std"]
+__all__ = ["ACCURACIES", "aggregate", "aggregate_figure", "aggregate_metrics", "mean_std"]
 
 ACCURACIES = {
     "best": "test/acc_max_seen",
@@ -51,6 +51,21 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
             table[f"{short}_std"].append(std)
             table[f"{short}_n"].append(n)
     return table
+
+
+def aggregate_metrics(table: dict[str, list[Any]]) -> dict[str, float]:
+    """The aggregate as metrics of the study's parent run (sortable, chartable in the MLflow UI):
+    ``<point>/<accuracy>_mean`` and ``_std``, e.g. ``kd[temperature=4]/test/acc_last_mean`` (the key is
+    made MLflow-safe by the tracker: ``kd temperature 4/test/acc_last_mean``); non-finite values are
+    left out (the std of a single seed)."""
+    metrics: dict[str, float] = {}
+    for i, point in enumerate(table["point"]):
+        for short, key in ACCURACIES.items():
+            for stat in ("mean", "std"):
+                value = table[f"{short}_{stat}"][i]
+                if math.isfinite(value):
+                    metrics[f"{point}/{key}_{stat}"] = value
+    return metrics
 
 
 def aggregate_figure(table: dict[str, list[Any]], title: str) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 from kdhub.contract.errors import KdhubError
 from kdhub.registry.loading import get_registry
-from kdhub.study.aggregate import ACCURACIES, aggregate, aggregate_figure
+from kdhub.study.aggregate import ACCURACIES, aggregate, aggregate_figure, aggregate_metrics
 from kdhub.study.plan import compare_groups, expand
 from kdhub.study.resumption import (
     HASH_TAG,
@@ -150,6 +150,7 @@ class StudySummary(ABC):
             )
         states = {s: sum(e.state == s for e in self._all()) for s in ("finished", "pruned", "failed", "skipped")}
         parent.metrics({f"study/runs_{k}": v for k, v in states.items()}, step=0)
+        parent.metrics({safe_metric_name(k): v for k, v in aggregate_metrics(table).items()}, step=0)
         for line in lines:
             self.echo(line)
         return result

@@ -18,7 +18,7 @@ from kdhub.contract.errors import ConfigError, KdhubError
 from kdhub.study.aggregate import ACCURACIES
 from kdhub.study.spec import PlannedRun, StudyConfig, config_hash
 from kdhub.study.worker import KEY_TAG
-from kdhub.tracking import find_runs, liveness, metric_max
+from kdhub.tracking import PID_TAG, find_runs, liveness, metric_max, system_tag
 from kdhub.tracking import tracking_uri as default_uri
 
 __all__ = ["Entry", "absolute_uri", "classify", "find_children", "find_parent"]
@@ -76,7 +76,7 @@ def _alive(parent: dict[str, Any]) -> str | None:
     if parent["status"] != "RUNNING":
         return None
     alive, why = liveness(parent)
-    if not alive or parent["tags"].get("kdhub.pid") == str(os.getpid()):
+    if not alive or system_tag(parent["tags"], PID_TAG) == str(os.getpid()):
         return None
     return why
 

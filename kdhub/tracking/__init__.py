@@ -42,8 +42,10 @@ from kdhub.tracking.heartbeat import (
     PID_TAG,
     STALE_BEATS,
     heartbeat_seconds,
+    heartbeat_stamp,
     liveness,
     running_runs,
+    system_tag,
 )
 from kdhub.tracking.lifecycle import (
     log_run_end,
@@ -60,6 +62,7 @@ from kdhub.tracking.runinfo import (
     run_params,
     run_tags,
     safe_metric_name,
+    source_name,
     study_run_tags,
 )
 from kdhub.tracking.store import (
@@ -107,6 +110,7 @@ __all__ = [
     "flatten",
     "git_tags",
     "heartbeat_seconds",
+    "heartbeat_stamp",
     "liveness",
     "load_run_config",
     "load_table",
@@ -124,8 +128,10 @@ __all__ = [
     "running_runs",
     "safe_metric_name",
     "set_run_state",
+    "source_name",
     "store_exists",
     "study_run_tags",
+    "system_tag",
     "tag_problem",
     "teacher_links",
     "tracking_uri",

@@ -85,7 +85,11 @@ def _local(reference: str, where: str) -> Path:
 
 
 def check_reference(reference: str, uri: str | None = None, where: str = "") -> None:
-    """Check that a file path or ``runs:/`` reference names an existing file, without downloading it."""
+    """Check that a file path, ``runs:/`` or ``models:/`` reference names an existing file, without
+    downloading it; ``models:/`` names resolve in the registry of ``uri``'s store."""
+    if reference.startswith("models:/"):
+        _check_model(reference, tracking_uri(uri), where)
+        return
     if not reference.startswith("runs:/"):
         _local(reference, where)
         return
@@ -116,7 +120,7 @@ def resolve_artifact(reference: str, uri: str | None, dest: Path, where: str = "
     deleted run are refused; ``where`` (a config path such as ``teacher.weights``) prefixes errors.
     """
     if reference.startswith("models:/"):
-        return _model_checkpoint(reference, uri, dest)
+        return _model_checkpoint(reference, uri, dest, where)
     if not reference.startswith("runs:/"):
         return _local(reference, where)
     run_id, artifact = _split_reference(reference, where)
@@ -146,57 +150,126 @@ def artifact_exists(run_id: str, path: str, uri: str | None = None) -> bool:
         return False
 
 
-def _model_version(reference: str, client: Any) -> Any | None:
-    """The registry version a ``models:/NAME/VERSION|latest`` or ``models:/NAME@alias`` names (None: a model id)."""
+_MODEL_FORMS = "models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest or models:/<model id>"
+
+
+def _model_version(reference: str, client: Any, uri: str = "", label: str = "") -> Any | None:
+    """The registry version a ``models:/NAME/VERSION|latest`` or ``models:/NAME@ALIAS`` names (None: a model id).
+
+    A missing registered model, version or alias is one line naming it (and what the store has).
+    """
+    label = label or reference
     body = reference[len("models:/") :].strip("/")
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        return client.get_model_version_by_alias(name, alias)
-    if "/" not in body:
+    if "@" not in body and "/" not in body:
+        if not body:
+            raise KdhubError(f"{label}: expected {_MODEL_FORMS}")
         return None
-    name, version = body.rsplit("/", 1)
+    by_alias = "@" in body
+    name, version = body.split("@", 1) if by_alias else body.rsplit("/", 1)  # version: the alias when by_alias
+    if not name or not version:
+        raise KdhubError(f"{label}: expected {_MODEL_FORMS}")
+    store = f" in {uri}" if uri else ""
+    try:
+        registered = client.get_registered_model(name)
+    except Exception:
+        raise KdhubError(f"{label}: no registered model {name!r}{store}{_close_models(client, name)}") from None
+    if by_alias:
+        alias = version
+        aliases = dict(getattr(registered, "aliases", None) or {})
+        if alias not in aliases:
+            known = ", ".join(sorted(aliases)) or "none"
+            raise KdhubError(f"{label}: registered model {name!r} has no alias {alias!r}{store} (its aliases: {known})")
+        return client.get_model_version(name, str(aliases[alias]))
+    try:
+        quoted = name.replace("'", "\\'")
+        versions = client.search_model_versions(f"name = '{quoted}'")
+    except Exception:
+        versions = []
+    numbers = sorted(int(v.version) for v in versions)
     if version == "latest":
-        versions = client.search_model_versions(f"name = '{name}'")
         if not versions:
-            raise KdhubError(f"{reference}: registered model {name!r} has no version")
+            raise KdhubError(f"{label}: registered model {name!r} has no version{store}")
         return max(versions, key=lambda v: int(v.version))
-    return client.get_model_version(name, version)
+    if not version.isdigit() or int(version) not in numbers:
+        known = ", ".join(str(n) for n in numbers) or "none"
+        raise KdhubError(
+            f"{label}: registered model {name!r} has no version {version!r}{store} (its versions: {known})"
+        )
+    return client.get_model_version(name, str(int(version)))
 
 
-def _model_id(reference: str, client: Any) -> tuple[str, Any | None]:
-    version = _model_version(reference, client)
+def _close_models(client: Any, name: str) -> str:
+    """``; did you mean ...?`` with registered models named like ``name``, or the empty string."""
+    import difflib
+
+    try:
+        names = [m.name for m in client.search_registered_models(max_results=1000)]
+    except Exception:
+        return ""
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def _model_id(reference: str, client: Any, uri: str = "", label: str = "") -> tuple[str, Any | None]:
+    label = label or reference
+    version = _model_version(reference, client, uri, label)
     if version is None:
         return reference[len("models:/") :].strip("/"), None
     model_id = getattr(version, "model_id", None)
     if not model_id and str(version.source).startswith("models:/"):
         model_id = str(version.source)[len("models:/") :].split("/")[0]
     if not model_id:
-        raise KdhubError(f"{reference}: version {version.version} is not an MLflow 3 logged model ({version.source})")
+        raise KdhubError(f"{label}: version {version.version} is not an MLflow 3 logged model ({version.source})")
     return model_id, version
 
 
-def _model_checkpoint(reference: str, uri: str | None, dest: Path) -> Path:
+def _logged_model(reference: str, uri: str, where: str) -> tuple[Any, Any, Any | None]:
+    """(client, logged model, registry version or None) of a ``models:/`` reference; one-line errors."""
+    label = f"{where}: {reference}" if where else reference
+    client = _existing_client(uri, label)
+    model_id, version = _model_id(reference, client, uri, label)
+    try:
+        model = client.get_logged_model(model_id)
+    except Exception:
+        raise KdhubError(f"{label}: no logged model {model_id!r} in {uri}") from None
+    return client, model, version
+
+
+def _check_model(reference: str, uri: str, where: str) -> None:
+    """A ``models:/`` reference names an existing registry version or logged model holding a kdhub checkpoint."""
+    client, model, _ = _logged_model(reference, uri, where)
+    try:
+        listed = {f.path for f in client.list_logged_model_artifacts(model.model_id, "extra_files")}
+    except Exception:
+        return  # listing is not supported by every artifact store: the download reports problems
+    if f"extra_files/{MODEL_CHECKPOINT}" not in listed:
+        label = f"{where}: {reference}" if where else reference
+        raise KdhubError(
+            f"{label}: model {model.model_id} holds no extra_files/{MODEL_CHECKPOINT}; kdhub loads weights"
+            " only from students it logged"
+        )
+
+
+def _model_checkpoint(reference: str, uri: str | None, dest: Path, where: str = "") -> Path:
+    """The kdhub checkpoint inside the model a ``models:/`` reference names, downloaded into ``dest``."""
     import mlflow
 
-    where = tracking_uri(uri)
-    client = _client(where)
-    try:
-        model_id, _ = _model_id(reference, client)
-        model = client.get_logged_model(model_id)
-    except KdhubError:
-        raise
-    except Exception as err:
-        raise KdhubError(f"{reference}: not found in {where}: {str(err).splitlines()[0]}") from None
+    resolved = tracking_uri(uri)
+    label = f"{where}: {reference}" if where else reference
+    _, model, _ = _logged_model(reference, resolved, where)
     location = f"{model.artifact_location.rstrip('/')}/extra_files/{MODEL_CHECKPOINT}"
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        path = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dest), tracking_uri=where)
+        path = mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dest), tracking_uri=resolved)
     except Exception:
         raise KdhubError(
-            f"{reference}: model {model_id} holds no extra_files/{MODEL_CHECKPOINT}; kdhub loads weights"
+            f"{label}: model {model.model_id} holds no extra_files/{MODEL_CHECKPOINT}; kdhub loads weights"
             " only from students it logged"
         ) from None
-    return Path(path)
+    local = Path(path).resolve()
+    if not local.is_relative_to(dest.resolve()) or not local.is_file():
+        raise KdhubError(f"{label}: the model's checkpoint resolves outside the download folder ({local}); refused")
+    return local
 
 
 def teacher_links(weights: str | None, uri: str | None = None) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import os
 import socket
 import threading
@@ -16,9 +17,31 @@ if TYPE_CHECKING:
 
 # liveness -----------------------------------------------------------------------------------------
 
-HOST_TAG, PID_TAG, HEARTBEAT_TAG = "kdhub.host", "kdhub.pid", "kdhub.heartbeat"
+HOST_TAG, PID_TAG, HEARTBEAT_TAG = "kdhub.system.host", "kdhub.system.pid", "kdhub.system.heartbeat"
+"""The process writing a run and its last heartbeat (``2026-12-06 20:51:03 UTC``), apart from the run's own tags."""
+_EARLIER_TAGS = {HOST_TAG: "kdhub.host", PID_TAG: "kdhub.pid", HEARTBEAT_TAG: "kdhub.heartbeat"}
+_STAMP = "%Y-%m-%d %H:%M:%S UTC"
 STALE_BEATS = 4
 """A RUNNING run whose heartbeat is older than this many intervals has lost its process."""
+
+
+def heartbeat_stamp(now: float | None = None) -> str:
+    """A heartbeat tag's value: the time in UTC, readable (``2026-12-06 20:51:03 UTC``)."""
+    return time.strftime(_STAMP, time.gmtime(time.time() if now is None else now))
+
+
+def system_tag(tags: dict[str, str], key: str) -> str | None:
+    """``HOST_TAG``, ``PID_TAG`` or ``HEARTBEAT_TAG`` of a run, also from runs of kdhub versions that wrote
+    them as ``kdhub.host``, ``kdhub.pid`` and ``kdhub.heartbeat`` (epoch seconds)."""
+    return tags.get(key, tags.get(_EARLIER_TAGS[key]))
+
+
+def _beat_time(value: str) -> float:
+    """Epoch seconds of a heartbeat tag (readable UTC, or the epoch seconds earlier versions wrote)."""
+    try:
+        return float(value)
+    except ValueError:
+        return float(calendar.timegm(time.strptime(value, _STAMP)))
 
 
 def heartbeat_seconds() -> float:
@@ -41,7 +64,7 @@ class _Heartbeat(threading.Thread):
         client = _client(self.uri)
         while not self._stopped.wait(self.interval):
             try:
-                client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
+                client.set_tag(self.run_id, HEARTBEAT_TAG, heartbeat_stamp())
             except Exception:
                 continue
 
@@ -69,10 +92,10 @@ def liveness(info: dict[str, Any], now: float | None = None) -> tuple[bool, str]
     tags = info["tags"]
     now = time.time() if now is None else now
     try:
-        age = now - float(tags[HEARTBEAT_TAG])
-    except (KeyError, ValueError):
+        age = now - _beat_time(system_tag(tags, HEARTBEAT_TAG) or "")
+    except ValueError:
         return False, "it has no heartbeat"
-    host, pid = tags.get(HOST_TAG, "?"), tags.get(PID_TAG, "?")
+    host, pid = system_tag(tags, HOST_TAG) or "?", system_tag(tags, PID_TAG) or "?"
     where = f"pid {pid} on {host}, last heartbeat {age:.0f} s ago"
     if age > STALE_BEATS * heartbeat_seconds():
         return False, where

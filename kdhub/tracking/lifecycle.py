@@ -31,11 +31,13 @@ def run_description(
     *,
     teacher_run: tuple[str, str] | None = None,
     registered: str | None = None,
+    teacher_model: str | None = None,
 ) -> str:
     """The run's description (Markdown): what was distilled into what, with which method, policy and
     data, and (given ``metrics``) the headline result; ``tracking.description`` replaces it.
 
-    ``teacher_run`` is the teacher's (experiment id, run id), linked; ``registered`` is ``NAME/VERSION``.
+    ``teacher_run`` is the teacher's (experiment id, run id), linked; ``registered`` is ``NAME/VERSION``;
+    ``teacher_model`` the registry version (``NAME/VERSION``) that ``models:/NAME@ALIAS`` weights resolved to.
     """
     if config.tracking.description:
         return config.tracking.description
@@ -71,6 +73,8 @@ def run_description(
         lines.append(result + ".")
     if config.teacher is not None and config.teacher.weights:
         where = f"Teacher weights: `{config.teacher.weights}`"
+        if teacher_model and f"models:/{teacher_model}" != config.teacher.weights:
+            where += f" (registered version `models:/{teacher_model}`)"
         if teacher_run is not None:
             where += f" ([teacher run {teacher_run[1][:8]}](#/experiments/{teacher_run[0]}/runs/{teacher_run[1]}))"
         lines.append(where + ".")
@@ -95,6 +99,20 @@ def run_description(
 # the engine's calls at the start and the end of a run ----------------------------------------------------
 
 
+def model_name(config: RunConfig) -> str:
+    """The name of a run's logged model: ``tracking.model_name``, else ``student`` for a run that distils
+    and ``model`` for one trained with labels only (a teacher, a vanilla baseline)."""
+    return config.tracking.model_name or ("student" if config.methods else "model")
+
+
+_REGISTERED = {
+    True: "Students distilled with kdhub; each version links its training run, its teacher and its method.",
+    False: "Models trained with labels only by kdhub (teachers or vanilla baselines: no distillation);"
+    " each version links its training run.",
+}
+"""The description of a new registered model, by whether its first version distils."""
+
+
 def _teacher_run(tracker: Tracker, config: RunConfig) -> tuple[str, str] | None:
     if config.teacher is None:
         return None
@@ -107,6 +125,17 @@ def _teacher_run(tracker: Tracker, config: RunConfig) -> tuple[str, str] | None:
         return None
 
 
+def _teacher_model(tracker: Tracker, config: RunConfig) -> str | None:
+    """The registry version (``NAME/VERSION``) the run's ``models:/`` teacher weights resolved to at its start."""
+    if config.teacher is None or not (config.teacher.weights or "").startswith("models:/"):
+        return None
+    try:
+        model = tracker.client.get_run(tracker.run_id).data.tags.get("kdhub.teacher_model", "")
+    except Exception:
+        return None
+    return model if "/" in model else None
+
+
 def _descriptions(data: Any) -> dict[str, dict[str, Any]]:
     return {split: data.describe(split) for split in ("train", "val", "test") if data.has(split)}
 
@@ -116,7 +145,14 @@ def log_run_start(tracker: Tracker, config: RunConfig, data: Any) -> None:
     descriptions = _descriptions(data)
     tracker.datasets(descriptions)
     if not tracker.resumed:
-        tracker.describe(run_description(config, descriptions, teacher_run=_teacher_run(tracker, config)))
+        tracker.describe(
+            run_description(
+                config,
+                descriptions,
+                teacher_run=_teacher_run(tracker, config),
+                teacher_model=_teacher_model(tracker, config),
+            )
+        )
     if config.tracking.system_metrics:
         tracker.system_metrics()
 
@@ -143,7 +179,13 @@ def log_run_end(tracker: Tracker, config: RunConfig, data: Any, result: Any) -> 
         metadata = {"kdhub": {**checkpoint["model_spec"], "run_id": tracker.run_id, "kdhub_version": __version__}}
         try:
             model_id = tracker.log_model(
-                net, example, checkpoint=checkpoint, metadata=metadata, tags=tags, step=config.epochs
+                net,
+                example,
+                checkpoint=checkpoint,
+                metadata=metadata,
+                tags=tags,
+                step=config.epochs,
+                name=model_name(config),
             )
         except Exception as err:  # torch.export cannot trace every model (data-dependent control flow)
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
@@ -158,9 +200,15 @@ def log_run_end(tracker: Tracker, config: RunConfig, data: Any, result: Any) -> 
             acc = metrics.get("test/acc_last", math.nan)
             version_tags = {**tags, "test_acc": f"{acc:.2f}", "kdhub.run": str(tracker.run_id)}
             description = run_description(
-                config, _descriptions(data), metrics, teacher_run=_teacher_run(tracker, config)
+                config,
+                _descriptions(data),
+                metrics,
+                teacher_run=_teacher_run(tracker, config),
+                teacher_model=_teacher_model(tracker, config),
             )
-            version = tracker.register_model(model_id, config.tracking.register, version_tags, description)
+            version = tracker.register_model(
+                model_id, config.tracking.register, version_tags, description, _REGISTERED[bool(config.methods)]
+            )
             done["registered"] = f"{config.tracking.register}/{version}"
             tracker.tags({"kdhub.registered_model": done["registered"]})
     text = run_description(  # tracking.description when set
@@ -168,6 +216,7 @@ def log_run_end(tracker: Tracker, config: RunConfig, data: Any, result: Any) -> 
         _descriptions(data),
         metrics,
         teacher_run=_teacher_run(tracker, config),
+        teacher_model=_teacher_model(tracker, config),
         registered=done.get("registered"),
     )
     tracker.describe(text)

@@ -105,6 +105,17 @@ def command_line(argv: list[str] | None = None) -> str:
     return shlex.join([first.name or "python", *args])
 
 
+def source_name(argv: list[str] | None = None) -> str:
+    """What the runs table's *Source* column shows (``mlflow.source.name``): the config file of
+    ``kdhub run FILE`` or ``kdhub study FILE`` as typed (the UI shows its file name), else the command
+    line (``kdhub demo``, ``kdhub run --resume ID``)."""
+    argv = list(sys.argv if argv is None else argv)
+    for arg in argv[1:]:
+        if not arg.startswith("-") and arg.lower().endswith((".yaml", ".yml", ".json")) and Path(arg).is_file():
+            return arg
+    return command_line(argv)
+
+
 def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
     """``mlflow.source.git.commit`` (and branch, and whether tracked files differ) of the working directory."""
 
@@ -131,7 +142,12 @@ def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
 def _source_tags() -> dict[str, str]:
     import getpass
 
-    tags = {"mlflow.source.name": command_line()[:_MAX_TAG], "mlflow.source.type": "LOCAL", **git_tags()}
+    tags = {
+        "mlflow.source.name": source_name()[:_MAX_TAG],
+        "mlflow.source.type": "LOCAL",
+        "kdhub.command": command_line()[:_MAX_TAG],
+        **git_tags(),
+    }
     with contextlib.suppress(KeyError, OSError):  # no user name in some containers
         tags["mlflow.user"] = getpass.getuser()
     return tags
@@ -148,13 +164,14 @@ def run_params(config: RunConfig, options: dict[str, Any], device: str | None = 
     """Flattened params that apply to this run: ``method.kd.temperature``, ``optim.lr``, ... with defaults.
 
     Options of the optimizer and schedule the run does not use are left out (no AdamW betas on an
-    SGD run, no milestones on a cosine run); ``train.device`` is ``device`` (the one used) when given.
+    SGD run, no milestones on a cosine run), and so are ``ce_weight`` (when 1) and ``policy.*`` (when
+    the default policy) on a run without a distillation method, where they change nothing;
+    ``train.device`` is ``device`` (the one used) when given.
     """
-    params: dict[str, str] = {
-        "seed": str(config.seed),
-        "epochs": str(config.epochs),
-        "ce_weight": str(config.ce_weight),
-    }
+    params: dict[str, str] = {"seed": str(config.seed), "epochs": str(config.epochs)}
+    distils = bool(config.methods)  # without a method, a default ce_weight and policy change nothing
+    if distils or config.ce_weight != 1.0:
+        params["ce_weight"] = str(config.ce_weight)
     optim = config.optim.model_dump(mode="json")
     for other, keys in _OPTIMIZER_KEYS.items():
         if other != config.optim.name:
@@ -186,7 +203,8 @@ def run_params(config: RunConfig, options: dict[str, Any], device: str | None = 
         weight = ref.weight if ref.weight is not None else _default_weight(ref.name)
         values = {"weight": weight, **options[f"methods.{i}"].model_dump(mode="json")}
         params.update(flatten(values, f"method.{ref.name}"))
-    params.update(flatten({"name": config.policy.name, **options["policy"].model_dump(mode="json")}, "policy"))
+    if distils or config.policy != type(config).model_fields["policy"].get_default(call_default_factory=True):
+        params.update(flatten({"name": config.policy.name, **options["policy"].model_dump(mode="json")}, "policy"))
     for i, metric in enumerate(config.metrics):
         values = {"split": metric.split, "every": metric.every, **options[f"metrics.{i}"].model_dump(mode="json")}
         params.update(flatten(values, f"metric.{metric.name}"))

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 from kdhub.contract.errors import KdhubError
 from kdhub.contract.runlog import Table
 from kdhub.tracking.artifacts import _get_run, _refuse_finished
-from kdhub.tracking.heartbeat import HEARTBEAT_TAG, HOST_TAG, PID_TAG, _Heartbeat, heartbeat_seconds
+from kdhub.tracking.heartbeat import (
+    HEARTBEAT_TAG,
+    HOST_TAG,
+    PID_TAG,
+    _Heartbeat,
+    heartbeat_seconds,
+    heartbeat_stamp,
+)
 from kdhub.tracking.runinfo import _global_uri, _safe_key, _source_tags
 from kdhub.tracking.store import (
     _CONTEXT_TAG,
@@ -71,7 +78,7 @@ class Tracker:
         assert self.run_id is not None
         self.client.set_tag(self.run_id, HOST_TAG, socket.gethostname())
         self.client.set_tag(self.run_id, PID_TAG, str(os.getpid()))
-        self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
+        self.client.set_tag(self.run_id, HEARTBEAT_TAG, heartbeat_stamp())
         self._heartbeat = _Heartbeat(self.uri, self.run_id, heartbeat_seconds())
         self._heartbeat.start()
 
@@ -214,8 +221,9 @@ class Tracker:
         metadata: dict[str, Any],
         tags: dict[str, str],
         step: int,
+        name: str = MODEL_NAME,
     ) -> str:
-        """Log ``net`` as the run's MLflow model (pt2); returns its model id.
+        """Log ``net`` as the run's MLflow model ``name`` (pt2); returns its model id.
 
         ``example`` (a float32 array ``[N, C, H, W]``, N > 1) is the input example and fixes the
         signature's shape (batch dimension free); the run's metrics at ``step`` are linked to the
@@ -242,7 +250,7 @@ class Tracker:
         inherited = {k: v for k, v in run.data.tags.items() if k in ("mlflow.user", "mlflow.source.name", _NOTE_TAG)}
         model = self.client.create_logged_model(
             experiment_id=self.experiment_id,
-            name=MODEL_NAME,
+            name=name,
             source_run_id=self.run_id,
             tags={**inherited, **tags},
             params=dict(run.data.params),
@@ -253,7 +261,7 @@ class Tracker:
             with _global_uri(self.uri), _requirements_as_given():
                 mlflow.pytorch.log_model(
                     net,
-                    name=MODEL_NAME,
+                    name=name,
                     signature=signature,
                     input_example=example,
                     serialization_format="pt2",
@@ -281,16 +289,17 @@ class Tracker:
                 self.client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
             raise
 
-    def register_model(self, model_id: str, name: str, tags: dict[str, str], description: str) -> str:
-        """Register a logged model as a new version of ``name``; returns the version number."""
+    def register_model(
+        self, model_id: str, name: str, tags: dict[str, str], description: str, model_description: str = ""
+    ) -> str:
+        """Register a logged model as a new version of ``name`` (created with ``model_description`` when
+        new); returns the version number."""
         from mlflow.exceptions import MlflowException
 
         try:
             self.client.get_registered_model(name)
         except MlflowException:
-            self.client.create_registered_model(
-                name, description="Students distilled with kdhub; each version links its training run."
-            )
+            self.client.create_registered_model(name, description=model_description or None)
         with _global_uri(self.uri):  # the registry finds the logged model through the global URI
             version = self.client.create_model_version(
                 name,

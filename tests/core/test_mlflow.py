@@ -164,6 +164,13 @@ def test_the_model_is_logged_with_kdhubs_requirements_without_scanning_the_envir
     assert requirements == [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
 
 
+def test_a_model_trained_with_labels_only_is_not_called_a_student(student_run, client):
+    model_id = client.get_run(student_run.run_id).outputs.model_outputs[0].model_id
+    logged = client.get_logged_model(model_id)
+    assert logged.name == "model"  # no method: a teacher or a baseline, not a student
+    assert "labels only" in client.get_registered_model(MODEL).description
+
+
 def test_registered_version_carries_tags_and_teaches_a_later_run(student_run, client, mlflow_uri, tmp_path):
     version = client.get_model_version(MODEL, "1")
     assert version.run_id == student_run.run_id
@@ -197,8 +204,111 @@ def test_registered_version_carries_tags_and_teaches_a_later_run(student_run, cl
 
 
 def test_a_reference_to_a_missing_model_is_one_line(mlflow_uri, tmp_path):
-    with pytest.raises(Exception, match=r"models:/no-such-model/1: not found in"):
+    with pytest.raises(kdhub.KdhubError, match=r"models:/no-such-model/1: no registered model 'no-such-model' in"):
         resolve_artifact("models:/no-such-model/1", mlflow_uri, tmp_path / "dl")
+
+
+def _write_config(path, config):
+    import yaml
+
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_train_register_alias_then_distil_from_the_alias_on_the_command_line(mlflow_uri, tmp_path, capsys):
+    """The registry workflow end to end through ``kdhub run``: train and register a teacher, give its
+    version an alias, distil from ``models:/NAME@ALIAS``; the new run records the version it resolved."""
+    name = "tests-chain-teacher"
+    common = {
+        "epochs": 1,
+        "data": {"name": "digits", "batch_size": 64},
+        "train": {"progress": False},
+    }
+    teacher = {
+        **common,
+        "student": {"name": "cnn", "options": {"width": 8}},
+        "tracking": {"experiment": EXPERIMENT, "register": name},
+    }
+    assert main(["run", _write_config(tmp_path / "t.yaml", teacher), "--tracking-uri", mlflow_uri]) == 0
+    teacher_run = capsys.readouterr().out.split("run ", 1)[1].split(":")[0]
+    client = mlflow.MlflowClient(mlflow_uri)
+    (version,) = client.search_model_versions(f"name = '{name}'")
+    client.set_registered_model_alias(name, "best", version.version)
+
+    kd = {
+        **common,
+        "student": {"name": "cnn", "options": {"width": 4}},
+        "teacher": {"name": "cnn", "options": {"width": 8}, "weights": f"models:/{name}@best"},
+        "methods": ["kd"],
+        "metrics": ["accuracy"],
+        "tracking": {"experiment": EXPERIMENT, "register": "tests-chain-student"},
+    }
+    assert main(["run", _write_config(tmp_path / "kd.yaml", kd), "--tracking-uri", mlflow_uri]) == 0
+    kd_run = capsys.readouterr().out.split("run ", 1)[1].split(":")[0]
+    data = client.get_run(kd_run).data
+    assert data.tags["kdhub.teacher_model"] == f"{name}/{version.version}"
+    assert data.tags["kdhub.teacher_run"] == teacher_run
+    assert data.params["teacher.weights"] == f"models:/{name}@best"
+    assert f"(registered version `models:/{name}/{version.version}`)" in data.tags["mlflow.note.content"]
+    # models named for what they are; registered models described for what they hold
+    assert client.get_logged_model(client.get_run(teacher_run).outputs.model_outputs[0].model_id).name == "model"
+    assert client.get_logged_model(client.get_run(kd_run).outputs.model_outputs[0].model_id).name == "student"
+    assert client.get_registered_model(name).description.startswith("Models trained with labels only")
+    assert client.get_registered_model("tests-chain-student").description.startswith("Students distilled")
+    teacher_acc = client.get_run(teacher_run).data.metrics["test/acc_last"]
+    assert data.metrics["test/accuracy/teacher_acc"] == pytest.approx(teacher_acc)
+
+    # export and evaluate take the alias too
+    out = tmp_path / "teacher.safetensors"
+    argv = ["export", f"models:/{name}@best", "-f", "safetensors", "-o", str(out), "--tracking-uri", mlflow_uri]
+    assert main(argv) == 0
+    assert out.is_file()
+    assert main(["evaluate", f"models:/{name}@best", "--data", "digits", "--tracking-uri", mlflow_uri]) == 0
+    assert f"accuracy {teacher_acc:.2f} %" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("models:/{model}@nope", "registered model '{model}' has no alias 'nope' in {uri} (its aliases: "),
+        ("models:/{model}/99", "registered model '{model}' has no version '99' in {uri} (its versions: 1"),
+        ("models:/{model}/x", "registered model '{model}' has no version 'x'"),
+        ("models:/tests-digits-cnm/1", "no registered model 'tests-digits-cnm' in {uri}; did you mean {model}?"),
+        ("models:/m-0123456789abcdef", "no logged model 'm-0123456789abcdef' in {uri}"),
+        ("models:/", "expected models:/NAME/VERSION, models:/NAME@ALIAS"),
+        ("models:/{model}@", "expected models:/NAME/VERSION, models:/NAME@ALIAS"),
+    ],
+)
+def test_a_missing_registered_name_version_or_alias_is_one_line_exit_2(
+    reference, message, student_run, mlflow_uri, tmp_path, capsys
+):
+    reference, message = (t.format(model=MODEL, uri=mlflow_uri) for t in (reference, message))
+    config = {
+        "epochs": 1,
+        "student": {"name": "cnn", "options": {"width": 4}},
+        "teacher": {"name": "cnn", "options": {"width": 8}, "weights": reference},
+        "methods": ["kd"],
+        "tracking": {"experiment": EXPERIMENT},
+    }
+    path = _write_config(tmp_path / "kd.yaml", config)
+    for argv in (
+        ["run", path],
+        ["export", reference, "-f", "safetensors", "-o", str(tmp_path / "x.st")],
+        ["evaluate", reference, "--data", "digits"],
+    ):
+        assert main([*argv, "--tracking-uri", mlflow_uri]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err, err
+        if argv[0] == "run":
+            assert f"teacher.weights: {reference}: " in err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_models_reference_to_a_store_that_does_not_exist_is_refused(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'none.db'}"
+    assert main(["evaluate", "models:/x/1", "--data", "digits", "--tracking-uri", uri]) == 2
+    assert "there is no MLflow store at" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
 
 
 def test_the_run_is_described_with_its_command_and_commit(student_run, client):
@@ -210,6 +320,8 @@ def test_the_run_is_described_with_its_command_and_commit(student_run, client):
     assert f"**{student_run.last_acc:.2f} %**" in note
     assert f"Registered as `models:/{MODEL}/1`" in note
     assert tags["mlflow.source.name"]
+    assert tags["kdhub.command"]
+    assert tags["kdhub.system.heartbeat"].endswith(" UTC")
     assert tags["kdhub.kind"] == "train"
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
     if head.returncode == 0:
@@ -300,6 +412,23 @@ def test_tables_are_mlflow_tables_and_older_json_tables_still_read(student_run, 
     assert np.isnan(old["student"][1])
 
 
+def test_mlflow_load_table_reads_a_run_table_as_docs_mlflow_md_shows(student_run, mlflow_uri):
+    import mlflow.tracking.fluent
+
+    run_id = student_run.run_id
+    try:  # the exact calls of docs/mlflow.md
+        mlflow.set_tracking_uri(mlflow_uri)
+        mlflow.set_experiment(experiment_id=mlflow.get_run(run_id).info.experiment_id)
+        table = mlflow.load_table("tables/test/per_class_accuracy.json", run_ids=[run_id], extra_columns=["run_id"])
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.tracking.fluent._active_experiment_id = None
+    ours = load_table(run_id, "test/per_class_accuracy", mlflow_uri)
+    assert list(table["class"]) == ours["class"] == list(range(10))
+    np.testing.assert_allclose(table["student"], ours["student"])
+    assert set(table["run_id"]) == {run_id}
+
+
 def test_a_table_logged_twice_in_a_run_is_replaced(mlflow_uri):
     """A plugin that rewrites a table during a run (TLLM's curves) leaves the last version, not both appended."""
     from kdhub.tracking import Tracker
@@ -336,6 +465,15 @@ def test_params_are_only_those_that_apply():
     assert params["train.device"] == "auto"  # no device given: the config's
     assert {"schedule.milestones", "schedule.gamma"} <= set(params)
     assert not {"optim.momentum", "optim.nesterov", "schedule.min_lr"} & set(params)
+    # a run without a method: no default policy and no ce_weight of 1 (they change nothing on it)
+    assert not {"ce_weight", "policy.name"} & set(params)
+    weighted = parse_config({"student": "cnn", "ce_weight": 0.5})
+    assert run_params(weighted, resolve_plugins(weighted, registry))["ce_weight"] == "0.5"
+    kd = parse_config({"student": "cnn", "teacher": "cnn", "methods": ["kd"]})
+    params = run_params(kd, resolve_plugins(kd, registry))
+    assert params["ce_weight"] == "1.0"
+    assert params["policy.name"] == "constant"
+    assert params["method.kd.temperature"] == "4.0"
 
 
 def test_tags_name_models_with_options_and_only_used_plugin_distributions():
@@ -361,6 +499,32 @@ def test_the_command_line_is_recorded_without_the_tracking_uri():
     assert command_line(argv) == "kdhub run kd.yaml --set seed=1"
     assert command_line(["/x/kdhub/cli.py", "study", "s.yaml", "--tracking-uri=sqlite:///a.db"]) == "kdhub study s.yaml"
     assert command_line(["train.py", "--lr", "0.1"]) == "train.py --lr 0.1"
+
+
+def test_the_source_is_the_config_file_and_the_command_line_a_tag(tmp_path, monkeypatch):
+    from kdhub.tracking import source_name
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "kd.yaml").write_text("student: cnn\n")
+    argv = ["/venv/bin/kdhub", "run", "kd.yaml", "--set", "teacher.weights=runs:/abc/checkpoints/final.pt"]
+    assert source_name(argv) == "kd.yaml"  # not final.pt, the last word of the command line
+    assert source_name(["/venv/bin/kdhub", "demo"]) == "kdhub demo"
+    assert source_name(["/venv/bin/kdhub", "run", "--resume", "0" * 32]) == f"kdhub run --resume {'0' * 32}"
+    assert source_name(["/venv/bin/kdhub", "run", "missing.yaml"]) == "kdhub run missing.yaml"
+
+
+def test_host_pid_and_a_readable_heartbeat_are_system_tags():
+    from kdhub.tracking import HEARTBEAT_TAG, HOST_TAG, PID_TAG, heartbeat_stamp, liveness
+
+    assert (HOST_TAG, PID_TAG, HEARTBEAT_TAG) == ("kdhub.system.host", "kdhub.system.pid", "kdhub.system.heartbeat")
+    assert heartbeat_stamp(0) == "1970-01-01 00:00:00 UTC"
+    now = 1_800_000_000.0
+    fresh = {"tags": {HOST_TAG: "elsewhere", PID_TAG: "1", HEARTBEAT_TAG: heartbeat_stamp(now - 5)}}
+    assert liveness(fresh, now) == (True, "pid 1 on elsewhere, last heartbeat 5 s ago")
+    # runs written by earlier kdhub versions: kdhub.host / kdhub.pid / epoch seconds
+    earlier = {"tags": {"kdhub.host": "elsewhere", "kdhub.pid": "1", "kdhub.heartbeat": str(int(now - 5))}}
+    assert liveness(earlier, now) == liveness(fresh, now)
+    assert liveness({"tags": {}}, now) == (False, "it has no heartbeat")
 
 
 def test_study_child_tags_name_the_study_run_grid_point_and_seed():
@@ -475,3 +639,67 @@ def test_system_metrics_are_sampled_when_asked(tiny_config, mlflow_uri, monkeypa
     result = run(tiny_config)
     metrics = mlflow.MlflowClient(mlflow_uri).get_run(result.run_id).data.metrics
     assert any(k.startswith("system/cpu_utilization") for k in metrics), sorted(metrics)
+
+
+# the demo's store -----------------------------------------------------------------------------------
+
+
+def test_the_demo_registers_the_kd_student_and_its_load_hint_works(tmp_path, capsys):
+    """``kdhub demo``: models named per role, the KD student registered, and the printed way to load it
+    (pyfunc on raw digits, float32) gives the student's logits; a trainable module comes from its checkpoint."""
+    from kdhub.commands.demo import demo
+    from kdhub.registry.student import load_checkpoint, network_from_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'demo.db'}"
+    results = demo(epochs=1, tracking_uri=uri)
+    out = capsys.readouterr().out
+    client = mlflow.MlflowClient(uri)
+    names = {
+        role: client.get_logged_model(client.get_run(r.run_id).outputs.model_outputs[0].model_id).name
+        for role, r in results.items()
+    }
+    assert names == {"teacher": "teacher", "vanilla": "vanilla", "kd": "student"}
+    (version,) = client.search_model_versions("name = 'digits-kd-student'")
+    assert version.run_id == results["kd"].run_id
+    assert client.get_registered_model("digits-kd-student").description.startswith("Students distilled")
+    assert "The KD student is registered as models:/digits-kd-student/1" in out
+
+    snippet = "\n".join(line[2:] for line in out.split("Load it and classify raw digits with:\n", 1)[1].splitlines())
+    scope: dict = {}
+    exec(compile(snippet, "demo-hint", "exec"), scope)  # the printed code, as a user pastes it
+    model, x = scope["model"], scope["x"]
+    assert x.dtype == np.float32
+    assert x.shape == (1797, 1, 8, 8)
+    data = digits_data()
+    test_images = data.normalise(data.splits["test"].images).numpy()
+    with torch.no_grad():
+        expected = results["kd"].student.cpu().eval()(torch.from_numpy(test_images)).numpy()
+    np.testing.assert_allclose(model.predict(test_images), expected, rtol=1e-5, atol=1e-5)
+    # the hint's normalisation of raw 0..16 pixels is the training one: the same logits on the same images
+    raw = torch.from_numpy(np.round(load_digits_images() * 255 / 16)).to(torch.uint8)[:, None]
+    np.testing.assert_allclose(data.normalise(raw).numpy(), x, rtol=1e-6, atol=1e-6)
+    with pytest.raises(Exception, match=r"float64|double|dtype|type"):
+        model.predict(x.astype(np.float64))  # pyfunc enforces the float32 signature
+
+    # the loaded pt2 graph cannot train; the kdhub checkpoint inside the model rebuilds a trainable module
+    mlflow.set_tracking_uri(uri)
+    try:
+        graph = mlflow.pytorch.load_model("models:/digits-kd-student/1")
+    finally:
+        mlflow.set_tracking_uri(None)
+    with pytest.raises(NotImplementedError):
+        graph.train()
+    path = resolve_artifact("models:/digits-kd-student/1", uri, tmp_path / "dl")
+    net = network_from_checkpoint(load_checkpoint(path))
+    net.train()
+    loss = net(torch.from_numpy(x[:8])).logsumexp(1).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())
+    with torch.no_grad():
+        np.testing.assert_allclose(net.eval()(torch.from_numpy(test_images)).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def load_digits_images() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return load_digits().images

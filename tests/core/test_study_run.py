@@ -95,6 +95,13 @@ def test_study_runs_nest_under_a_parent_and_chain_teachers(mlflow_uri, capsys, t
     assert rows["kd"]["last_std"] == pytest.approx(abs(kd[0] - kd[1]) / 2**0.5)
     assert rows["kd"]["at_best_val_n"] == 2
     assert rows["teacher"]["best_n"] == 1
+    # and as metrics of the parent run (columns of the run list, charts)
+    parent = client.get_run(result["parent_run_id"]).data.metrics
+    assert parent["kd/test/acc_last_mean"] == pytest.approx(sum(kd) / 2)
+    assert parent["kd/test/acc_last_std"] == pytest.approx(abs(kd[0] - kd[1]) / 2**0.5)
+    assert "kd/test/acc_at_best_val_mean" in parent
+    assert "teacher/test/acc_last_mean" in parent
+    assert "teacher/test/acc_last_std" not in parent  # one seed: no standard deviation
     artifacts = {f.path for f in client.list_artifacts(result["parent_run_id"], "figures/study")}
     assert artifacts == {"figures/study/aggregate.png"}
 
