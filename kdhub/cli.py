@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(format_plan(describe_run(config)), end="")
         return 0
-    result = run(config, resume_run_id=args.resume)
+    result = run(config, resume_run_id=args.resume, announce=True)
     if result.run_id is not None:  # only the logging process (rank 0) reports
         print(f"run {result.run_id}: test accuracy last {result.last_acc:.2f}%, best {result.best_acc:.2f}%")
     return 0
@@ -88,6 +88,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from kdhub.tracking import running_runs
+
+    if args.status:  # KILLED, FAILED ... runs with their resume commands (kdhub.tracking.listing)
+        from kdhub.tracking.listing import parse_statuses, run_lines, runs_with_status
+
+        found = runs_with_status(args.tracking_uri, args.experiment, parse_statuses(args.status))
+        print("\n".join(run_lines(found)) if found else f"no {args.status} run")
+        return 0
 
     runs = [r for r in running_runs(args.tracking_uri, args.experiment) if not (args.stale and r["alive"])]
     if not runs:
@@ -287,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="the RUNNING runs, and whether their process is alive or gone (stale)")
     p.add_argument("--stale", action="store_true", help="only the runs whose process is gone (killed, machine lost)")
+    p.add_argument(
+        "--status", metavar="STATES", help="runs in these states instead, newest first: killed,failed (or all)"
+    )
     p.add_argument("--experiment", help="only this MLflow experiment (default: all)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.set_defaults(func=cmd_runs)
@@ -358,11 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         except KdhubError as err:
             print(f"kdhub: error: {err}", file=sys.stderr)
             return err.exit_code
-        except Terminated:
-            print(
-                "kdhub: terminated (SIGTERM); resume with kdhub run --resume RUN_ID, or run the study again",
-                file=sys.stderr,
-            )
+        except Terminated as stopped:
+            from kdhub.tracking.failures import interrupted_line
+
+            print(f"kdhub: {interrupted_line(stopped)}", file=sys.stderr)
             return 143
         except KeyboardInterrupt:
             print("kdhub: interrupted", file=sys.stderr)
