@@ -108,7 +108,8 @@ def test_a_sigterm_after_the_run_finished_does_not_make_it_killed(config_file, c
     [
         (
             "kiled",
-            "--status: unknown run state 'kiled' (running, scheduled, finished, failed, killed, all); did you mean killed?",
+            "--status: unknown run state 'kiled' (running, scheduled, finished, failed, killed, all);"
+            " did you mean killed?",
         ),
         (",", "--status: give one or more of RUNNING, SCHEDULED, FINISHED, FAILED, KILLED (comma separated) or all"),
     ],
