@@ -17,6 +17,7 @@ from kdhub.dataset import (
 )
 from kdhub.errors import (
     ConfigError,
+    ContractError,
     DivergedError,
     IncompatibleError,
     KdhubError,
@@ -44,6 +45,7 @@ __all__ = [
     "Augmentation",
     "Command",
     "ConfigError",
+    "ContractError",
     "DataBundle",
     "Dataset",
     "DivergedError",
