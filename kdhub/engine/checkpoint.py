@@ -38,6 +38,7 @@ __all__ = [
     "save",
     "set_rng_state",
     "to_cpu",
+    "unpickling_problem",
 ]
 
 _SAFETENSORS_SUFFIX = ".safetensors"
@@ -140,7 +141,15 @@ def _why(err: Exception) -> str:
         return f"refused: it holds pickled objects ({found.group(1)}), which could run code when loaded"
     found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
     detail = found.group(1).split("Check the documentation")[0].strip() if found else text.strip().splitlines()[0]
+    if "weights_only" in detail or "Weights only load failed" in detail:  # PyTorch's advice to run the file
+        detail = "it holds objects other than tensors, which kdhub does not unpickle"
     return f"not a PyTorch checkpoint, or truncated or corrupt ({type(err).__name__}: {detail[:160]})"
+
+
+def unpickling_problem(err: Exception) -> str:
+    """What ``torch.load(weights_only=True)`` refused, in kdhub's words: the pickled objects a file holds,
+    or that it is damaged; never PyTorch's advice to load it with weights_only off."""
+    return _why(err)
 
 
 _WHAT_TO_DO = (
