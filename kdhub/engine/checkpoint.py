@@ -136,9 +136,9 @@ def _check_file(path: Path, who: str) -> None:
 def _why(err: Exception) -> str:
     """The informative part of torch.load's error (its weights-only advice is not for kdhub users)."""
     text = str(err)
-    found = re.search(r"GLOBAL ([\w.]+)", text)
+    found = re.search(r"(?:GLOBAL|Unsupported globals:) ([\w.]+)", text)
     if found:
-        return f"refused: it holds pickled objects ({found.group(1)}), which could run code when loaded"
+        return f"refused: it holds pickled objects ({found.group(1).rstrip('.')}), which could run code when loaded"
     found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
     detail = found.group(1).split("Check the documentation")[0].strip() if found else text.strip().splitlines()[0]
     if "weights_only" in detail or "Weights only load failed" in detail:  # PyTorch's advice to run the file

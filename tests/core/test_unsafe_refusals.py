@@ -111,3 +111,16 @@ def test_a_checkpoint_with_an_incomplete_model_spec_is_one_line(spec, problem, t
     torch.save({"model": {"w": torch.zeros(1)}, "model_spec": spec}, path)
     assert main(["evaluate", str(path), "--data", "digits"]) == 2
     assert capsys.readouterr().err == f"kdhub: error: {path}: not a kdhub checkpoint (its model_spec {problem})\n"
+
+
+def test_a_timm_pretrained_file_with_objects_is_refused_in_kdhub_words(tmp_path):
+    pytest.importorskip("timm")
+    marker = tmp_path / "PWNED"
+    path = hostile(tmp_path, marker)["code"]
+    model = kdhub.create("model", "timm:resnet18", pretrained_file=str(path))
+    with pytest.raises(kdhub.ConfigError) as raised:
+        model.build(10, 3, 32)
+    text = str(raised.value)
+    assert text.startswith(f"options.pretrained_file: {path}: refused: it holds pickled objects (io.open)")
+    assert "weights_only" not in text
+    assert not marker.exists()
