@@ -173,6 +173,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     from kdhub.study import expand, load_study, run_study, study_status
 
     study = load_study(args.study, args.set)
+    from kdhub.study.checks import check_study_options  # --address, search.objective and .storage
+
+    check_study_options(study, args.executor, args.address)
     if args.dry_run:
         plan = expand(study)
         names = {r.key: r.display for r in plan}
