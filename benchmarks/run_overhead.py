@@ -140,7 +140,7 @@ def _child_kdhub(variant: str, config: Path, uri: str, out: Path, launched: floa
 
     def once() -> None:
         if variant == "notrack":
-            from kdhub.config import load_config
+            from kdhub.contract.config_loading import load_config
 
             kdhub.engine.runner.run(load_config(config), track=False)
             return

@@ -25,6 +25,7 @@ from kdhub.contract.dataset import (
 )
 from kdhub.contract.errors import (
     ConfigError,
+    ContractError,
     DivergedError,
     IncompatibleError,
     KdhubError,
@@ -53,6 +54,7 @@ __all__ = [
     "Augmentation",
     "Command",
     "ConfigError",
+    "ContractError",
     "DataBundle",
     "Dataset",
     "DivergedError",

@@ -118,7 +118,7 @@ class RunCommand(Command):
 
             print(format_plan(describe_run(config)), end="")
             return 0
-        result = run(config, resume_run_id=args.resume)
+        result = run(config, resume_run_id=args.resume, announce=True)
         if result.run_id is not None:  # only the logging process (rank 0) reports
             print(f"run {result.run_id}: test accuracy last {result.last_acc:.2f}%, best {result.best_acc:.2f}%")
         return 0
@@ -134,12 +134,22 @@ class RunsCommand(Command):
         p.add_argument(
             "--stale", action="store_true", help="only the runs whose process is gone (killed, machine lost)"
         )
+        p.add_argument(
+            "--status", metavar="STATES", help="runs in these states instead, newest first: killed,failed (or all)"
+        )
         p.add_argument("--experiment", help="only this MLflow experiment (default: all)")
         p.add_argument(
             "--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
         )
 
     def run(self, args: argparse.Namespace) -> int:
+        if args.status:  # KILLED, FAILED ... runs with their resume commands (kdhub.tracking.listing)
+            from kdhub.tracking.listing import parse_statuses, run_lines, runs_with_status
+
+            found = runs_with_status(args.tracking_uri, args.experiment, parse_statuses(args.status))
+            print("\n".join(run_lines(found)) if found else f"no {args.status} run")
+            return 0
+
         runs = [r for r in running_runs(args.tracking_uri, args.experiment) if not (args.stale and r["alive"])]
         if not runs:
             print("no stale run: every RUNNING run's process is alive" if args.stale else "no RUNNING run")
@@ -267,6 +277,9 @@ class StudyCommand(Command):
         from kdhub.study import expand, load_study, run_study, study_status
 
         study = load_study(args.study, args.set)
+        from kdhub.study.checks import check_study_options  # --address, search.objective and .storage
+
+        check_study_options(study, args.executor, args.address)
         if args.dry_run:
             plan = expand(study)
             names = {r.key: r.display for r in plan}

@@ -12,6 +12,7 @@ import sys
 from kdhub.commands.builtin import BUILTIN_COMMANDS, EXIT_USAGE, prepare_run
 from kdhub.contract.errors import KdhubError, Terminated
 from kdhub.registry.loading import get_registry
+from kdhub.tracking.failures import interrupted_line
 
 __all__ = ["EXIT_USAGE", "build_parser", "main", "prepare_run"]
 
@@ -47,11 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         except KdhubError as err:
             print(f"kdhub: error: {err}", file=sys.stderr)
             return err.exit_code
-        except Terminated:
-            print(
-                "kdhub: terminated (SIGTERM); resume with kdhub run --resume RUN_ID, or run the study again",
-                file=sys.stderr,
-            )
+        except Terminated as stopped:
+            print(f"kdhub: {interrupted_line(stopped)}", file=sys.stderr)
             return 143
         except KeyboardInterrupt:
             print("kdhub: interrupted", file=sys.stderr)

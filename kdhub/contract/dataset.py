@@ -14,6 +14,7 @@ resumable position.
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from kdhub.contract.base import Plugin
+from kdhub.contract.errors import ContractError
 
 __all__ = ["Augmentation", "DataBundle", "Dataset", "FileDataset", "FileSplit", "ImageTransforms", "TensorSplit"]
 
@@ -35,11 +37,16 @@ class TensorSplit:
     labels: Tensor
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError("labels must be [N] and match the images")
-        self.labels = self.labels.long()
+        images, labels = self.images, self.labels
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+            _wrong("TensorSplit.images", "a uint8 torch.Tensor [N, C, H, W]", images)
+        if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.dtype.is_floating_point or labels.is_complex():
+            _wrong("TensorSplit.labels", "an integer torch.Tensor [N] of class indices", labels)
+        if labels.dtype == torch.bool:
+            _wrong("TensorSplit.labels", "an integer torch.Tensor [N] of class indices", labels)
+        if labels.shape[0] != images.shape[0]:
+            _wrong("TensorSplit.labels", f"one label per image ({images.shape[0]})", labels)
+        self.labels = labels.long()
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -54,6 +61,14 @@ class Augmentation:
 
     crop_padding: int = 0
     horizontal_flip: bool = False
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.crop_padding) or self.crop_padding < 0:
+            _wrong(
+                "Augmentation.crop_padding", "an int >= 0 (pixels of padding before the random crop)", self.crop_padding
+            )
+        if not isinstance(self.horizontal_flip, bool):
+            _wrong("Augmentation.horizontal_flip", "a bool", self.horizontal_flip)
 
 
 @dataclass
@@ -71,8 +86,28 @@ class DataBundle:
     """Where the data came from (a folder, a URL, a loader), recorded with the run; default the dataset's name."""
 
     def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            if not isinstance(getattr(self, split), TensorSplit):
+                _wrong(f"DataBundle.{split}", "a kdhub.TensorSplit(images, labels)", getattr(self, split))
+        if self.test.images.shape[1:] != self.train.images.shape[1:]:
+            _wrong(
+                "DataBundle.test",
+                f"images of the training images' [C, H, W] {tuple(self.train.images.shape[1:])}",
+                self.test.images,
+            )
+        _check_classes("DataBundle", self.num_classes, (self.train.labels, self.test.labels))
+        self.mean, self.std = _check_normalisation("DataBundle", self.mean, self.std, self.train.images.shape[1])
+        if not isinstance(self.augmentation, Augmentation):
+            _wrong(
+                "DataBundle.augmentation",
+                "a kdhub.Augmentation(crop_padding=..., horizontal_flip=...)",
+                self.augmentation,
+            )
         if not self.class_names:
             self.class_names = [str(i) for i in range(self.num_classes)]
+        _check_names("DataBundle", self.class_names, self.num_classes)
+        if not isinstance(self.source, str):
+            _wrong("DataBundle.source", "a str (a folder, a URL or a loader's name)", self.source)
 
     @property
     def in_channels(self) -> int:
@@ -138,14 +173,24 @@ class FileSplit:
     dataset: Any | None = None
 
     def __post_init__(self) -> None:
-        self.labels = torch.as_tensor(self.labels).long()
-        if self.labels.dim() != 1:
-            raise ValueError("labels must be a 1-D tensor")
+        try:
+            labels = torch.as_tensor(self.labels)
+        except (TypeError, ValueError, RuntimeError):
+            _wrong("FileSplit.labels", "an integer torch.Tensor [N] (or a list of ints)", self.labels)
+        if labels.dim() != 1 or labels.dtype.is_floating_point or labels.is_complex() or labels.dtype == torch.bool:
+            _wrong("FileSplit.labels", "an integer torch.Tensor [N] (or a list of ints)", self.labels)
+        self.labels = labels.long()
         if (self.files is None) == (self.dataset is None):
-            raise ValueError("give either files or a map-style dataset")
+            raise ContractError(f"FileSplit: give either files or a map-style dataset{_maker()}")
+        if self.files is not None and (isinstance(self.files, (str, bytes)) or not isinstance(self.files, Sequence)):
+            _wrong("FileSplit.files", "a sequence of paths relative to root", self.files)
+        if not isinstance(self.root, str):
+            _wrong("FileSplit.root", "a str (the folder the files are relative to)", self.root)
+        if self.dataset is not None and not (hasattr(self.dataset, "__getitem__") and hasattr(self.dataset, "__len__")):
+            _wrong("FileSplit.dataset", "a map-style dataset (__getitem__ and __len__)", self.dataset)
         count = len(self.files) if self.files is not None else len(self.dataset)  # type: ignore[arg-type]
         if count != len(self.labels):
-            raise ValueError(f"{count} images but {len(self.labels)} labels")
+            raise ContractError(f"FileSplit.labels: {count} images but {len(self.labels)} labels{_maker()}")
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -175,14 +220,21 @@ class FileDataset:
     source: str = ""
 
     def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            if not isinstance(getattr(self, split), FileSplit):
+                _wrong(f"FileDataset.{split}", "a kdhub.FileSplit(labels, files=..., root=...)", getattr(self, split))
+        if not _is_int(self.channels) or self.channels not in (1, 3):
+            _wrong("FileDataset.channels", "1 (grey) or 3 (RGB)", self.channels)
+        _check_classes("FileDataset", self.num_classes, (self.train.labels, self.test.labels))
+        self.mean, self.std = _check_normalisation("FileDataset", self.mean, self.std, self.channels)
+        if not isinstance(self.transforms, ImageTransforms):
+            _wrong("FileDataset.transforms", "a kdhub.ImageTransforms(preset=..., size=...)", self.transforms)
         if not self.class_names:
             self.class_names = [str(i) for i in range(self.num_classes)]
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError("mean and std need one value per channel")
+        _check_names("FileDataset", self.class_names, self.num_classes)
+        for text in ("name", "source"):
+            if not isinstance(getattr(self, text), str):
+                _wrong(f"FileDataset.{text}", "a str", getattr(self, text))
 
     @property
     def in_channels(self) -> int:
@@ -205,3 +257,80 @@ class Dataset(Plugin):
 
         Raise :class:`kdhub.KdhubError` with one line naming the file or folder for bad data.
         """
+
+
+# checking the contract where it is built -----------------------------------------------------------
+
+
+def _maker() -> str:
+    """`` (dataset plugin 'name', module.Class)`` for the plugin whose code is building a contract object."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, Plugin):
+            cls = type(owner)
+            return f" ({owner.kind or 'a'} plugin {owner.name!r}, {cls.__module__}.{cls.__qualname__})"
+        frame = frame.f_back  # type: ignore[assignment]
+    return ""
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {list(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # a NumPy array, say
+        return f"a {type(value).__module__}.{type(value).__name__} ({value.dtype}) of shape {list(value.shape)}"
+    text = " ".join(repr(value).split())
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _wrong(field_path: str, expected: str, got: Any) -> Any:
+    """Raise the one line of a wrong contract field: the field, what it must be, what it is, and the plugin."""
+    raise ContractError(f"{field_path}: expected {expected}, got {_describe(got)}{_maker()}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_classes(owner: str, num_classes: Any, labels: tuple[Tensor, ...]) -> None:
+    if not _is_int(num_classes) or num_classes < 1:
+        _wrong(f"{owner}.num_classes", "an int >= 1", num_classes)
+    for split, values in zip(("train", "test"), labels, strict=True):
+        if len(values) and (int(values.min()) < 0 or int(values.max()) >= num_classes):
+            raise ContractError(
+                f"{owner}.{split}: labels must be class indices 0..{num_classes - 1}, found"
+                f" {int(values.min())}..{int(values.max())}{_maker()}"
+            )
+
+
+def _check_normalisation(owner: str, mean: Any, std: Any, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``mean`` and ``std`` as tuples: one number per channel, on the 0..1 scale of ``pixel / 255``."""
+    found = []
+    for name, values, low in (("mean", mean, 0.0), ("std", std, 0.0)):
+        expected = f"{channels} number{'s' if channels > 1 else ''} (one per channel) on the 0..1 scale of pixel / 255"
+        if isinstance(values, Tensor):
+            values = values.tolist()
+        if not isinstance(values, (tuple, list)) or len(values) != channels:
+            _wrong(f"{owner}.{name}", expected, values)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            _wrong(f"{owner}.{name}", expected, values)
+        numbers = tuple(float(v) for v in values)
+        if not all(math.isfinite(v) and low <= v <= 1.0 for v in numbers) or (name == "std" and min(numbers) <= 0):
+            scale = " (0..255 values? divide them by 255)" if max(numbers, default=0) > 1 else ""
+            raise ContractError(
+                f"{owner}.{name}: expected {expected}{', each > 0' if name == 'std' else ''},"
+                f" got {numbers}{scale}{_maker()}"
+            )
+        found.append(numbers)
+    return found[0], found[1]
+
+
+def _check_names(owner: str, names: Any, num_classes: int) -> None:
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        _wrong(f"{owner}.class_names", f"a list of {num_classes} str", names)
+    if len(names) != num_classes:
+        raise ContractError(f"{owner}.class_names: {len(names)} names for {num_classes} classes{_maker()}")

@@ -37,6 +37,11 @@ class RunFailedError(KdhubError):
     exit_code = 1
 
 
+class ContractError(KdhubError, TypeError, ValueError):
+    """A plugin built a contract object (``DataBundle``, ``TensorSplit`` ...) with a wrong field: the message
+    names the field, the expected type and the plugin."""
+
+
 class DivergedError(RunFailedError):
     """A loss term or the weights became NaN or infinite; the checkpoints of earlier epochs are kept."""
 

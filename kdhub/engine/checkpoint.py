@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from kdhub.contract.errors import IncompatibleError, KdhubError
+from kdhub.contract.unpickling import unpickling_problem
 
 __all__ = [
     "CheckpointError",
@@ -38,6 +38,7 @@ __all__ = [
     "save",
     "set_rng_state",
     "to_cpu",
+    "unpickling_problem",
 ]
 
 _SAFETENSORS_SUFFIX = ".safetensors"
@@ -132,17 +133,6 @@ def _check_file(path: Path, who: str) -> None:
         raise CheckpointError(f"{who}: cannot read it: {err.strerror or err}") from None
 
 
-def _why(err: Exception) -> str:
-    """The informative part of torch.load's error (its weights-only advice is not for kdhub users)."""
-    text = str(err)
-    found = re.search(r"GLOBAL ([\w.]+)", text)
-    if found:
-        return f"refused: it holds pickled objects ({found.group(1)}), which could run code when loaded"
-    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    detail = found.group(1).split("Check the documentation")[0].strip() if found else text.strip().splitlines()[0]
-    return f"not a PyTorch checkpoint, or truncated or corrupt ({type(err).__name__}: {detail[:160]})"
-
-
 _WHAT_TO_DO = (
     "kdhub reads tensors only: save a state_dict (torch.save(model.state_dict(), 'weights.pt')) or a .safetensors file"
 )
@@ -164,7 +154,7 @@ def load(path: Path, who: str | None = None, *, advice: str = _RESUME_ADVICE) ->
         with _allowed_globals():
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{who}: {_why(err)}; {advice}") from None
+        raise CheckpointError(f"{who}: {unpickling_problem(err)}; {advice}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{who}: holds a {type(state).__name__}, not a checkpoint or a state_dict")
     return state

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from kdhub.contract.dataset import FileDataset, FileSplit, ImageTransforms
 from kdhub.contract.errors import KdhubError
+from kdhub.engine.imagesize import DEFAULT_MAX_PIXELS, too_large
 from kdhub.engine.splits import _hold_out, class_balanced_split
 
 __all__ = ["LoaderOptions", "StreamData", "build_transforms", "default_workers", "sample_seed"]
@@ -71,6 +72,7 @@ class LoaderOptions:
     pin_memory: bool = True
     decode: str = "workers"
     on_error: str = "raise"
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @classmethod
     def from_config(cls, data: Any) -> LoaderOptions:
@@ -80,6 +82,7 @@ class LoaderOptions:
             pin_memory=getattr(data, "pin_memory", True),
             decode=getattr(data, "decode", "workers"),
             on_error=getattr(data, "on_error", "raise"),
+            max_pixels=getattr(data, "max_pixels", DEFAULT_MAX_PIXELS),
         )
 
 
@@ -117,7 +120,15 @@ Item = tuple[int, int, int, int]
 class _Reader(torch.utils.data.Dataset):
     """Reads, decodes and transforms whole batches; runs in the DataLoader workers (or in-process)."""
 
-    def __init__(self, sources: dict[int, FileSplit], spec: ImageTransforms, channels: int, decode: bool) -> None:
+    def __init__(
+        self,
+        sources: dict[int, FileSplit],
+        spec: ImageTransforms,
+        channels: int,
+        decode: bool,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.max_pixels = max_pixels
         self.roots = {code: split.root for code, split in sources.items()}
         # file names as one numpy bytes array: no per-string objects whose refcounts would copy pages
         self.files = {
@@ -147,12 +158,20 @@ class _Reader(torch.utils.data.Dataset):
         files = self.files[code]
         if files is not None:
             data = read_file(self.name(code, index))
+            self._check_size(data)
             return data if self.decode else self.to_image(data)
         dataset: Any = self.datasets[code]
         image = dataset[index][0]
         if isinstance(image, Tensor) and image.dim() == 1:
+            self._check_size(image)
             return image if self.decode else self.to_image(image)
         return self.to_image(image)
+
+    def _check_size(self, encoded: Tensor) -> None:
+        """Refuse, before decoding, an image whose header declares more than ``max_pixels`` (a decompression bomb)."""
+        problem = too_large(encoded.numpy(), self.max_pixels)
+        if problem is not None:
+            raise ValueError(problem)
 
     def to_image(self, image: Any) -> Tensor:
         from torchvision.io import ImageReadMode, decode_image
@@ -279,7 +298,7 @@ class StreamData:
         self.std = torch.tensor(bundle.std, device=device).view(1, -1, 1, 1)
         decode_later = self.options.decode == "device"
         sources = {_TRAIN: bundle.train, _TEST: bundle.test}
-        self.reader = _Reader(sources, bundle.transforms, bundle.channels, decode_later)
+        self.reader = _Reader(sources, bundle.transforms, bundle.channels, decode_later, self.options.max_pixels)
         self.workers = default_workers() if self.options.workers is None else self.options.workers
         self.plan = _Plan()
         self._loader: DataLoader | None = None

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kdhub.contract.errors import KdhubError
+from kdhub.contract.unpickling import unpickling_problem
 from kdhub.registry.loading import get_registry
 
 __all__ = [
@@ -68,12 +69,33 @@ def load_checkpoint(path: Path, label: str | None = None) -> dict[str, Any]:
     label = label or str(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise KdhubError(f"{label}: not a loadable kdhub checkpoint ({first[:200]})") from None
+    except Exception as err:  # never PyTorch's advice to load it with weights_only off
+        raise KdhubError(
+            f"{label}: not a loadable kdhub checkpoint ({unpickling_problem(err)}); kdhub reads tensors and plain"
+            " values only: give a run id or a checkpoint kdhub wrote (a run's checkpoints/final.pt)"
+        ) from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or "model_spec" not in state:
         raise KdhubError(f"{label}: not a kdhub checkpoint (no 'model' and 'model_spec' entries)")
+    problem = _spec_problem(state["model_spec"])
+    if problem:
+        raise KdhubError(f"{label}: not a kdhub checkpoint (its model_spec {problem})")
     return state
+
+
+def _spec_problem(spec: Any) -> str | None:
+    """What a checkpoint's ``model_spec`` lacks for rebuilding the network (None when it is complete)."""
+    if not isinstance(spec, dict):
+        return f"is a {type(spec).__name__}, not a dict"
+    if not isinstance(spec.get("name"), str) or not spec["name"]:
+        return "names no model plugin ('name')"
+    for key in ("num_classes", "in_channels", "image_size"):
+        value = spec.get(key)
+        present = key in spec or key == "num_classes"
+        if present and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            return f"has no valid {key!r} (an int >= 1, got {value!r:.40})"
+    if not isinstance(spec.get("options", {}), dict):
+        return "has options that are not a dict"
+    return None
 
 
 def build_network(spec: dict[str, Any], input_shape: tuple[int, int, int] | None = None) -> nn.Module:

@@ -117,6 +117,9 @@ class RayExecutor(Executor):
         if ray.is_initialized():
             pass  # a session the caller started (a notebook): use it, leave it running
         elif address:
+            from kdhub.study.checks import probe_ray_address
+
+            probe_ray_address(address)  # within KDHUB_RAY_CONNECT_TIMEOUT, not Ray's minutes of retries
             try:
                 ray.init(address=address, **quiet)
             except Exception as err:
@@ -212,8 +215,10 @@ def check_executor(name: str, parallel: int | None = None, address: str | None =
         raise KdhubError(f"--parallel: must be >= 1, got {parallel}")
     if name == "local" and parallel not in (None, 1):
         raise KdhubError("--parallel: the local executor runs one run at a time; use --executor ray")
-    if name == "local" and address:
-        raise KdhubError("--address: only the ray executor joins a cluster; add --executor ray")
+    if address is not None:
+        from kdhub.study.checks import check_address
+
+        check_address(name, address)
     if name == "ray":
         _import_ray()
 

@@ -94,6 +94,8 @@ def _client(uri: str) -> Any:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from kdhub.tracking.firstuse import set_up_store  # waits out another MLflow client creating the same store
+
     if uri in _READY:
         return _retrying(mlflow.MlflowClient(tracking_uri=uri), uri)
     problem = uri_problem(uri)
@@ -103,8 +105,7 @@ def _client(uri: str) -> Any:
         _probe(uri)
     try:
         with _store_lock(uri):
-            client = mlflow.MlflowClient(tracking_uri=uri)
-            client.search_experiments(max_results=1)  # creates / migrates the store's tables
+            client = set_up_store(lambda: _opened(mlflow.MlflowClient(tracking_uri=uri)), uri)
     except KdhubError:
         raise
     except Exception as err:
@@ -112,6 +113,11 @@ def _client(uri: str) -> Any:
         raise KdhubError(f"tracking.uri: cannot use {uri}: {type(err).__name__}: {first}") from None
     _READY.add(uri)
     return _retrying(client, uri)
+
+
+def _opened(client: Any) -> Any:
+    client.search_experiments(max_results=1)  # creates / migrates the store's tables
+    return client
 
 
 def _retrying(client: Any, uri: str) -> Any:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from kdhub.contract.errors import KdhubError
 from kdhub.contract.runlog import Table
 from kdhub.tracking.artifacts import _get_run, _refuse_finished
+from kdhub.tracking.failures import copy_atomically, local_artifact_folder, quiet_store_logs
 from kdhub.tracking.heartbeat import (
     HEARTBEAT_TAG,
     HOST_TAG,
@@ -49,6 +50,7 @@ class Tracker:
     def __init__(self, uri: str | None = None, experiment: str = "kdhub") -> None:
         self.uri = tracking_uri(uri)
         self.client = _client(self.uri)
+        quiet_store_logs()
         self.experiment = experiment
         self.experiment_id: str | None = None
         self.run_id: str | None = None
@@ -185,7 +187,11 @@ class Tracker:
 
     # files ------------------------------------------------------------------------------------
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+        local = local_artifact_folder(self.client.get_run(self.run_id).info.artifact_uri)
+        if local is None:
+            self.client.log_artifact(self.run_id, str(path), folder)
+        else:  # a full disk must not truncate the last good checkpoint: write beside it, then rename
+            copy_atomically(Path(path), local / (folder or "") / Path(path).name)
 
     def finish(self, status: str = "FINISHED", reason: str | None = None) -> None:
         """End the run; a FINISHED run loses the ``kdhub.failure`` tag of an earlier, interrupted attempt."""

@@ -135,7 +135,7 @@ def test_sigterm_ends_the_run_killed_and_resumable(long_run):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
-    assert "terminated" in err
+    assert f"terminated (SIGTERM); run {run_id} is KILLED; resume with: kdhub run --resume {run_id}" in err
     assert "Traceback" not in err
     info = client.get_run(run_id)
     assert info.info.status == "KILLED"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -78,9 +79,20 @@ def is_image(name: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:
     return name.lower().endswith(extensions) and not name.startswith(".")
 
 
+def _is_folder(entry: os.DirEntry[str], who: str) -> bool:
+    """Whether a folder entry is a folder (through a symlink too); a symlink that loops is one line naming it."""
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError as err:
+        raise kdhub.KdhubError(
+            f"{who}: {entry.path} is a symlink that cannot be followed ({err.strerror}: it links to itself"
+            " or round a loop); remove it or point it at a folder"
+        ) from None
+
+
 def class_folders(folder: Path, who: str) -> list[str]:
     """Sorted names of the class folders inside ``folder`` (hidden ones ignored); none is an error."""
-    names = sorted(e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=True) and not e.name.startswith("."))
+    names = sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and _is_folder(e, who))
     if not names:
         loose = any(is_image(e.name) for e in os.scandir(folder) if e.is_file())
         hint = " (it holds images directly: put each class in its own folder)" if loose else ""
@@ -92,7 +104,7 @@ def images_in(folder: Path, who: str, extensions: tuple[str, ...] = IMAGE_EXTENS
     """Image files under ``folder`` (recursively), relative to it and sorted; an empty folder is an error."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = _followed(Path(dirpath), sorted(d for d in dirnames if not d.startswith(".")), folder, who)
         rel = os.path.relpath(dirpath, folder)
         found += [os.path.normpath(os.path.join(rel, f)) for f in filenames if is_image(f, extensions)]
     if not found:
@@ -100,6 +112,36 @@ def images_in(folder: Path, who: str, extensions: tuple[str, ...] = IMAGE_EXTENS
             f"{who}: class folder {folder} holds no images ({', '.join(extensions)}); remove it or add images"
         )
     return sorted(found)
+
+
+def _followed(here: Path, names: list[str], top: Path, who: str) -> list[str]:
+    """The subfolders of ``here`` to walk into: a symlink back to a folder the walk is inside (a loop) is one
+    line naming it; one to a folder outside the dataset is followed with a warning."""
+    real_here = os.path.realpath(here)
+    bounds = [os.path.realpath(top.parent), os.path.realpath(top)]
+    kept = []
+    for name in names:
+        path = here / name
+        if not path.is_symlink():
+            kept.append(name)
+            continue
+        try:
+            target = os.path.realpath(path, strict=True)
+        except OSError as err:
+            raise kdhub.KdhubError(
+                f"{who}: {path} is a symlink that cannot be followed ({err.strerror}); remove it"
+            ) from None
+        if real_here == target or real_here.startswith(target.rstrip(os.sep) + os.sep):
+            raise kdhub.KdhubError(
+                f"{who}: {path} links back to {target}, a folder it is inside (a symlink loop: its images would"
+                " be read again and again); remove the link"
+            )
+        if not any(target == b or target.startswith(b.rstrip(os.sep) + os.sep) for b in bounds):
+            warnings.warn(
+                f"{who}: {path} links outside the dataset's folder, to {target}; its images are used", stacklevel=2
+            )
+        kept.append(name)
+    return kept
 
 
 def folder_split(

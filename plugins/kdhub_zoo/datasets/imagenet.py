@@ -24,8 +24,13 @@ def synset_names(root: Path, wnids: list[str]) -> list[str]:
         try:
             wnid_to_classes = torch.load(meta, map_location="cpu", weights_only=True)[0]
             names = {w: (c[0] if isinstance(c, (tuple, list)) else str(c)) for w, c in wnid_to_classes.items()}
-        except Exception as err:  # torch.load raises many types for a damaged file
-            raise kdhub.KdhubError(f"imagenet: cannot read {meta} ({type(err).__name__}: {err})") from None
+        except Exception as err:  # torch.load raises many types for a damaged or hostile file
+            from kdhub.contract.unpickling import unpickling_problem
+
+            raise kdhub.KdhubError(
+                f"imagenet: cannot read {meta} ({unpickling_problem(err)}); kdhub reads only tensors, dicts,"
+                " lists and strings from it: remove it to name the classes by their wnids, or let torchvision write it"
+            ) from None
     else:
         for candidate in SYNSET_LISTS:
             path = root / candidate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
 import re
 import socket
 from pathlib import Path
@@ -162,7 +163,16 @@ class Timm(kdhub.Model):
                     f"options.kwargs: timm model {o.variant!r} does not take {str(err).rsplit(' ', 1)[-1]}"
                 ) from None
             raise
-        except (OSError, RuntimeError, ValueError) as err:
+        except (pickle.UnpicklingError, OSError, RuntimeError, ValueError) as err:
+            if o.pretrained_file is not None and (
+                isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err)
+            ):
+                from kdhub.contract.unpickling import unpickling_problem  # never the advice to turn weights_only off
+
+                raise kdhub.ConfigError(
+                    f"options.pretrained_file: {o.pretrained_file}: {unpickling_problem(err)}; give a .safetensors"
+                    " file or a state_dict of tensors"
+                ) from None
             if not o.pretrained:
                 raise
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
