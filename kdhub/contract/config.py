@@ -127,6 +127,13 @@ class DataConfig(PluginRef):
         description="streamed datasets: an unreadable image stops the run naming the file (raise), or is "
         "skipped with a warning and counted in the data/skipped_images metric (skip)",
     )
+    max_pixels: int = Field(
+        89_478_485,
+        ge=1,
+        le=10**10,
+        description="streamed datasets: an image whose header declares more pixels is refused before it is "
+        "decoded (a decompression bomb), as an unreadable image (see on_error)",
+    )
 
 
 _Beta = Annotated[FiniteFloat, Field(ge=0, lt=1)]

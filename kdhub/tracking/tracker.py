@@ -119,8 +119,6 @@ class Tracker:
 
     # RunLog -----------------------------------------------------------------------------------
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

@@ -10,7 +10,6 @@ import torch
 import yaml
 
 import kdhub
-from kdhub import plugins
 from kdhub.cli import main
 from kdhub.contract.errors import ContractError
 
@@ -98,14 +97,11 @@ class RegisterTupleData:
         register(TupleData)
 
 
-def test_a_plugin_that_breaks_the_contract_is_named_at_dry_run(tiny_config, tmp_path, capsys):
-    plugins.register_module(RegisterTupleData(), name="tuple-data")
-    try:
-        path = tmp_path / "run.yaml"
-        path.write_text(yaml.safe_dump({**tiny_config, "data": {"name": "tuple_data", "batch_size": 2}}))
-        assert main(["run", str(path), "--dry-run"]) == 2
-    finally:
-        plugins.reset()
+def test_a_plugin_that_breaks_the_contract_is_named_at_dry_run(tiny_config, tmp_path, capsys, register_plugin):
+    register_plugin(RegisterTupleData(), "tuple-data")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**tiny_config, "data": {"name": "tuple_data", "batch_size": 2}}))
+    assert main(["run", str(path), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert "DataBundle.train: expected a kdhub.TensorSplit(images, labels), got a tuple of 2 items" in err

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 import kdhub
-from kdhub import plugins
 from kdhub.cli import main
 from kdhub.contract.errors import Terminated
 from kdhub.testing import interrupt_after
@@ -38,13 +37,10 @@ class _Record:
             self.seen = (run.run_id, self.capsys.readouterr().out)
 
 
-def test_kdhub_run_prints_its_id_before_the_first_epoch(config_file, capsys, mlflow_uri):
+def test_kdhub_run_prints_its_id_before_the_first_epoch(config_file, capsys, mlflow_uri, register_plugin):
     record = _Record(capsys)
-    plugins.register_module(record, name="record-output")
-    try:
-        assert main(["run", str(config_file)]) == 0
-    finally:
-        plugins.unregister("record-output")
+    register_plugin(record, "record-output")
+    assert main(["run", str(config_file)]) == 0
     run_id, before_first_epoch_ended = record.seen
     assert f"run {run_id} started in experiment 'tests' of {mlflow_uri}" in before_first_epoch_ended
 
@@ -91,12 +87,9 @@ class _LateSignal:
             os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's stop arrives as the run ends
 
 
-def test_a_sigterm_after_the_run_finished_does_not_make_it_killed(config_file, capsys, mlflow_uri):
-    plugins.register_module(_LateSignal(), name="late-signal")
-    try:
-        assert main(["run", str(config_file)]) == 0
-    finally:
-        plugins.unregister("late-signal")
+def test_a_sigterm_after_the_run_finished_does_not_make_it_killed(config_file, capsys, mlflow_uri, register_plugin):
+    register_plugin(_LateSignal(), "late-signal")
+    assert main(["run", str(config_file)]) == 0
     out, err = capsys.readouterr()
     run_id = out.split()[1]
     assert "terminated" not in err
