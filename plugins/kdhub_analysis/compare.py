@@ -39,6 +39,7 @@ from kdhub.errors import KdhubError
 from kdhub.figures import new_figure
 from kdhub.runlog import Table
 from kdhub.tables import AGREEMENT, PER_CLASS_ACCURACY
+from kdhub_analysis.power import DEFAULT_POWER, power_lines, power_table
 from kdhub_analysis.stats import DifferenceTest, adjust, pair_by_seed, paired_t, sign_counts, summary, welch_t
 
 __all__ = [
@@ -87,6 +88,7 @@ class Comparison:
     alpha: float = 0.05
     correction: str = "bh"
     confidence: float = 0.95
+    power: float = DEFAULT_POWER  # of the detectable effects in the report (kdhub_analysis.power)
 
     @property
     def delta_acc(self) -> list[float]:
@@ -414,6 +416,7 @@ class Comparison:
             lines.append(f"Pearson r(ΔPA, ΔACC) = {r:.3f}, two-sided p = {p:.3g} ({n} classes)")
         else:
             lines.append("Pearson r(ΔPA, ΔACC): n/a (needs per-class agreement of both sides on 3+ classes)")
+        lines += power_lines(self, self.power)
         lines += [f"note: {note}" for note in self.notes]
         if self.test_name == "no test":
             lines.append("note: one run on a side: no spread and no test; run several seeds to tell signal from noise")
@@ -696,6 +699,7 @@ def compare_runs(
     alpha: float = 0.05,
     correction: str = "bh",
     confidence: float = 0.95,
+    power: float = DEFAULT_POWER,
 ) -> Comparison:
     """Compare a run (or the seeds of one run) with a baseline run (or its seeds), per class.
 
@@ -711,6 +715,8 @@ def compare_runs(
     from kdhub.tracking import compare_experiment
 
     _check_options(tol, alpha, correction, confidence)
+    if not 0 < power < 1:
+        raise CompareError(f"power: {power} is outside (0, 1)")
     baseline_ids = [baseline] if isinstance(baseline, str) else list(baseline)
     run_ids = [runs] if isinstance(runs, str) else list(runs)
     base_side = _read_side(baseline_ids, split, uri, "baseline")
@@ -736,6 +742,7 @@ def compare_runs(
         confidence=confidence,
     )
     comparison.baseline_ids, comparison.run_ids = baseline_ids, run_ids
+    comparison.power = power
     comparison.notes = _notes(base_side, run_side, split)
     if log:
         description = comparison.description(_links(base_side.infos), _links(run_side.infos))
@@ -788,6 +795,7 @@ def _log(
         tracker.table("compare/per_class", comparison.table())
         tracker.table("compare/per_seed", comparison.seed_table())
         tracker.table("compare/seeds", comparison.seeds_summary())
+        tracker.table("compare/power", power_table(comparison, comparison.power))
         tracker.metrics({k: v for k, v in comparison.scalars().items() if math.isfinite(v)}, step=0)
         for name, figure in comparison.figures().items():
             tracker.figure(f"compare/{name}", figure)
@@ -965,6 +973,12 @@ class CompareCommand(kdhub.Command):
             default="bh",
             help="multiple-testing correction over the classes: bh (Benjamini-Hochberg, default), holm, none",
         )
+        parser.add_argument(
+            "--power",
+            type=float,
+            default=DEFAULT_POWER,
+            help="power of the smallest detectable effect per class in the report (0.8)",
+        )
         parser.add_argument("--no-log", action="store_true", help="do not log the comparison as an MLflow run")
         parser.add_argument(
             "--experiment",
@@ -992,6 +1006,7 @@ class CompareCommand(kdhub.Command):
             experiment=args.experiment,
             alpha=args.alpha,
             correction=args.correction,
+            power=args.power,
         )
         print(comparison.report())
         if args.figures:
