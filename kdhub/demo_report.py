@@ -23,6 +23,8 @@ def _images(delta: float, count: float) -> str:
     images = delta * count / 100
     rounded = round(images)
     value = f"{rounded:+d}" if abs(images - rounded) < 0.05 else f"{images:+.1f}"
+    if value in ("+0", "-0"):
+        value = "0"
     unit = "image" if abs(images - 1) < 0.05 or abs(images + 1) < 0.05 else "images"
     return f"{value} {unit} of {count:.0f}"
 
