@@ -47,6 +47,8 @@ def study_runs(
     for run in runs:
         if run.data.tags.get("mlflow.parentRunId") != parent.info.run_id or "kdhub.compare" in run.data.tags:
             continue
+        if run.info.status != "FINISHED":  # running, killed or failed: not a seed to summarise yet
+            continue
         name = run.info.run_name or run.info.run_id
         match = SEED.search(name)
         seed = int(match.group(1)) if match else -1

@@ -1,20 +1,22 @@
-"""``kdhub demo``: teacher, vanilla student and KD student on the embedded digits data, compared per class."""
+"""``kdhub demo``: a teacher, and vanilla and KD students over a few seeds on the embedded digits data, compared
+per class with seed statistics."""
 
 from __future__ import annotations
 
-import math
 from importlib import resources
 from typing import Any
 
 import yaml
 
+from kdhub.commands.demo_report import noise_report
 from kdhub.contract.config_loading import parse_config
 from kdhub.contract.tables import PER_CLASS_ACCURACY
 from kdhub.engine.loop import RunResult
 from kdhub.engine.runner import run
+from kdhub.registry.loading import get_registry
 from kdhub.tracking import load_table, tracking_uri
 
-__all__ = ["demo", "demo_configs"]
+__all__ = ["demo", "demo_configs", "demo_seeds"]
 
 
 def demo_configs(epochs: int | None = None, uri: str | None = None) -> dict[str, dict[str, Any]]:
@@ -31,19 +33,36 @@ def demo_configs(epochs: int | None = None, uri: str | None = None) -> dict[str,
 
 
 def demo(epochs: int | None = None, tracking_uri: str | None = None) -> dict[str, RunResult]:
+    """Train the teacher once, then the vanilla and the KD student for each of the demo's seeds, and print
+    the per-class comparison with its seed statistics (:func:`kdhub.commands.demo_report.noise_report`)."""
     configs = demo_configs(epochs, tracking_uri)
+    seeds = demo_seeds()
     results: dict[str, RunResult] = {}
     for name, config in configs.items():
-        if name == "kd":
-            config["teacher"]["weights"] = f"runs:/{results['teacher'].run_id}/checkpoints/final.pt"
-        print(f"== {name}: {config['tracking']['run_name']}")
-        results[name] = run(parse_config(config))
+        for seed in [None] if name == "teacher" else seeds:
+            key = name if seed is None else f"{name}-s{seed}"
+            run_config = {**config, "tracking": {**config["tracking"], "run_name": f"demo-{key}"}}
+            if seed is not None:
+                run_config["seed"] = seed
+            if name == "kd":
+                teacher = f"runs:/{results['teacher'].run_id}/checkpoints/final.pt"
+                run_config["teacher"] = {**config["teacher"], "weights": teacher}
+            print(f"== {key}: {run_config['tracking']['run_name']}")
+            results[key] = run(parse_config(run_config))
     uri = configs["teacher"]["tracking"]["uri"]
-    tables = {name: load_table(str(r.run_id), PER_CLASS_ACCURACY.key("test"), uri) for name, r in results.items()}
-    print(report(tables, results))
-    print(f"\nAll three runs are in the MLflow store {uri} (experiment 'kdhub-demo'). Open the UI with:")
+    comparer: Any = get_registry().create("command", "compare")  # kdhub compare, the analysis plugin
+    comparison = comparer.compare(
+        [str(results[f"vanilla-s{s}"].run_id) for s in seeds],
+        [str(results[f"kd-s{s}"].run_id) for s in seeds],
+        uri=uri,
+        log=False,
+    )
+    table = load_table(str(results["teacher"].run_id), PER_CLASS_ACCURACY.key("test"), uri)
+    print(noise_report(comparison, table["student"], table["count"], results["teacher"].last_acc))
+    print(f"\nAll {len(results)} runs are in the MLflow store {uri} (experiment 'kdhub-demo'). Open the UI with:")
     print(f"  mlflow ui --backend-store-uri {uri}")
-    print(load_hint(str(results["kd"].run_id), uri))
+    print(f"or compare them yourself: kdhub compare --baseline <vanilla run ids> <kd run ids> --tracking-uri {uri}")
+    print(load_hint(str(results[f"kd-s{seeds[-1]}"].run_id), uri))
     return results
 
 
@@ -69,21 +88,7 @@ def load_hint(run_id: str, uri: str) -> str:
     )
 
 
-def report(tables: dict[str, dict[str, list[Any]]], results: dict[str, RunResult]) -> str:
-    """Per-class test accuracy side by side, and the classes KD hurt (accuracy below vanilla)."""
-    names = tables["teacher"]["name"]
-    lines = [f"\n{'class':<8}{'teacher':>9}{'vanilla':>9}{'KD':>9}{'KD-van.':>9}"]
-    hurt = []
-    for i, cls in enumerate(names):
-        t, v, k = (tables[n]["student"][i] for n in ("teacher", "vanilla", "kd"))
-        delta = k - v
-        if not math.isnan(delta) and delta < 0:
-            hurt.append(str(cls))
-        lines.append(f"{cls!s:<8}{t:>9.1f}{v:>9.1f}{k:>9.1f}{delta:>+9.1f}")
-    overall = [results[n].last_acc for n in ("teacher", "vanilla", "kd")]
-    lines.append(
-        f"{'overall':<8}{overall[0]:>9.1f}{overall[1]:>9.1f}{overall[2]:>9.1f}{overall[2] - overall[1]:>+9.1f}"
-    )
-    hurt_list = ", ".join(hurt) if hurt else "none"
-    lines.append(f"\nKD hurt {len(hurt)} class(es): {hurt_list} (test accuracy below the vanilla student)")
-    return "\n".join(lines)
+def demo_seeds() -> list[int]:
+    """The seeds of the demo's students (the teacher trains once)."""
+    spec = yaml.safe_load(resources.files("kdhub.commands").joinpath("demo.yaml").read_text())
+    return [int(s) for s in spec["seeds"]]

@@ -36,7 +36,13 @@ from typing import Any
 import kdhub
 from kdhub.contract.errors import KdhubError
 from kdhub_analysis.comparison_report import Comparison, save_figures
-from kdhub_analysis.comparison_stats import CORRECTION_NAMES, CompareError, average_over_seeds, pearson
+from kdhub_analysis.comparison_stats import (
+    CORRECTION_NAMES,
+    DEFAULT_POWER,
+    CompareError,
+    average_over_seeds,
+    pearson,
+)
 from kdhub_analysis.comparison_tables import compare_runs, compare_tables
 
 __all__ = [
@@ -110,6 +116,12 @@ class CompareCommand(kdhub.Command):
             default="bh",
             help="multiple-testing correction over the classes: bh (Benjamini-Hochberg, default), holm, none",
         )
+        parser.add_argument(
+            "--power",
+            type=float,
+            default=DEFAULT_POWER,
+            help="power of the smallest detectable effect per class in the report (0.8)",
+        )
         parser.add_argument("--no-log", action="store_true", help="do not log the comparison as an MLflow run")
         parser.add_argument(
             "--experiment",
@@ -137,6 +149,7 @@ class CompareCommand(kdhub.Command):
             experiment=args.experiment,
             alpha=args.alpha,
             correction=args.correction,
+            power=args.power,
         )
         print(comparison.report())
         if args.figures:

@@ -12,6 +12,7 @@ from kdhub.contract.errors import KdhubError
 from kdhub.contract.figures import new_figure
 from kdhub.contract.runlog import Table
 from kdhub_analysis.comparison_stats import ComparisonStats
+from kdhub_analysis.power import power_lines
 from kdhub_analysis.stats import summary
 
 __all__ = ["Comparison", "save_figures"]
@@ -214,6 +215,7 @@ class Comparison(ComparisonStats):
             lines.append(f"Pearson r(ΔPA, ΔACC) = {r:.3f}, two-sided p = {p:.3g} ({n} classes)")
         else:
             lines.append("Pearson r(ΔPA, ΔACC): n/a (needs per-class agreement of both sides on 3+ classes)")
+        lines += power_lines(self, self.power)
         lines += [f"note: {note}" for note in self.notes]
         if self.test_name == "no test":
             lines.append("note: one run on a side: no spread and no test; run several seeds to tell signal from noise")

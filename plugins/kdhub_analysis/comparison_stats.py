@@ -20,6 +20,10 @@ class CompareError(KdhubError):
     """A comparison cannot be made (unknown run, missing table, runs over different classes)."""
 
 
+DEFAULT_POWER = 0.8
+"""The power of the smallest detectable effect per class that reports give (kdhub_analysis.power)."""
+
+
 @dataclass
 class ComparisonStats:
     """Per-class values of a run (group) against a baseline (group), in percent, and their statistics;
@@ -46,6 +50,7 @@ class ComparisonStats:
     alpha: float = 0.05
     correction: str = "bh"
     confidence: float = 0.95
+    power: float = DEFAULT_POWER  # of the detectable effects in the report (kdhub_analysis.power)
 
     @property
     def delta_acc(self) -> list[float]:

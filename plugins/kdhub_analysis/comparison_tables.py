@@ -13,7 +13,8 @@ from typing import Any
 from kdhub.contract.errors import KdhubError
 from kdhub.contract.tables import AGREEMENT, PER_CLASS_ACCURACY
 from kdhub_analysis.comparison_report import Comparison
-from kdhub_analysis.comparison_stats import CompareError, _check_options, average_over_seeds
+from kdhub_analysis.comparison_stats import DEFAULT_POWER, CompareError, _check_options, average_over_seeds
+from kdhub_analysis.power import power_table
 from kdhub_analysis.stats import pair_by_seed
 
 __all__ = ["ACCURACY_COLUMN", "AGREEMENT_COLUMN", "AGREEMENT_SCALE", "compare_runs", "compare_tables"]
@@ -213,6 +214,7 @@ def compare_runs(
     alpha: float = 0.05,
     correction: str = "bh",
     confidence: float = 0.95,
+    power: float = DEFAULT_POWER,
 ) -> Comparison:
     """Compare a run (or the seeds of one run) with a baseline run (or its seeds), per class.
 
@@ -228,6 +230,8 @@ def compare_runs(
     from kdhub.tracking import compare_experiment
 
     _check_options(tol, alpha, correction, confidence)
+    if not 0 < power < 1:
+        raise CompareError(f"power: {power} is outside (0, 1)")
     baseline_ids = [baseline] if isinstance(baseline, str) else list(baseline)
     run_ids = [runs] if isinstance(runs, str) else list(runs)
     base_side = _read_side(baseline_ids, split, uri, "baseline")
@@ -253,6 +257,7 @@ def compare_runs(
         confidence=confidence,
     )
     comparison.baseline_ids, comparison.run_ids = baseline_ids, run_ids
+    comparison.power = power
     comparison.notes = _notes(base_side, run_side, split)
     if log:
         description = comparison.description(_links(base_side.infos), _links(run_side.infos))
@@ -305,6 +310,7 @@ def _log(
         tracker.table("compare/per_class", comparison.table())
         tracker.table("compare/per_seed", comparison.seed_table())
         tracker.table("compare/seeds", comparison.seeds_summary())
+        tracker.table("compare/power", power_table(comparison, comparison.power))
         tracker.metrics({k: v for k, v in comparison.scalars().items() if math.isfinite(v)}, step=0)
         for name, figure in comparison.figures().items():
             tracker.figure(f"compare/{name}", figure)
