@@ -93,7 +93,7 @@ def main() -> None:
             sd = statistics.stdev(kept) if len(kept) > 1 else math.nan
             print(f"    class {c}: {statistics.fmean(kept):+.3f} ± {sd:.3f}" if kept else f"    class {c}: -")
     if args.figure and drawn:
-        from kdhub.figures import new_figure
+        from kdhub.contract.figures import new_figure
 
         fig, (ax,) = new_figure(6.5, 3.8)
         median = [statistics.median(col) for col in zip(*others, strict=True)] if others else []

@@ -3,7 +3,7 @@ given in test images (issue: a one-image change must never read as a finding).""
 
 from __future__ import annotations
 
-from kdhub.demo_report import noise_report
+from kdhub.commands.demo_report import noise_report
 from kdhub_analysis.compare import compare_tables
 
 NAMES = ["0", "1", "2"]

@@ -55,8 +55,8 @@ class Digits(kdhub.Dataset):
         raw_images, target = _digits()
         images = torch.from_numpy((raw_images * (255.0 / 16.0)).round()).to(torch.uint8).unsqueeze(1)
         labels = torch.from_numpy(target).long()
-        train_idx, test_idx = stratified_split(target, self.options.test_fraction, self.options.split_seed)
-        train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
+        train_rows, test_rows = stratified_split(target, self.options.test_fraction, self.options.split_seed)
+        train_idx, test_idx = torch.from_numpy(train_rows), torch.from_numpy(test_rows)
         train = kdhub.TensorSplit(images[train_idx], labels[train_idx])
         test = kdhub.TensorSplit(images[test_idx], labels[test_idx])
         pixels = train.images.float() / 255
