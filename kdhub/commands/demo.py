@@ -44,6 +44,8 @@ def demo(epochs: int | None = None, tracking_uri: str | None = None) -> dict[str
             run_config = {**config, "tracking": {**config["tracking"], "run_name": f"demo-{key}"}}
             if seed is not None:
                 run_config["seed"] = seed
+            if seed not in (None, seeds[0]):  # one registered KD student: the first seed's
+                run_config["tracking"].pop("register", None)
             if name == "kd":
                 teacher = f"runs:/{results['teacher'].run_id}/checkpoints/final.pt"
                 run_config["teacher"] = {**config["teacher"], "weights": teacher}
@@ -62,7 +64,7 @@ def demo(epochs: int | None = None, tracking_uri: str | None = None) -> dict[str
     print(f"\nAll {len(results)} runs are in the MLflow store {uri} (experiment 'kdhub-demo'). Open the UI with:")
     print(f"  mlflow ui --backend-store-uri {uri}")
     print(f"or compare them yourself: kdhub compare --baseline <vanilla run ids> <kd run ids> --tracking-uri {uri}")
-    print(load_hint(str(results[f"kd-s{seeds[-1]}"].run_id), uri))
+    print(load_hint(str(results[f"kd-s{seeds[0]}"].run_id), uri))
     return results
 
 

@@ -215,6 +215,11 @@ def _write_config(path, config):
     return str(path)
 
 
+def _finished_run_id(out: str) -> str:
+    """The run id of ``kdhub run``'s last line (``run ID: test accuracy ...``)."""
+    return out.strip().splitlines()[-1].split("run ", 1)[1].split(":")[0]
+
+
 def test_train_register_alias_then_distil_from_the_alias_on_the_command_line(mlflow_uri, tmp_path, capsys):
     """The registry workflow end to end through ``kdhub run``: train and register a teacher, give its
     version an alias, distil from ``models:/NAME@ALIAS``; the new run records the version it resolved."""
@@ -230,7 +235,7 @@ def test_train_register_alias_then_distil_from_the_alias_on_the_command_line(mlf
         "tracking": {"experiment": EXPERIMENT, "register": name},
     }
     assert main(["run", _write_config(tmp_path / "t.yaml", teacher), "--tracking-uri", mlflow_uri]) == 0
-    teacher_run = capsys.readouterr().out.split("run ", 1)[1].split(":")[0]
+    teacher_run = _finished_run_id(capsys.readouterr().out)
     client = mlflow.MlflowClient(mlflow_uri)
     (version,) = client.search_model_versions(f"name = '{name}'")
     client.set_registered_model_alias(name, "best", version.version)
@@ -244,7 +249,7 @@ def test_train_register_alias_then_distil_from_the_alias_on_the_command_line(mlf
         "tracking": {"experiment": EXPERIMENT, "register": "tests-chain-student"},
     }
     assert main(["run", _write_config(tmp_path / "kd.yaml", kd), "--tracking-uri", mlflow_uri]) == 0
-    kd_run = capsys.readouterr().out.split("run ", 1)[1].split(":")[0]
+    kd_run = _finished_run_id(capsys.readouterr().out)
     data = client.get_run(kd_run).data
     assert data.tags["kdhub.teacher_model"] == f"{name}/{version.version}"
     assert data.tags["kdhub.teacher_run"] == teacher_run
@@ -655,12 +660,13 @@ def test_the_demo_registers_the_kd_student_and_its_load_hint_works(tmp_path, cap
     out = capsys.readouterr().out
     client = mlflow.MlflowClient(uri)
     names = {
-        role: client.get_logged_model(client.get_run(r.run_id).outputs.model_outputs[0].model_id).name
-        for role, r in results.items()
+        key: client.get_logged_model(client.get_run(r.run_id).outputs.model_outputs[0].model_id).name
+        for key, r in results.items()
     }
-    assert names == {"teacher": "teacher", "vanilla": "vanilla", "kd": "student"}
-    (version,) = client.search_model_versions("name = 'digits-kd-student'")
-    assert version.run_id == results["kd"].run_id
+    roles = {"teacher": "teacher", "vanilla": "vanilla", "kd": "student"}
+    assert names == {key: roles[key.split("-s")[0]] for key in results}  # kd-s0, kd-s1 ... are students
+    (version,) = client.search_model_versions("name = 'digits-kd-student'")  # the first seed's KD student only
+    assert version.run_id == results["kd-s0"].run_id
     assert client.get_registered_model("digits-kd-student").description.startswith("Students distilled")
     assert "The KD student is registered as models:/digits-kd-student/1" in out
 
@@ -673,7 +679,7 @@ def test_the_demo_registers_the_kd_student_and_its_load_hint_works(tmp_path, cap
     data = digits_data()
     test_images = data.normalise(data.splits["test"].images).numpy()
     with torch.no_grad():
-        expected = results["kd"].student.cpu().eval()(torch.from_numpy(test_images)).numpy()
+        expected = results["kd-s0"].student.cpu().eval()(torch.from_numpy(test_images)).numpy()
     np.testing.assert_allclose(model.predict(test_images), expected, rtol=1e-5, atol=1e-5)
     # the hint's normalisation of raw 0..16 pixels is the training one: the same logits on the same images
     raw = torch.from_numpy(np.round(load_digits_images() * 255 / 16)).to(torch.uint8)[:, None]
@@ -691,12 +697,12 @@ def test_the_demo_registers_the_kd_student_and_its_load_hint_works(tmp_path, cap
         graph.train()
     path = resolve_artifact("models:/digits-kd-student/1", uri, tmp_path / "dl")
     net = network_from_checkpoint(load_checkpoint(path))
-    net.train()
+    with torch.no_grad():
+        np.testing.assert_allclose(net.eval()(torch.from_numpy(test_images)).numpy(), expected, rtol=1e-5, atol=1e-5)
+    net.train()  # (after the comparison: a training-mode forward moves batch-norm statistics)
     loss = net(torch.from_numpy(x[:8])).logsumexp(1).mean()
     loss.backward()
     assert all(p.grad is not None for p in net.parameters())
-    with torch.no_grad():
-        np.testing.assert_allclose(net.eval()(torch.from_numpy(test_images)).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def load_digits_images() -> np.ndarray:
