@@ -661,12 +661,12 @@ def test_the_demo_registers_the_kd_student_and_its_load_hint_works(tmp_path, cap
         graph.train()
     path = resolve_artifact("models:/digits-kd-student/1", uri, tmp_path / "dl")
     net = network_from_checkpoint(load_checkpoint(path))
-    net.train()
+    with torch.no_grad():
+        np.testing.assert_allclose(net.eval()(torch.from_numpy(test_images)).numpy(), expected, rtol=1e-5, atol=1e-5)
+    net.train()  # (a training-mode forward updates batch-norm statistics: compared above, before it)
     loss = net(torch.from_numpy(x[:8])).logsumexp(1).mean()
     loss.backward()
     assert all(p.grad is not None for p in net.parameters())
-    with torch.no_grad():
-        np.testing.assert_allclose(net.eval()(torch.from_numpy(test_images)).numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def load_digits_images() -> np.ndarray:
