@@ -17,6 +17,7 @@ from kdhub.contract.tables import PER_CLASS_ACCURACY
 from kdhub.registry.loading import get_registry
 from kdhub.registry.resolve import resolve_plugins
 from kdhub.study.spec import REFERENCE, ChoiceParam, PlannedRun, StudyCompare, StudyConfig, StudyRun, config_hash
+from kdhub.tracking.artifacts import _split_reference
 
 __all__ = [
     "compare_groups",
@@ -228,6 +229,7 @@ def _resolve_refs(
     run: PlannedRun, by_name: dict[str, list[PlannedRun]], order: list[str], template: str | None = None
 ) -> dict[str, str]:
     where = f"runs.{run.name}"
+    _check_reference_paths(run.config, where)
     deps: dict[str, str] = {}
     for text, name, label in references(run.config, where):
         if name == template:
@@ -236,6 +238,17 @@ def _resolve_refs(
             raise ConfigError(f"{where}: ${{{text}}} names no earlier run of the study")
         deps[text] = _target(run, by_name[name], name, label, where).key
     return deps
+
+
+def _check_reference_paths(config: dict[str, Any], where: str) -> None:
+    """A ``runs:/${run}/<path>`` reference is checked as its run will be: the path stays inside the run's artifacts."""
+    for path, text in _strings(config):
+        if text.startswith("runs:/") and "${" in text:
+            standin = REFERENCE.sub("0" * 32, text)  # a well-formed run id in place of each ${run}
+            try:
+                _split_reference(standin, "")
+            except KdhubError as err:
+                raise ConfigError(f"{where}.{path}: {str(err).replace(standin, text)}") from None
 
 
 def _target(run: PlannedRun, candidates: list[PlannedRun], name: str, label: str, where: str) -> PlannedRun:

@@ -87,6 +87,8 @@ STUDY_CASES: dict[str, tuple[str, Any]] = {
     "reference-to-itself": (f"{KD}.set.teacher.weights", "runs:/${kd}/checkpoints/final.pt"),
     "reference-later-run": ("runs.0.set.teacher", {"name": "cnn", "weights": "runs:/${kd}/checkpoints/final.pt"}),
     "reference-unclosed": (f"{KD}.set.teacher.weights", "runs:/${teacher/checkpoints/final.pt"),
+    "reference-leaves-the-run": (f"{KD}.set.teacher.weights", "runs:/${teacher}/../../etc/passwd"),
+    "reference-absolute-path": (f"{KD}.set.teacher.weights", "runs:/${teacher}//etc/passwd"),
     "run-without-name": ("runs.0", {"set": {"student": "cnn"}}),
     "duplicate-run-names": ("runs.1.name", "teacher"),
 }
