@@ -28,6 +28,9 @@ from kdhub.contract.errors import ContractError
 
 __all__ = ["Augmentation", "DataBundle", "Dataset", "FileDataset", "FileSplit", "ImageTransforms", "TensorSplit"]
 
+_REQUIRED: Any = object()
+"""The default of a required DataBundle field: ``__post_init__`` refuses it, after checking the splits."""
+
 
 @dataclass
 class TensorSplit:
@@ -77,9 +80,10 @@ class DataBundle:
 
     train: TensorSplit
     test: TensorSplit
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    # required: the stand-in default lets a wrong split be named before a missing field
+    num_classes: int = _REQUIRED
+    mean: tuple[float, ...] = _REQUIRED
+    std: tuple[float, ...] = _REQUIRED
     augmentation: Augmentation = field(default_factory=Augmentation)
     class_names: list[str] = field(default_factory=list)
     source: str = ""
@@ -89,6 +93,9 @@ class DataBundle:
         for split in ("train", "test"):
             if not isinstance(getattr(self, split), TensorSplit):
                 _wrong(f"DataBundle.{split}", "a kdhub.TensorSplit(images, labels)", getattr(self, split))
+        missing = [name for name in ("num_classes", "mean", "std") if getattr(self, name) is _REQUIRED]
+        if missing:
+            raise ContractError(f"DataBundle: {', '.join(missing)} must be given (required fields){_maker()}")
         if self.test.images.shape[1:] != self.train.images.shape[1:]:
             _wrong(
                 "DataBundle.test",

@@ -30,6 +30,14 @@ def bundle(**changes: Any) -> kdhub.DataBundle:
     ("build", "message"),
     [
         (lambda: bundle(train=(X, Y)), "DataBundle.train: expected a kdhub.TensorSplit(images, labels), got a tuple"),
+        (
+            lambda: kdhub.DataBundle(train=(X, Y), test=(X, Y)),  # type: ignore[arg-type]
+            "DataBundle.train: expected a kdhub.TensorSplit(images, labels), got a tuple",
+        ),
+        (
+            lambda: kdhub.DataBundle(train=split(), test=split(), num_classes=2),
+            "DataBundle: mean, std must be given (required fields)",
+        ),
         (lambda: bundle(test=[X, Y]), "DataBundle.test: expected a kdhub.TensorSplit(images, labels), got a list"),
         (lambda: bundle(augmentation="none"), "DataBundle.augmentation: expected a kdhub.Augmentation("),
         (lambda: bundle(num_classes="2"), "DataBundle.num_classes: expected an int >= 1, got str '2'"),
