@@ -229,14 +229,14 @@ def _resolve_refs(
     run: PlannedRun, by_name: dict[str, list[PlannedRun]], order: list[str], template: str | None = None
 ) -> dict[str, str]:
     where = f"runs.{run.name}"
-    _check_reference_paths(run.config, where)
     deps: dict[str, str] = {}
-    for text, name, label in references(run.config, where):
+    for text, name, label in references(run.config, where):  # malformed references are refused here first
         if name == template:
             raise ConfigError(f"{where}: ${{{text}}} names the search's template run, which never runs on its own")
         if name not in by_name or name == run.name or order.index(name) > order.index(run.name):
             raise ConfigError(f"{where}: ${{{text}}} names no earlier run of the study")
         deps[text] = _target(run, by_name[name], name, label, where).key
+    _check_reference_paths(run.config, where)
     return deps
 
 
