@@ -6,9 +6,7 @@ and ends the run FINISHED, FAILED (with the reason) or KILLED (with the command 
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import gc
 import os
 import signal
 import threading
@@ -50,7 +48,6 @@ def run(
     arrives once the run is FINISHED changes nothing). With ``announce``, the run's id (and its page
     on a tracking server) is printed as soon as it is created.
     """
-    _skip_final_collection()
     if isinstance(config, dict):
         config = parse_config(config)
 
@@ -89,24 +86,6 @@ def run(
             log_run_end(tracker, config, trainer.data, result)
 
         return _fit(trainer, tracker, start, end, ending)
-
-
-_EXIT_FREEZE_REGISTERED = False
-
-
-def _skip_final_collection() -> None:
-    """Let the process that trains exit without garbage-collecting everything torch and MLflow loaded.
-
-    At exit, Python runs full garbage collections over every object its modules hold while tearing
-    them down: about a second of CPU with torch and MLflow imported, longer than a short run's
-    training. ``gc.freeze()`` as a late exit handler (after those registered later, before those
-    registered earlier, which all still run) leaves those objects to reference counting and the
-    operating system; Python does not promise to finalize objects that remain at exit anyway.
-    """
-    global _EXIT_FREEZE_REGISTERED
-    if not _EXIT_FREEZE_REGISTERED:
-        atexit.register(gc.freeze)
-        _EXIT_FREEZE_REGISTERED = True
 
 
 def _resumable(config: RunConfig, run_id: str, uri: str | None, check_alive: bool = True) -> str | None:
