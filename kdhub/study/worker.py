@@ -175,9 +175,16 @@ def _interruptible() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+ERROR_CHARS = 400
+"""How much of a failed run's error the study's progress line and summary show (the run's traceback keeps it all)."""
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err) if isinstance(err, KdhubError) else f"{type(err).__name__}: {err}"
-    return " ".join(text.split("\n")).strip()
+    text = " ".join(text.split())
+    if " [SQL: " in text:  # SQLAlchemy's statement and parameters: kilobytes that say nothing to the reader
+        text = text.split(" [SQL: ")[0]
+    return text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
 
 
 def execute(task: RunTask) -> Outcome:

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
     pass  # config checks tracking's limits: no import at run time
 
 
+DATASET_ATTEMPTS = 4
+"""How often logging a run's datasets is tried while other runs create the same dataset rows."""
+
+
 class Tracker:
     """Logs one run to MLflow (implements :class:`kdhub.RunLog` for plugins)."""
 
@@ -213,8 +217,19 @@ class Tracker:
         inputs = []
         for split, info in descriptions.items():
             inputs.append(DatasetInput(_dataset_entity(info), [InputTag(_CONTEXT_TAG, split)]))
-        if inputs:
-            self.client.log_inputs(self.run_id, datasets=inputs)
+        if not inputs:
+            return
+        for attempt in range(DATASET_ATTEMPTS):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except Exception as err:
+                # MLflow finds or creates a dataset in two statements, so two runs logging the same new
+                # dataset at once (a study's first runs) race: the loser's whole transaction is rolled
+                # back, and trying again finds the winner's row and links to it
+                if not _lost_dataset_race(err) or attempt == DATASET_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
 
     def log_model(
         self,
@@ -322,6 +337,12 @@ class Tracker:
 
 
 _REQUIREMENTS_CHECK = threading.Lock()
+
+
+def _lost_dataset_race(err: BaseException) -> bool:
+    """Whether ``err`` is another run creating the same dataset row first (SQLite's or a server database's words)."""
+    text = str(err).lower()
+    return ("unique constraint" in text or "duplicate key" in text) and "dataset" in text
 
 
 def _no_requirements_check(model_requirements: list[str]) -> None:

@@ -102,3 +102,72 @@ def test_kdhub_and_another_mlflow_client_create_one_new_store_at_once(tmp_path):
         except subprocess.TimeoutExpired:
             other.kill()
             other.wait()
+
+
+RACE = (
+    "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest "
+    "[SQL: INSERT INTO datasets (dataset_uuid, experiment_id, name, digest) VALUES (?, ?, ?, ?)] "
+    "[parameters: [('68c2', 1, 'digits', 'b4ec')]]"
+)
+
+
+def _tracker_losing_the_dataset_race(tmp_path, monkeypatch, error: str, times: int):
+    from kdhub.tracking.tracker import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="race")
+    tracker.start("run", {})
+    client = tracker.client._client  # the MlflowClient inside the SQLite store's retrying wrapper
+    real = client.log_inputs
+    calls = []
+
+    def log_inputs(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            raise mlflow.exceptions.MlflowException(error)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(client, "log_inputs", log_inputs)
+    return tracker, calls
+
+
+SPLIT = {
+    "name": "digits",
+    "source": "sklearn.datasets.load_digits",
+    "digest": "b4eccc3703c67e5b",
+    "shape": [1, 8, 8],
+    "dtype": "uint8",
+    "num_samples": 10,
+    "num_classes": 10,
+}
+
+
+def test_a_run_that_loses_the_race_to_create_a_shared_dataset_links_to_the_winners(tmp_path, monkeypatch):
+    # a study's first runs log the same new dataset at once; MLflow's find-or-create is two statements
+    tracker, calls = _tracker_losing_the_dataset_race(tmp_path, monkeypatch, RACE, times=1)
+    tracker.datasets({"train": SPLIT})
+    run = mlflow.MlflowClient(tracker.uri).get_run(tracker.run_id)
+    assert len(calls) == 2
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["digits"]
+    tracker.finish()
+
+
+def test_another_store_error_while_logging_datasets_is_not_retried(tmp_path, monkeypatch):
+    tracker, calls = _tracker_losing_the_dataset_race(tmp_path, monkeypatch, "disk I/O error", times=1)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="disk I/O"):
+        tracker.datasets({"train": SPLIT})
+    assert len(calls) == 1
+    tracker.finish()
+
+
+def test_a_failed_study_run_shows_one_short_line_without_the_sql():
+    from kdhub.study.worker import ERROR_CHARS, _one_line
+
+    line = _one_line(mlflow.exceptions.MlflowException(RACE + " (Background on this error at: x)"))
+    assert line == (
+        "MlflowException: (sqlite3.IntegrityError) UNIQUE constraint failed: "
+        "datasets.experiment_id, datasets.name, datasets.digest"
+    )
+    long = _one_line(RuntimeError("x" * 5000 + "\nsecond line"))
+    assert len(long) == ERROR_CHARS
+    assert long.endswith("…")
+    assert "\n" not in long
