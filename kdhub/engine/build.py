@@ -102,8 +102,8 @@ def build_run(
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     seed_everything(config.seed)
-    if config.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    # set either way: a study worker's next run must not inherit the previous run's choice
+    torch.use_deterministic_algorithms(config.train.deterministic, warn_only=True)
 
     def plugin(kind: str, path: str, name: str) -> Any:
         return registry.get(kind, name)(options[path])

@@ -211,3 +211,24 @@ def test_a_bare_interrupt_is_named_in_the_failure_tag(tiny_config):
     killed = client.search_runs([client.get_experiment_by_name("tests").experiment_id], "attributes.status = 'KILLED'")
     reason = killed[0].data.tags["kdhub.failure"]
     assert reason.startswith("KeyboardInterrupt: interrupted (Ctrl-C or SIGINT) (resume with: kdhub run --resume ")
+
+
+def test_a_run_in_the_same_process_does_not_inherit_deterministic_algorithms(tiny_config):
+    """A study worker runs one run after another: ``train.deterministic`` is each run's own."""
+    seen = []
+    with registered(_DeterminismProbe(seen)):
+        run({**tiny_config, "epochs": 1, "train": {"progress": False, "deterministic": True}}, track=False)
+        run({**tiny_config, "epochs": 1}, track=False)
+    assert seen == [True, False]
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+class _DeterminismProbe:
+    """A plugin object watching each run start (the hook fires after the run's process settings)."""
+
+    def __init__(self, seen: list[bool]) -> None:
+        self.seen = seen
+
+    @kdhub.hookimpl
+    def kdhub_run_started(self, run):
+        self.seen.append(torch.are_deterministic_algorithms_enabled())
