@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 from collections.abc import Iterator
+
+EXIT_USAGE = 2
+"""The exit code of bad input (argparse's too)."""
+
+
+def suggest(name: str, candidates: list[str]) -> str:
+    """'; did you mean ...?' with the close matches of ``name`` (empty string if none)."""
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
+    close += [c for c in candidates if name and name in c and c not in close][: 3 - len(close)]
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
 class KdhubError(Exception):
     """Base of every user-facing kdhub error."""
 
-    exit_code: int = 2
+    exit_code: int = EXIT_USAGE
 
 
 class ConfigError(KdhubError):

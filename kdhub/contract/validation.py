@@ -5,21 +5,15 @@ Used wherever a YAML file or plugin options are validated: run configs, study fi
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
+from kdhub.contract.errors import suggest
+
 __all__ = ["format_validation_error", "inner_model", "shown", "suggest"]
-
-
-def suggest(name: str, candidates: list[str]) -> str:
-    """'; did you mean ...?' with the close matches of ``name`` (empty string if none)."""
-    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
-    close += [c for c in candidates if name and name in c and c not in close][: 3 - len(close)]
-    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
 _UNION_BRANCH = re.compile(

@@ -11,12 +11,13 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from kdhub.contract.base import Plugin
 from kdhub.contract.command import Command
 from kdhub.contract.dataset import Dataset
-from kdhub.contract.errors import ConfigError, KdhubError, PluginNotFoundError
+from kdhub.contract.errors import ConfigError, KdhubError
 from kdhub.contract.method import Method
 from kdhub.contract.metric import Metric
 from kdhub.contract.model import Model
 from kdhub.contract.policy import Policy
 from kdhub.contract.validation import _bounds, _message, format_validation_error, shown, suggest
+from kdhub.registry.lookup import check_kind, find_name
 
 __all__ = [
     "KINDS",
@@ -120,18 +121,16 @@ class Registry:
         kinds = [self._check_kind(kind)] if kind else list(KINDS)
         return [e for k in kinds for _, e in sorted(self._entries[k].items())]
 
+    def registered(self, kind: str) -> list[Entry]:
+        """The plugins of ``kind`` in the order they were registered (close matches are listed in it)."""
+        return list(self._entries[self._check_kind(kind)].values())
+
     def names(self, kind: str, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._entries[self._check_kind(kind)] if fnmatch.fnmatchcase(n, pattern))
 
     def entry(self, kind: str, name: str) -> Entry:
         table = self._entries[self._check_kind(kind)]
-        base, _, _ = name.partition(":")
-        if name in table:
-            return table[name]
-        if base in table and ":" in name:
-            return table[base]
-        note = f" ({'; '.join(self.load_errors)})" if self.load_errors else ""
-        raise PluginNotFoundError(f"unknown {kind} {name!r}{suggest(name, list(table))}{note}")
+        return table[find_name(kind, name, table, self.load_errors)]
 
     def get(self, kind: str, name: str) -> type[Any]:
         return self.entry(kind, name).cls
@@ -169,8 +168,4 @@ class Registry:
 
     @staticmethod
     def _check_kind(kind: str) -> str:
-        if kind not in KINDS:
-            raise PluginNotFoundError(
-                f"unknown plugin kind {kind!r}{suggest(kind, list(KINDS))} (kinds: {', '.join(KINDS)})"
-            )
-        return kind
+        return check_kind(kind, list(KINDS))
