@@ -22,6 +22,19 @@ os.environ.setdefault("KDHUB_THREADS", "1")  # runs set their own thread count (
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _catalog_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The catalog cache of `kdhub list` / `show` / `--help` (kdhub.registry.cache) in a folder of the session's,
+    never the user's, for the tests and the `kdhub` processes they start."""
+    before = os.environ.get("KDHUB_CACHE_DIR")
+    os.environ["KDHUB_CACHE_DIR"] = str(tmp_path_factory.mktemp("kdhub-cache"))
+    yield
+    if before is None:
+        os.environ.pop("KDHUB_CACHE_DIR", None)
+    else:
+        os.environ["KDHUB_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One SQLite MLflow store for the whole session (creating a store costs a few seconds)."""

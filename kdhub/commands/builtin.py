@@ -14,13 +14,13 @@ import math
 import sys
 from typing import Any
 
-from kdhub.commands import evaluate, export
+from kdhub.commands import browse, evaluate, export
 from kdhub.contract.command import Command
 from kdhub.contract.config_loading import apply_overrides, check_resume, load_config, parse_config
-from kdhub.contract.errors import KdhubError
+from kdhub.contract.errors import EXIT_USAGE, KdhubError
 from kdhub.contract.hookspecs import hookimpl
 from kdhub.registry.loading import get_registry, load_failures, loaded_plugins
-from kdhub.registry.reference import capabilities, option_rows
+from kdhub.registry.reference import show_text
 from kdhub.registry.resolve import resolve_plugins
 from kdhub.tracking import check_reference, check_resumable, load_run_config, running_runs, uri_problem
 
@@ -38,9 +38,6 @@ __all__ = [
     "StudyCommand",
     "prepare_run",
 ]
-
-EXIT_USAGE = 2
-"""The exit code of bad input (argparse's too)."""
 
 
 def _warn_load_failures() -> None:
@@ -210,14 +207,13 @@ class ListCommand(Command):
     help = "list the plugins of a kind"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("kind", help="method, policy, metric, model or dataset")
-        p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. '*kd*'")
+        browse.list_arguments(p)
 
     def run(self, args: argparse.Namespace) -> int:
         registry = get_registry()
         for entry in registry.entries(args.kind):
             if entry.name in registry.names(args.kind, args.pattern):
-                print(f"{entry.name:<22} {entry.cls.summary()}")
+                print(browse.list_line(entry.name, entry.cls.summary()))
         return 0
 
 
@@ -228,23 +224,10 @@ class ShowCommand(Command):
     help = "a plugin's documentation and options"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("kind")
-        p.add_argument("name")
+        browse.show_arguments(p)
 
     def run(self, args: argparse.Namespace) -> int:
-        entry = get_registry().entry(args.kind, args.name)
-        cls = entry.cls
-        print(f"{args.kind} {entry.name}  (from {entry.origin}, {cls.__module__}.{cls.__name__})\n")
-        print((cls.__doc__ or "").strip().replace("\n    ", "\n"))
-        facts = capabilities(cls)
-        if facts:
-            print("\n" + "  ".join(f"{k}={v!r}" for k, v in facts.items()))
-        rows = [(r.name, r.type, r.default, r.bounds, r.description) for r in option_rows(cls.Options)]
-        print("\noptions:" if rows else "\noptions: none")
-        widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else []
-        for row in rows:
-            cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
-            print(f"  {cells[0]}  {cells[1]}  default {cells[2]}  {cells[3]}  {row[4]}")
+        print(show_text(args.kind, get_registry().entry(args.kind, args.name)), end="")
         return 0
 
 

@@ -8,6 +8,10 @@
 - Each ``register(cls)`` call is checked on its own: a refused class is recorded as a failure and
   the plugin's later ``register`` calls still happen (the outcome never depends on the order).
 - A lifecycle hook that raises ends the run FAILED with a :class:`PluginHookError` naming the plugin.
+- :func:`cached_catalog` / :func:`save_catalog`: what ``kdhub list`` and ``show`` print, from the catalog
+  cache (:mod:`kdhub.registry.cache`) while it is fresh and nothing was registered by hand.
+
+Importing this module imports neither torch nor any plugin: the registry is made on first use.
 """
 
 from __future__ import annotations
@@ -22,19 +26,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from kdhub.contract import hookspecs
 from kdhub.contract.errors import KdhubError, PluginLoadError
-from kdhub.registry.catalog import Registry
+from kdhub.registry import cache
+from kdhub.registry.cache import GROUP
+
+if TYPE_CHECKING:
+    from kdhub.registry.catalog import Registry
 
 __all__ = [
     "LIFECYCLE_HOOKS",
     "LoadFailure",
     "PluginHookError",
     "PluginInfo",
+    "cached_catalog",
     "get_registry",
     "load_failures",
     "loaded_plugins",
@@ -42,9 +51,9 @@ __all__ = [
     "plugin_classes",
     "register_module",
     "reset",
+    "save_catalog",
 ]
 
-GROUP = "kdhub"
 BUILTIN_DISTRIBUTION = "kdhub"
 LIFECYCLE_HOOKS = ("kdhub_run_started", "kdhub_epoch_ended", "kdhub_run_finished")
 
@@ -79,9 +88,11 @@ class _State:
     registry: Registry
     infos: list[PluginInfo]
     failures: list[LoadFailure]
+    cache_key: str | None = None  # the catalog key taken before this load; None once a plugin is added by hand
 
 
 _state: _State | None = None
+_pending_key: str | None = None  # the key a cache miss computed, for the load that follows
 
 
 def _normalise(name: str) -> str:
@@ -118,13 +129,18 @@ def _fail(state: _State, failure: LoadFailure) -> None:
 
 
 def _new_state() -> _State:
+    # deferred: the registry's kinds import the plugin bases, hence torch (`kdhub list` from the cache does not)
+    from kdhub.registry.catalog import Registry
+
     manager = pluggy.PluginManager(GROUP)
     manager.add_hookspecs(hookspecs)
     return _State(manager, Registry(), [], [])
 
 
 def _load() -> _State:
+    global _pending_key
     state = _new_state()
+    state.cache_key, _pending_key = _pending_key, None
     selected = _selected()
     seen: set[tuple[str, str]] = set()
     entry_points = sorted(
@@ -217,13 +233,41 @@ def loaded_plugins() -> list[PluginInfo]:
 
 def reset() -> None:
     """Forget everything loaded; the next lookup loads the entry points again."""
-    global _state
-    _state = None
+    global _state, _pending_key
+    _state = _pending_key = None
 
 
 def register_module(module: Any, name: str | None = None, distribution: str = "local") -> None:
     """Register a module or object with hook implementations by hand (notebooks, tests)."""
-    _register(_get(), module, name or str(getattr(module, "__name__", repr(module))), distribution, "")
+    state = _get()
+    state.cache_key = None  # the registry is no longer what the entry points alone give: never cache it
+    _register(state, module, name or str(getattr(module, "__name__", repr(module))), distribution, "")
+
+
+def cached_catalog() -> dict[str, Any] | None:
+    """The catalog of the installed plugins (:mod:`kdhub.registry.cache`) when a fresh one is on disk.
+
+    None when the registry is already loaded in this process (it is the truth, plugins registered by hand
+    included), when ``KDHUB_STRICT_PLUGINS`` or ``KDHUB_TRACE_PLUGINS`` asks for a real load, when it
+    cannot be cached, or on a miss: then the next load keeps the key for :func:`save_catalog`.
+    """
+    global _pending_key
+    if _state is not None or _strict() or _trace():
+        return None
+    key = cache.catalog_key()
+    found = cache.read(key) if key is not None else None
+    _pending_key = key if found is None else None
+    return found
+
+
+def save_catalog(catalog: dict[str, Any]) -> None:
+    """Save ``catalog``, made from this process's registry, when that registry is exactly what the entry
+    points gave after a :func:`cached_catalog` miss, with no load failure, and nothing changed meanwhile."""
+    state = _state
+    if state is None or state.cache_key is None or state.failures or _strict() or _trace():
+        return
+    if cache.catalog_key() == state.cache_key:  # nothing was installed or edited while it loaded
+        cache.write(state.cache_key, catalog)
 
 
 def unregister(name: str, distribution: str = "local") -> None:

@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 
 from kdhub.contract.config import PluginRef, RunConfig
 from kdhub.contract.validation import inner_model
+from kdhub.registry.catalog import KINDS, Entry, Registry
 from kdhub.registry.loading import get_registry
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "config_reference",
     "markdown_options",
     "option_rows",
+    "plugin_catalog",
+    "show_text",
     "type_text",
     "update_generated_sections",
 ]
@@ -121,6 +124,34 @@ def capabilities(cls: type) -> dict[str, Any]:
         value = getattr(instance, name, None)
         values[name] = None if isinstance(value, property) else value
     return values
+
+
+def show_text(kind: str, entry: Entry) -> str:
+    """What ``kdhub show KIND NAME`` prints: the plugin's origin, docstring, capabilities and options."""
+    cls = entry.cls
+    lines = [f"{kind} {entry.name}  (from {entry.origin}, {cls.__module__}.{cls.__name__})", ""]
+    lines.append((cls.__doc__ or "").strip().replace("\n    ", "\n"))
+    facts = capabilities(cls)
+    if facts:
+        lines += ["", "  ".join(f"{k}={v!r}" for k, v in facts.items())]
+    rows = [(r.name, r.type, r.default, r.bounds, r.description) for r in option_rows(cls.Options)]
+    lines += ["", "options:" if rows else "options: none"]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)] if rows else []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
+        lines.append(f"  {cells[0]}  {cells[1]}  default {cells[2]}  {cells[3]}  {row[4]}")
+    return "\n".join(lines) + "\n"
+
+
+def plugin_catalog(registry: Registry) -> dict[str, Any]:
+    """What ``kdhub list`` and ``kdhub show`` print for every plugin of ``registry``, as plain data for the
+    catalog cache: ``{"kinds": {kind: {name: {"summary", "show"}}}, "load_errors": [...]}``, each kind's
+    names in registration order (close matches are suggested in it)."""
+    kinds = {
+        kind: {e.name: {"summary": e.cls.summary(), "show": show_text(kind, e)} for e in registry.registered(kind)}
+        for kind in KINDS
+    }
+    return {"kinds": kinds, "load_errors": list(registry.load_errors)}
 
 
 _SECTION = re.compile(r"<!-- options: (\w+) (\w+) -->\n.*?<!-- /options -->", re.S)
