@@ -116,7 +116,7 @@ def catalog_key() -> str | None:
         (ep.dist.name if ep.dist else "?", ep.dist.version if ep.dist else "", ep.name, ep.value)
         for ep in metadata.entry_points(group=GROUP)
     )
-    tops = set()
+    tops = {"kdhub"}  # kdhub's own code words what is cached
     for dist, version, name, value in entry_points:
         digest.update(f"entry point {dist} {version} {name} = {value}\n".encode())
         tops.add(value.partition(":")[0].strip().partition(".")[0])
@@ -141,7 +141,27 @@ def read(key: str) -> dict[str, Any] | None:
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("key") != key:
         return None
     catalog = data.get("catalog")
-    return catalog if isinstance(catalog, dict) else None
+    return catalog if _well_formed(catalog) else None
+
+
+def _strings(value: Any, *keys: str) -> bool:
+    return isinstance(value, dict) and all(isinstance(value.get(k), str) for k in keys)
+
+
+def _well_formed(catalog: Any) -> bool:
+    """The shape :func:`kdhub.registry.reference.plugin_catalog` and the CLI write (a file edited by hand is
+    ignored, not a crash)."""
+    if not isinstance(catalog, dict):
+        return False
+    kinds, commands, errors = catalog.get("kinds"), catalog.get("commands"), catalog.get("load_errors")
+    return (
+        isinstance(kinds, dict)
+        and all(isinstance(t, dict) and all(_strings(p, "summary", "show") for p in t.values()) for t in kinds.values())
+        and isinstance(commands, list)
+        and all(_strings(c, "name", "help", "description") for c in commands)
+        and isinstance(errors, list)
+        and all(isinstance(e, str) for e in errors)
+    )
 
 
 def write(key: str, catalog: dict[str, Any]) -> None:

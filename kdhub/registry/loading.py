@@ -264,10 +264,13 @@ def save_catalog(catalog: dict[str, Any]) -> None:
     """Save ``catalog``, made from this process's registry, when that registry is exactly what the entry
     points gave after a :func:`cached_catalog` miss, with no load failure, and nothing changed meanwhile."""
     state = _state
-    if state is None or state.cache_key is None or state.failures or _strict() or _trace():
+    if state is None or state.cache_key is None:
         return
-    if cache.catalog_key() == state.cache_key:  # nothing was installed or edited while it loaded
-        cache.write(state.cache_key, catalog)
+    key, state.cache_key = state.cache_key, None  # once: the registry stays this process's to change
+    if state.failures or _strict() or _trace():
+        return
+    if cache.catalog_key() == key:  # nothing was installed or edited while it loaded
+        cache.write(key, catalog)
 
 
 def unregister(name: str, distribution: str = "local") -> None:
