@@ -51,12 +51,6 @@ def test_every_public_name_resolves_and_is_declared_for_type_checkers():
     assert set(kdhub.__all__) == (set(declared) - {"get_registry"}) | functions
 
 
-def test_former_module_paths_still_warn_and_work():
-    with pytest.warns(DeprecationWarning, match="import Method from kdhub"):
-        from kdhub.method import Method  # type: ignore[import-not-found]
-    assert Method is kdhub.Method
-
-
 # the same bytes from the cache -------------------------------------------------------------------------
 
 
