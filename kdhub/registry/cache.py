@@ -12,6 +12,10 @@ under a key that changes whenever anything it was made from may have changed:
   with their mtimes: a ``pip install``, upgrade or uninstall of anything a plugin imports);
 - kdhub's version, the Python version and interpreter.
 
+The file also records the files (mtime, size) of every module the load imported from outside the
+interpreter's library and the site-packages (editable installs, ``PYTHONPATH``, the current folder): a
+plugin's helper module in another package, edited, makes the catalog stale too.
+
 An entry point whose module cannot be found without importing it makes the catalog uncacheable. The folder is
 ``$KDHUB_CACHE_DIR`` (empty: no cache), else ``$XDG_CACHE_HOME/kdhub``, else ``~/.cache/kdhub``; it holds one
 file per Python environment and set of ``sys.path`` folders with distributions in them (``python -m kdhub.cli``
@@ -27,21 +31,27 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import site
 import sys
+import sysconfig
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from kdhub.contract.version import __version__
 
-__all__ = ["FORMAT", "GROUP", "cache_dir", "cache_file", "catalog_key", "read", "write"]
+__all__ = ["FORMAT", "GROUP", "cache_dir", "cache_file", "catalog_key", "module_stamps", "read", "write"]
 
 GROUP = "kdhub"
 """The entry-point group of kdhub plugins."""
 FORMAT = 1
 """The layout of the catalog file; a file of another layout is ignored (and rewritten)."""
 _MODULE_SUFFIXES = (".py", *importlib.machinery.EXTENSION_SUFFIXES)
-_INSTALLED_SUFFIXES = (".dist-info", ".egg-info", ".egg-link", ".pth")
+_INSTALLED_SUFFIXES = (".dist-info", ".egg-info", ".egg-link", ".egg", ".pth")
+_SINCE_NS = time.time_ns()
+"""When this process imported this module: in ``kdhub``, before any plugin; a module file changed since may
+have been imported in its former version."""
 
 
 def cache_dir() -> Path | None:
@@ -79,6 +89,8 @@ def _module_files(top: str, digest: Any) -> bool:
             stat = os.stat(root)
             digest.update(f"{root} {stat.st_mtime_ns} {stat.st_size}\n".encode())
             continue
+        if not os.path.isdir(root):  # in a zip file, say: its files cannot be watched
+            return False
         for folder, subfolders, files in os.walk(root):
             subfolders[:] = sorted(d for d in subfolders if d != "__pycache__" and not d.startswith("."))
             for name in sorted(files):
@@ -113,13 +125,13 @@ def catalog_key() -> str | None:
     digest.update(f"{FORMAT} {__version__} {sys.version} {sys.executable}\n".encode())
     digest.update(f"KDHUB_LOAD_PLUGINS={os.environ.get('KDHUB_LOAD_PLUGINS')!r}\n".encode())
     entry_points = sorted(
-        (ep.dist.name if ep.dist else "?", ep.dist.version if ep.dist else "", ep.name, ep.value)
+        (ep.dist.name if ep.dist else "?", ep.dist.version if ep.dist else "", ep.name, ep.value, ep.module)
         for ep in metadata.entry_points(group=GROUP)
     )
     tops = {"kdhub"}  # kdhub's own code words what is cached
-    for dist, version, name, value in entry_points:
+    for dist, version, name, value, module in entry_points:
         digest.update(f"entry point {dist} {version} {name} = {value}\n".encode())
-        tops.add(value.partition(":")[0].strip().partition(".")[0])
+        tops.add(module.partition(".")[0])
     for top in sorted(tops):
         if not _module_files(top, digest):
             return None
@@ -128,8 +140,47 @@ def catalog_key() -> str | None:
     return f"{environment}-{digest.hexdigest()}"
 
 
+def module_stamps() -> dict[str, list[int]] | None:
+    """``{path: [mtime_ns, size]}`` of every imported module's file outside the interpreter's library and the
+    site-packages (those change with a distribution, which the key sees); None when one changed after this
+    module was imported (this process may have run the version before: a catalog made now could be stale)."""
+    paths = sysconfig.get_paths()
+    installed = {paths["stdlib"], paths["platstdlib"], paths["purelib"], paths["platlib"], *site.getsitepackages()}
+    installed.add(site.getusersitepackages())
+    prefixes = tuple(os.path.join(os.path.realpath(p), "") for p in installed)
+    stamps: dict[str, list[int]] = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str):
+            continue
+        path = os.path.realpath(path)
+        if path.startswith(prefixes):
+            continue
+        try:
+            stat = os.stat(path)
+        except OSError:  # not a file (in a zip, say): its distribution is in the key
+            continue
+        if stat.st_mtime_ns > _SINCE_NS:
+            return None
+        stamps[path] = [stat.st_mtime_ns, stat.st_size]
+    return stamps
+
+
+def _unchanged(stamps: Any) -> bool:
+    if not isinstance(stamps, dict):
+        return False
+    for path, stamp in stamps.items():
+        try:
+            stat = os.stat(path)
+        except (OSError, TypeError, ValueError):
+            return False
+        if stamp != [stat.st_mtime_ns, stat.st_size]:
+            return False
+    return True
+
+
 def read(key: str) -> dict[str, Any] | None:
-    """The cached catalog if it was written under ``key``, else None."""
+    """The cached catalog if it was written under ``key`` and no module file it records changed, else None."""
     path = cache_file(key)
     if path is None:
         return None
@@ -139,6 +190,8 @@ def read(key: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("key") != key:
+        return None
+    if not _unchanged(data.get("modules")):
         return None
     catalog = data.get("catalog")
     return catalog if _well_formed(catalog) else None
@@ -164,9 +217,9 @@ def _well_formed(catalog: Any) -> bool:
     )
 
 
-def write(key: str, catalog: dict[str, Any]) -> None:
-    """Save ``catalog`` under ``key`` (atomically: a reader sees the old file or the new one); a failure
-    is ignored."""
+def write(key: str, catalog: dict[str, Any], modules: dict[str, list[int]]) -> None:
+    """Save ``catalog`` under ``key`` with the ``modules`` it was made from (:func:`module_stamps`), atomically
+    (a reader sees the old file or the new one); a failure is ignored."""
     path = cache_file(key)
     if path is None:
         return
@@ -174,7 +227,7 @@ def write(key: str, catalog: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "w", encoding="utf-8") as file:
-            json.dump({"format": FORMAT, "key": key, "catalog": catalog}, file, ensure_ascii=False)
+            json.dump({"format": FORMAT, "key": key, "modules": modules, "catalog": catalog}, file, ensure_ascii=False)
         os.replace(temporary, path)
     except (OSError, TypeError, ValueError):
         with contextlib.suppress(OSError):

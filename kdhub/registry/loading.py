@@ -269,8 +269,9 @@ def save_catalog(catalog: dict[str, Any]) -> None:
     key, state.cache_key = state.cache_key, None  # once: the registry stays this process's to change
     if state.failures or _strict() or _trace():
         return
-    if cache.catalog_key() == key:  # nothing was installed or edited while it loaded
-        cache.write(key, catalog)
+    modules = cache.module_stamps()
+    if modules is not None and cache.catalog_key() == key:  # nothing was installed or edited while it loaded
+        cache.write(key, catalog, modules)
 
 
 def unregister(name: str, distribution: str = "local") -> None:

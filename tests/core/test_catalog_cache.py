@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,8 @@ def fresh(tmp_path, monkeypatch):
     monkeypatch.setenv("KDHUB_CACHE_DIR", str(tmp_path / "cache"))
     for name in ("KDHUB_STRICT_PLUGINS", "KDHUB_TRACE_PLUGINS"):
         monkeypatch.delenv(name, raising=False)
+    # as a new `kdhub` process: module files written by earlier tests are older than its start
+    monkeypatch.setattr(cache, "_SINCE_NS", time.time_ns())
     plugins.reset()
     yield tmp_path / "cache"
     plugins.reset()
@@ -268,31 +271,63 @@ def test_an_entry_point_that_cannot_be_found_without_importing_is_not_cached(sit
     assert _key() is None
 
 
-def test_a_new_plugin_is_never_shown_stale(fresh, site, capsys):
-    (site / "hello_pkg" / "__init__.py").write_text("")  # installed, registers nothing yet
+def _new_process(monkeypatch) -> None:
+    """What a new `kdhub` process sees: no plugin loaded or imported, every file older than its start."""
+    for name in [m for m in sys.modules if m.partition(".")[0] in ("hello_pkg", "hello_helper")]:
+        del sys.modules[name]
     importlib.invalidate_caches()
+    plugins.reset()
+    monkeypatch.setattr(cache, "_SINCE_NS", time.time_ns())
+
+
+def test_an_edited_plugin_or_helper_module_is_never_shown_stale(site, fresh, capsys, monkeypatch):
+    (site / "hello_helper.py").write_text("DOC = 'A policy from a third party.'\n")  # outside the package
+    policy = site / "hello_pkg" / "policy.py"
+    policy.write_text(policy.read_text().replace("import kdhub\n", "import kdhub\nimport hello_helper\n"))
+    (site / "hello_pkg" / "__init__.py").write_text("")  # installed, registers nothing yet
+    _new_process(monkeypatch)
     assert commands_cli.main(["list", "policy"]) == 0
     assert "hello_cached" not in capsys.readouterr().out
-    plugins.reset()
+    _new_process(monkeypatch)
     assert commands_cli.main(["list", "policy"]) == 0  # from the catalog
     assert plugins._state is None
     assert "hello_cached" not in capsys.readouterr().out
-    sys.modules.pop("hello_pkg", None)
     (site / "hello_pkg" / "__init__.py").write_text(textwrap.dedent(HELLO))  # the plugin edited
-    importlib.invalidate_caches()
+    _new_process(monkeypatch)
     assert commands_cli.main(["list", "policy"]) == 0
-    assert "hello_cached" in capsys.readouterr().out
-    assert plugins._state is not None  # a miss: loaded
-    for name in ("hello_pkg", "hello_pkg.policy"):
-        sys.modules.pop(name, None)
+    assert capsys.readouterr().out.count("hello_cached") == 1
+    assert plugins._state is not None  # a miss: loaded (and saved)
+    _new_process(monkeypatch)
+    assert commands_cli.main(["show", "policy", "hello_cached"]) == 0
+    assert plugins._state is None
+    assert "A policy from a third party." in capsys.readouterr().out
+    (site / "hello_helper.py").write_text("DOC = 'changed'\n")  # a module it imports, in no entry point's package
+    _new_process(monkeypatch)
+    assert commands_cli.main(["list", "policy"]) == 0
+    assert plugins._state is not None
+    capsys.readouterr()
 
 
-def test_a_load_failure_is_never_cached(fresh, site, capsys):
+def test_a_module_edited_after_the_process_imported_it_is_not_cached(site, fresh, capsys, monkeypatch):
+    _new_process(monkeypatch)
+    import hello_pkg  # the former version, imported by this process
+
+    assert hello_pkg.kdhub_register_policies
+    init = site / "hello_pkg" / "__init__.py"
+    init.write_text(init.read_text() + "\n# edited\n")
+    plugins.reset()
+    assert commands_cli.main(["list", "policy"]) == 0
+    capsys.readouterr()
+    assert not list(fresh.glob("catalog-*.json"))  # it might describe the former version
+    _new_process(monkeypatch)
+
+
+def test_a_load_failure_is_never_cached(site, fresh, capsys, monkeypatch):
     (site / "hello_pkg" / "__init__.py").write_text("raise ImportError('broken on purpose')\n")
-    importlib.invalidate_caches()
-    sys.modules.pop("hello_pkg", None)
+    _new_process(monkeypatch)
     assert commands_cli.main(["list", "policy"]) == 0
     assert not list(fresh.glob("catalog-*.json"))
+    _new_process(monkeypatch)
 
 
 # a real `kdhub` process ----------------------------------------------------------------------------------
