@@ -18,7 +18,7 @@ from kdhub.registry.loading import cached_catalog, get_registry, save_catalog
 
 if TYPE_CHECKING:
     from kdhub.commands.builtin import prepare_run
-    from kdhub.registry.catalog import Entry
+    from kdhub.registry.catalog import Entry, Registry
 
 __all__ = ["EXIT_USAGE", "build_parser", "main", "prepare_run"]
 
@@ -95,11 +95,15 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     if catalog is not None:
         return _catalog_parser(catalog)
     parser = build_parser()
+    save_catalog(lambda registry: {**_plugin_catalog(registry), "commands": [_help(e) for e in _commands()]})
+    return parser
+
+
+def _plugin_catalog(registry: Registry) -> dict[str, Any]:
     # deferred: only a cache miss builds the catalog (it imports pydantic for the option tables)
     from kdhub.registry.reference import plugin_catalog
 
-    save_catalog({**plugin_catalog(get_registry()), "commands": [_help(e) for e in _commands()]})
-    return parser
+    return plugin_catalog(registry)
 
 
 def main(argv: list[str] | None = None) -> int:

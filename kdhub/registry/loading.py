@@ -22,7 +22,7 @@ import os
 import pkgutil
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from types import ModuleType
@@ -252,7 +252,7 @@ def cached_catalog() -> dict[str, Any] | None:
     cannot be cached, or on a miss: then the next load keeps the key for :func:`save_catalog`.
     """
     global _pending_key
-    if _state is not None or _strict() or _trace():
+    if _state is not None or _strict() or _trace() or cache.cache_dir() is None:
         return None
     key = cache.catalog_key()
     found = cache.read(key) if key is not None else None
@@ -260,9 +260,9 @@ def cached_catalog() -> dict[str, Any] | None:
     return found
 
 
-def save_catalog(catalog: dict[str, Any]) -> None:
-    """Save ``catalog``, made from this process's registry, when that registry is exactly what the entry
-    points gave after a :func:`cached_catalog` miss, with no load failure, and nothing changed meanwhile."""
+def save_catalog(make: Callable[[Registry], dict[str, Any]]) -> None:
+    """Save the catalog ``make`` makes from this process's registry, when that registry is exactly what the
+    entry points gave after a :func:`cached_catalog` miss, with no load failure, and nothing changed meanwhile."""
     state = _state
     if state is None or state.cache_key is None:
         return
@@ -271,7 +271,7 @@ def save_catalog(catalog: dict[str, Any]) -> None:
         return
     modules = cache.module_stamps()
     if modules is not None and cache.catalog_key() == key:  # nothing was installed or edited while it loaded
-        cache.write(key, catalog, modules)
+        cache.write(key, make(state.registry), modules)
 
 
 def unregister(name: str, distribution: str = "local") -> None:
