@@ -33,12 +33,14 @@ from kdhub.tracking.store import (
     _CONTEXT_TAG,
     _MAX_TAG,
     _NOTE_TAG,
+    KIND_TAG,
     MODEL_CHECKPOINT,
     MODEL_NAME,
     _client,
     log,
     tracking_uri,
 )
+from kdhub.tracking.views import ensure_accuracy_view
 
 if TYPE_CHECKING:
     pass  # config checks tracking's limits: no import at run time
@@ -73,6 +75,8 @@ class Tracker:
         experiment_id = self._experiment_id()
         run = self.client.create_run(experiment_id, run_name=run_name, tags={**_source_tags(), **tags})
         self.run_id, self.run_name, self.experiment_id = run.info.run_id, run.info.run_name, experiment_id
+        if tags.get(KIND_TAG) == "train":  # the run list's "Accuracy" view (kdhub.tracking.views)
+            ensure_accuracy_view(self.client, experiment_id)
         return self.run_id
 
     def beat(self) -> None:
