@@ -177,6 +177,25 @@ def test_the_model_is_logged_with_kdhubs_requirements_without_scanning_the_envir
     assert requirements == [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
 
 
+def test_a_callers_active_mlflow_run_does_not_take_the_model(tiny_config, mlflow_uri):
+    """kdhub.run inside a caller's ``mlflow.start_run()``: the model is the kdhub run's output, not the caller's
+    (MLflow then links it itself, without datasets on its metrics)."""
+    tiny_config.update(epochs=1)
+    tiny_config["tracking"]["log_model"] = True
+    client = mlflow.MlflowClient(mlflow_uri)
+    mlflow.set_tracking_uri(mlflow_uri)
+    try:
+        with mlflow.start_run(experiment_id=client.create_experiment("tests-caller")) as caller:
+            result = run(tiny_config)
+    finally:
+        mlflow.set_tracking_uri(None)
+    (output,) = client.get_run(result.run_id).outputs.model_outputs
+    assert not client.get_run(caller.info.run_id).outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)
+    assert logged.source_run_id == result.run_id
+    assert {m.key: m.value for m in logged.metrics}["test/acc_last"] == pytest.approx(result.last_acc)
+
+
 def test_a_model_trained_with_labels_only_is_not_called_a_student(student_run, client):
     model_id = client.get_run(student_run.run_id).outputs.model_outputs[0].model_id
     logged = client.get_logged_model(model_id)
