@@ -106,9 +106,9 @@ class _Side:
 
 
 def agreement_percent(values: list[float]) -> list[float]:
-    """Per-class agreements in percent. The agreement metric logs percent; kdhub before it (0.1.0 of
-    2026-12-06 and earlier) logged fractions, recognised as a table with no value above 1 (a percent
-    table with every class at 1 % or less is not a trained student's) and scaled by 100."""
+    """Per-class agreements in percent. The agreement metric logs percent; earlier kdhub versions logged
+    fractions, recognised as a table with no value above 1 (a percent table with every class at 1 % or
+    less is not a trained student's) and scaled by 100."""
     finite = [v for v in values if math.isfinite(v)]
     return [100.0 * v for v in values] if finite and max(finite) <= 1.0 else values
 

@@ -544,7 +544,7 @@ def test_logged_tables_let_a_reviewer_recompute_the_statistics(runs, mlflow_uri,
 
 
 def test_agreement_tables_of_earlier_kdhub_in_fractions_are_read_as_percent():
-    """kdhub 0.1.0 up to 2026-12-06 logged agreements as fractions; a comparison with such a run stays in %."""
+    """Earlier kdhub versions logged agreements as fractions; a comparison with such a run stays in %."""
     from kdhub_analysis.comparison_tables import agreement_percent
 
     assert agreement_percent([0.5, NAN, 1.0]) == pytest.approx([50.0, NAN, 100.0], nan_ok=True)
