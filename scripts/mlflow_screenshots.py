@@ -12,7 +12,7 @@ Chromium and saves them as ``<out>/mlflow_*.png``. It checks that each page show
 naming the page when one does not.
 
 Needs ``pip install playwright`` and Chromium (Debian: ``apt-get install chromium``; the binary is
-taken from $CHROMIUM or /usr/bin/chromium, no browser download). About ten minutes on two cores.
+taken from $CHROMIUM or /usr/bin/chromium, no browser download). About five minutes on two cores.
 """
 
 from __future__ import annotations
