@@ -1,15 +1,18 @@
 """Screenshots of kdhub runs in the MLflow UI, for docs/mlflow.md (headless Chromium driven by Playwright).
 
-    python scripts/mlflow_screenshots.py [--out docs/figures] [--keep DIR] [--epochs 8]
+    python scripts/mlflow_screenshots.py [--out docs/figures] [--keep DIR] [--epochs N]
 
-Builds a temporary MLflow store holding the demo's three digits runs (the KD student registered
-as ``digits-kd-student``), a per-class comparison, an evaluation and a small study; starts
-``mlflow ui`` on it; opens the pages docs/mlflow.md shows in headless Chromium and saves them as
-``<out>/mlflow_*.png``. It also checks that each page shows what it should (datasets, logged model,
-registered model, description) and exits 1 naming the page when one does not.
+Runs, in a temporary folder with its own SQLite store, what a user of docs/mlflow.md runs: ``kdhub demo``
+(its own runs: the teacher, vanilla and KD students over its seeds, the first KD student registered as
+``digits-kd-student``), ``kdhub compare`` of the demo's students and ``kdhub study`` of
+``examples/studies/digits_kd_temperature.yaml``. Nothing is added to the store in a way those commands
+do not. Then it starts ``mlflow ui`` on the store, opens the pages docs/mlflow.md shows in headless
+Chromium and saves them as ``<out>/mlflow_*.png``. It checks that each page shows what the page says
+(the run list's accuracy view, datasets, logged model, registered model, description) and exits 1
+naming the page when one does not.
 
 Needs ``pip install playwright`` and Chromium (Debian: ``apt-get install chromium``; the binary is
-taken from $CHROMIUM or /usr/bin/chromium, no browser download). About two minutes on two cores.
+taken from $CHROMIUM or /usr/bin/chromium, no browser download). About five minutes on two cores.
 """
 
 from __future__ import annotations
@@ -39,35 +42,11 @@ CHROMIUM_FLAGS = [
     "--no-first-run",
 ]
 MODEL = "digits-kd-student"
+STUDY = "examples/studies/digits_kd_temperature.yaml"
 CLOSED_ASSISTANT = (
     "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
     "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
 )
-STUDY = """
-name: temperature-sweep
-experiment: kdhub-demo-studies
-base:
-  epochs: {epochs}
-  data: {{name: digits, batch_size: 64, val_fraction: 0.1}}
-  schedule: {{name: cosine}}
-  metrics: [accuracy, per_class_accuracy]
-  train: {{progress: false}}
-  tracking: {{log_model: false}}
-runs:
-  - name: teacher
-    set: {{student: {{name: cnn, options: {{width: 32}}}}}}
-  - name: vanilla
-    set: {{student: {{name: cnn, options: {{width: 4}}}}}}
-  - name: kd
-    set:
-      student: {{name: cnn, options: {{width: 4}}}}
-      teacher: {{name: cnn, options: {{width: 32}}, weights: "runs:/${{teacher}}/checkpoints/final.pt"}}
-      ce_weight: 0.1
-      methods: [{{name: kd, weight: 0.9}}]
-    grid: {{methods.0.options.temperature: [1, 4]}}
-seeds: [0]
-compare: {{baseline: vanilla, runs: [kd]}}
-"""
 
 
 def kdhub(folder: Path, *args: str) -> str:
@@ -80,28 +59,32 @@ def kdhub(folder: Path, *args: str) -> str:
     return done.stdout
 
 
-def build_store(folder: Path, epochs: int) -> dict[str, Any]:
-    """The demo's runs (the KD student registered), a comparison, an evaluation and a study, in ``folder``."""
-    import yaml
+def demo_runs(uri: str) -> dict[str, str]:
+    """The demo's run ids by run name without ``demo-`` (``teacher``, ``vanilla-s0``, ``kd-s0`` ...)."""
+    import mlflow
 
-    from kdhub.commands.demo import demo_configs
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("kdhub-demo")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return {r.info.run_name.removeprefix("demo-"): r.info.run_id for r in runs}
 
+
+def build_store(folder: Path, epochs: int | None) -> dict[str, Any]:
+    """``kdhub demo``, ``kdhub compare`` of its students and ``kdhub study`` of an example, in ``folder``."""
     uri = f"sqlite:///{folder / 'mlflow.db'}"  # a SQLite store keeps artifacts in ./mlruns (the folder)
     ids: dict[str, Any] = {"uri": uri}
-    for name, config in demo_configs(epochs, uri).items():
-        config["train"] = {"progress": False}
-        del config["tracking"]["uri"]
-        if name == "kd":
-            config["teacher"]["weights"] = f"runs:/{ids['teacher']}/checkpoints/final.pt"
-            config["tracking"]["register"] = MODEL
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        out = kdhub(folder, "run", f"{name}.yaml", "--tracking-uri", uri)
-        ids[name] = out.split("run ", 1)[1].split(":", 1)[0]
-    out = kdhub(folder, "compare", "--baseline", ids["vanilla"], ids["kd"], "--tracking-uri", uri)
+    demo = kdhub(folder, "demo", "--tracking-uri", uri, *(["--epochs", str(epochs)] if epochs else []))
+    (folder / "demo.txt").write_text(demo)
+    ids.update(demo_runs(uri))
+    vanilla = sorted(k for k in ids if k.startswith("vanilla-s"))
+    kd = sorted(k for k in ids if k.startswith("kd-s"))
+    out = kdhub(
+        folder, "compare", "--baseline", ",".join(ids[k] for k in vanilla), *(ids[k] for k in kd), "--tracking-uri", uri
+    )
     ids["compare"] = out.rsplit("logged as MLflow run ", 1)[1].split()[0]
-    kdhub(folder, "evaluate", f"models:/{MODEL}/1", "--data", "digits", "--log", "--tracking-uri", uri)
-    (folder / "study.yaml").write_text(STUDY.format(epochs=epochs))
-    out = kdhub(folder, "study", "study.yaml", "--tracking-uri", uri)
+    (folder / STUDY).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / STUDY, folder / STUDY)  # typed as in the example's own first line
+    out = kdhub(folder, "study", STUDY, "--tracking-uri", uri)
     ids["study"] = out.split("parent run ", 1)[1].split()[0]
     return ids
 
@@ -174,8 +157,8 @@ class Shooter:
         self.saved: list[Path] = []
         self.where = ""
 
-    def open(self, route: str, expect: list[str], height: int = 1000) -> None:
-        self.page.set_viewport_size({"width": 1600, "height": height})
+    def open(self, route: str, expect: list[str], height: int = 1000, width: int = 1600) -> None:
+        self.page.set_viewport_size({"width": width, "height": height})
         joiner = "&" if "?" in route else "?"
         self.where = route
         self.page.goto(f"{self.base}/#{route}{joiner}workflowType=machine_learning", wait_until="load")
@@ -229,12 +212,13 @@ def take(ids: dict[str, Any], base: str, out: Path) -> Shooter:
 
     uri = ids["uri"]
     demo = experiment_id(uri, "kdhub-demo")
-    studies = experiment_id(uri, "kdhub-demo-studies")
+    studies = experiment_id(uri, "kdhub-studies")
     compare = experiment_id(uri, "kdhub-demo-compare")
-    kd_model = model_id(uri, ids["kd"])
-    train_digest = dataset_digest(uri, ids["kd"], "train")
-    val_digest = dataset_digest(uri, ids["kd"], "val")
-    run = f"/experiments/{demo}/runs/{ids['kd']}"
+    kd_run = ids["kd-s0"]  # the registered KD student
+    kd_model = model_id(uri, kd_run)
+    train_digest = dataset_digest(uri, kd_run, "train")
+    val_digest = dataset_digest(uri, kd_run, "val")
+    run = f"/experiments/{demo}/runs/{kd_run}"
     chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS, headless=True)
@@ -242,7 +226,20 @@ def take(ids: dict[str, Any], base: str, out: Path) -> Shooter:
         page.add_init_script(CLOSED_ASSISTANT)  # the UI's assistant panel would cover a third of every page
         s = Shooter(page, base, out)
 
-        s.open(f"/experiments/{demo}/runs", ["demo-kd", "demo-vanilla", "demo-teacher", "digits (", "student"])
+        # the run list as a first visit shows it, then its "Accuracy" view, one click away under Views
+        s.open(f"/experiments/{demo}/runs", ["demo-kd-s0", "demo-vanilla-s0", "demo-teacher", "digits ("], 700, 1900)
+        try:
+            page.get_by_test_id("saved-views-trigger").click(timeout=30_000)  # "Views" above the run list
+        except Exception:
+            s.missing.append(f"{s.where}: the Views menu")
+        time.sleep(1)
+        s.click("Accuracy")
+        s.expect(["test/acc_last", "test/acc_at_best_val", "test/agreement/pa"])
+        if "viewStateShareKey=kdhub-accuracy" not in page.url:
+            s.missing.append(f"{s.where}: Views > Accuracy did not open ?viewStateShareKey=kdhub-accuracy")
+        # the address kdhub demo prints (the menu's link drops the Model training layout the other pages show)
+        columns = ["test/acc_last", "test/acc_at_best_val", "test/agreement/pa"]
+        s.open(f"/experiments/{demo}/runs?viewStateShareKey=kdhub-accuracy", ["demo-kd-s0", *columns], 700, 1900)
         s.shot("runs")
         s.open(run, ["Distils teacher", "Result:", "Registered models", MODEL, "Logged models (1)"], 1900)
         s.click("Show more")
@@ -269,13 +266,16 @@ def take(ids: dict[str, Any], base: str, out: Path) -> Shooter:
         s.click("per_class_accuracy.png")
         time.sleep(3)
         s.shot("run_figure")
-        s.open(f"/experiments/{demo}/models/{kd_model}", ["student", "Distils teacher", "test/acc_last", MODEL])
+        s.open(
+            f"/experiments/{demo}/models/{kd_model}",
+            ["student", "Distils teacher", "test/acc_last", MODEL, "Datasets used", f"digits (#{train_digest})"],
+        )
         s.shot("logged_model")
         s.open(f"/models/{MODEL}", ["Version 1", "test_acc", "cnn(width=32)"])
         s.shot("registry")
         s.open(f"/models/{MODEL}/versions/1", ["Distils teacher", "teacher run", "kdhub.run"], 1100)
         s.shot("registered_model")
-        s.open(f"/experiments/{demo}/runs?compareRunsMode=CHART", ["demo-kd", "loss/ce"])
+        s.open(f"/experiments/{demo}/runs?compareRunsMode=CHART", ["demo-kd-s0", "loss/ce"])
         s.search("Search metric charts", "test/acc")
         s.charts_drawn(3)
         s.shot("compare_charts")
@@ -285,13 +285,17 @@ def take(ids: dict[str, Any], base: str, out: Path) -> Shooter:
         s.click("delta_acc.png")
         time.sleep(3)
         s.shot("compare_run")
-        s.open(f"/experiments/{studies}/runs", ["temperature-sweep"])
+        s.open(f"/experiments/{studies}/runs?viewStateShareKey=kdhub-accuracy", ["digits-kd-temperature"])
         try:  # the parent run's expander
             page.locator("button[data-component-id*='runnamecellrenderer']").first.click(timeout=30_000)
         except Exception:
             s.missing.append(f"{s.where}: the study's expander")
-        s.expect(["teacher-s0", "vanilla-s0", "compare-kd"])
+        s.expect(["teacher-s0", "vanilla-s0", "kd[temperature=4]-s1", "test/acc_last"])
         s.shot("study")
+        s.open(f"/experiments/{studies}/runs/{ids['study']}", ["digits-kd-temperature", "Metrics"], 1100)
+        s.search("Search metrics", "acc_last")
+        s.expect(["kd temperature 4/test/acc_last_mean", "kd temperature 4/test/acc_last_std"])
+        s.shot("study_parent")
         browser.close()
     return s
 
@@ -302,7 +306,7 @@ def main() -> int:
     parser.add_argument(
         "--keep", metavar="DIR", help="build the store in DIR and keep it; reused if it exists (default: temp folder)"
     )
-    parser.add_argument("--epochs", type=int, default=8, help="epochs of each run (8)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of the demo's runs (default: the demo's own)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = Path(args.out).resolve()

@@ -14,7 +14,7 @@ from kdhub.contract.tables import PER_CLASS_ACCURACY
 from kdhub.engine.loop import RunResult
 from kdhub.engine.runner import run
 from kdhub.registry.loading import get_registry
-from kdhub.tracking import load_table, tracking_uri
+from kdhub.tracking import VIEW_NAME, accuracy_view_url, load_table, run_info, tracking_uri
 
 __all__ = ["demo", "demo_configs", "demo_seeds"]
 
@@ -63,6 +63,9 @@ def demo(epochs: int | None = None, tracking_uri: str | None = None) -> dict[str
     print(noise_report(comparison, table["student"], table["count"], results["teacher"].last_acc))
     print(f"\nAll {len(results)} runs are in the MLflow store {uri} (experiment 'kdhub-demo'). Open the UI with:")
     print(f"  mlflow ui --backend-store-uri {uri}")
+    experiment_id = run_info(str(results["teacher"].run_id), uri)["experiment_id"]
+    print(f"and the runs with their accuracy columns (Views > {VIEW_NAME} above the run list) at:")
+    print(f"  {accuracy_view_url(experiment_id)}")
     print(f"or compare them yourself: kdhub compare --baseline <vanilla run ids> <kd run ids> --tracking-uri {uri}")
     print(load_hint(str(results[f"kd-s{seeds[0]}"].run_id), uri))
     return results
@@ -70,8 +73,6 @@ def demo(epochs: int | None = None, tracking_uri: str | None = None) -> dict[str
 
 def load_hint(run_id: str, uri: str) -> str:
     """How to load the registered KD student with ``mlflow.pyfunc`` and feed it raw digits (docs/mlflow.md)."""
-    from kdhub.tracking import run_info
-
     registered = run_info(run_id, uri)["tags"].get("kdhub.registered_model")
     if not registered:
         return ""

@@ -56,8 +56,8 @@ AGREEMENT = TableSchema(
         "class": "class index",
         "name": "class name",
         "count": "samples of the class (by true label)",
-        "pa_by_label": "top-1 agreement of student and teacher on the samples of the class, a fraction",
-        "pa_by_teacher": "agreement on the samples the teacher assigns to the class, a fraction",
+        "pa_by_label": "top-1 agreement of student and teacher on the samples of the class, percent",
+        "pa_by_teacher": "agreement on the samples the teacher assigns to the class, percent",
     },
 )
 """Per-class prediction agreement with the teacher: what ΔPA is computed from."""

@@ -11,7 +11,8 @@ MLflow model (optionally registered).
 - :mod:`~kdhub.tracking.artifacts`: reading runs back (confined references, tables, configs);
 - :mod:`~kdhub.tracking.lifecycle`: datasets, description and the student as a model, around training;
 - :mod:`~kdhub.tracking.heartbeat`: heartbeats and stale runs;
-- :mod:`~kdhub.tracking.studies`: finding and updating the runs of a study.
+- :mod:`~kdhub.tracking.studies`: finding and updating the runs of a study;
+- :mod:`~kdhub.tracking.views`: the run list's saved view with the accuracy columns.
 """
 
 from __future__ import annotations
@@ -83,8 +84,15 @@ from kdhub.tracking.studies import (
 from kdhub.tracking.tracker import (
     Tracker,
 )
+from kdhub.tracking.views import (
+    ACCURACY_COLUMNS,
+    VIEW_KEY,
+    VIEW_NAME,
+    accuracy_view_url,
+)
 
 __all__ = [
+    "ACCURACY_COLUMNS",
     "DEFAULT_URI",
     "HEARTBEAT_TAG",
     "HOST_TAG",
@@ -98,7 +106,10 @@ __all__ = [
     "PID_TAG",
     "PROBE_TIMEOUT_S",
     "STALE_BEATS",
+    "VIEW_KEY",
+    "VIEW_NAME",
     "Tracker",
+    "accuracy_view_url",
     "artifact_exists",
     "check_reference",
     "check_resumable",

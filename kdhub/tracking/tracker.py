@@ -33,12 +33,14 @@ from kdhub.tracking.store import (
     _CONTEXT_TAG,
     _MAX_TAG,
     _NOTE_TAG,
+    KIND_TAG,
     MODEL_CHECKPOINT,
     MODEL_NAME,
     _client,
     log,
     tracking_uri,
 )
+from kdhub.tracking.views import ensure_accuracy_view
 
 if TYPE_CHECKING:
     pass  # config checks tracking's limits: no import at run time
@@ -77,6 +79,8 @@ class Tracker:
         experiment_id = self._experiment_id()
         run = self.client.create_run(experiment_id, run_name=run_name, tags={**_source_tags(), **tags})
         self.run_id, self.run_name, self.experiment_id = run.info.run_id, run.info.run_name, experiment_id
+        if tags.get(KIND_TAG) == "train":  # the run list's "Accuracy" view (kdhub.tracking.views)
+            ensure_accuracy_view(self.client, experiment_id)
         return self.run_id
 
     def beat(self) -> None:
@@ -274,6 +278,9 @@ class Tracker:
             tags={**inherited, **tags},
             params=dict(run.data.params),
         )
+        # MLflow links a run's model itself (log_model(run_id=...)) but copies the run's metrics without their
+        # datasets; kdhub links it (_link_model) unless a caller's fluent run is active, which MLflow would use
+        link_here = mlflow.active_run() is None
         with tempfile.TemporaryDirectory(prefix="kdhub-model-") as tmp, self._failed_on_error(model.model_id):
             file = Path(tmp) / MODEL_CHECKPOINT
             torch.save(checkpoint, file)
@@ -287,14 +294,40 @@ class Tracker:
                     pip_requirements=requirements,
                     extra_files=[str(file)],
                     metadata=metadata,
-                    run_id=self.run_id,
+                    run_id=None if link_here else self.run_id,
                     model_id=model.model_id,
                     step=step,
                     # MLflow would reload the model it just wrote and predict the example (a warning if that
                     # fails); the network already ran on the example above, for the signature
                     validate_serving_input=False,
                 )
+        if link_here:
+            self._link_model(str(model.model_id), step, run)
         return str(model.model_id)
+
+    def _link_model(self, model_id: str, step: int, run: Any) -> None:
+        """The model as the run's output and the run's metrics at ``step`` on it, as MLflow's ``log_model``
+        links them, each with the dataset of its split (``test/acc_last``: the test split's input): the
+        logged model's page lists those as its "Datasets used", which MLflow's own copy leaves empty."""
+        from mlflow.entities import LoggedModelOutput, Metric
+
+        self.client.log_outputs(self.run_id, models=[LoggedModelOutput(model_id, step)])
+        splits: dict[str, Any] = {}
+        for item in run.inputs.dataset_inputs:
+            for tag in item.tags:
+                if tag.key == _CONTEXT_TAG:
+                    splits[tag.value] = item.dataset
+        linked = []
+        for key in run.data.metrics:
+            dataset = splits.get(key.split("/", 1)[0])
+            for m in self.client.get_metric_history(self.run_id, key):
+                if m.step == step:  # the same timestamp as the run's metric: not logged on the run twice
+                    named = {"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {}
+                    linked.append(
+                        Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=self.run_id, **named)
+                    )
+        for i in range(0, len(linked), 900):
+            self.client.log_batch(self.run_id, metrics=linked[i : i + 900])
 
     @contextmanager
     def _failed_on_error(self, model_id: str) -> Iterator[None]:

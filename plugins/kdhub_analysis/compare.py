@@ -20,7 +20,7 @@ and figures in :mod:`kdhub_analysis.comparison_report`, reading the runs in
 :mod:`kdhub_analysis.comparison_tables`. Accuracies come from the table
 :data:`kdhub.PER_CLASS_ACCURACY` (``<split>/per_class_accuracy``, column ``student``, logged by
 the ``per_class_accuracy`` metric); agreements from :data:`kdhub.AGREEMENT`
-(``<split>/agreement``, column ``pa_by_label``, a fraction, shown here in percent).
+(``<split>/agreement``, column ``pa_by_label``, in percent like the accuracies).
 A vanilla baseline has an agreement only if it was trained with the teacher attached for
 evaluation (``teacher:`` set, ``methods: []``: the engine never runs the teacher in training then).
 """

@@ -17,11 +17,10 @@ from kdhub_analysis.comparison_stats import DEFAULT_POWER, CompareError, _check_
 from kdhub_analysis.power import power_table
 from kdhub_analysis.stats import pair_by_seed
 
-__all__ = ["ACCURACY_COLUMN", "AGREEMENT_COLUMN", "AGREEMENT_SCALE", "compare_runs", "compare_tables"]
+__all__ = ["ACCURACY_COLUMN", "AGREEMENT_COLUMN", "agreement_percent", "compare_runs", "compare_tables"]
 
 ACCURACY_COLUMN = "student"  # per-class accuracy in %
-AGREEMENT_COLUMN = "pa_by_label"  # per-class prediction agreement with the teacher, a fraction
-AGREEMENT_SCALE = 100.0  # fractions -> percent, the unit of the accuracies
+AGREEMENT_COLUMN = "pa_by_label"  # per-class prediction agreement with the teacher, percent
 
 
 def compare_tables(
@@ -106,6 +105,14 @@ class _Side:
     counts: list[float] = field(default_factory=list)
 
 
+def agreement_percent(values: list[float]) -> list[float]:
+    """Per-class agreements in percent. The agreement metric logs percent; earlier kdhub versions logged
+    fractions, recognised as a table with no value above 1 (a percent table with every class at 1 % or
+    less is not a trained student's) and scaled by 100."""
+    finite = [v for v in values if math.isfinite(v)]
+    return [100.0 * v for v in values] if finite and max(finite) <= 1.0 else values
+
+
 def _read_side(run_ids: Sequence[str], split: str, uri: str | None, what: str) -> _Side:
     from kdhub.tracking import load_table, run_info
 
@@ -147,7 +154,7 @@ def _read_side(run_ids: Sequence[str], split: str, uri: str | None, what: str) -
         except KdhubError:
             continue
         if [int(c) for c in agreement.get("class", [])] == classes and AGREEMENT_COLUMN in agreement:
-            pa.append([AGREEMENT_SCALE * float(v) for v in agreement[AGREEMENT_COLUMN]])
+            pa.append(agreement_percent([float(v) for v in agreement[AGREEMENT_COLUMN]]))
     assert classes is not None
     return _Side(infos, acc, pa, classes, names, seeds, counts)
 

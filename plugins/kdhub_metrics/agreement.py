@@ -13,19 +13,23 @@ from kdhub.contract.functional import nanmean
 
 from ._support import add_at
 
+PERCENT = 100.0
+"""Agreements are percentages, as accuracies are."""
+
 
 class Agreement(kdhub.Metric):
-    """Top-1 prediction agreement PA between student and teacher, per class and top-k; KD error = 1 - PA.
+    """Top-1 prediction agreement PA between student and teacher, per class and top-k; KD error = 100 - PA.
 
     Papers: Zhu et al., "Teach Less, Learn More: On the Undistillable Classes in Knowledge
     Distillation", NeurIPS 2022 (average prediction agreement per class, ΔPA); Cho & Hariharan,
     "On the Efficacy of Knowledge Distillation", ICCV 2019 (KD error).
 
-    ``PA = (1/n) sum_i 1[argmax z_t,i = argmax z_s,i]`` as a fraction in [0, 1]. Per class ``m``:
+    ``PA = (100/n) sum_i 1[argmax z_t,i = argmax z_s,i]`` in percent, the scale of the accuracies
+    (papers report both in %; ``(acc − pa)`` and ΔPA beside ΔACC need no conversion). Per class ``m``:
     ``pa_by_label[m]`` over the samples with ``y_i = m`` and ``pa_by_teacher[m]`` over the samples
     the teacher predicts as ``m`` (NaN for an empty class, left out of means). Top-k agreement
     ``pa_top<k>``: the teacher's top-1 class is among the student's ``k`` largest logits
-    (``k = min(top_k, C)``). ``kd_error = 1 - PA``.
+    (``k = min(top_k, C)``). ``kd_error = 100 - PA``. All in percent.
 
     Logs the scalars ``pa``, ``kd_error``, ``pa_top<k>``, ``mean_class_pa``, ``worst_class_pa``,
     and the table ``agreement`` (class, name, count, pa_by_label, pa_by_teacher, teacher_count)
@@ -82,9 +86,9 @@ class Agreement(kdhub.Metric):
         n = counts.sum().item()
         if n == 0:
             return kdhub.MetricResult()
-        pa = self.label_agree.sum().item() / n
-        by_label = (self.label_agree.cpu() / counts).tolist()  # 0/0 -> NaN
-        by_teacher = (self.teacher_agree.cpu() / self.teacher_counts.cpu()).tolist()
+        pa = PERCENT * self.label_agree.sum().item() / n
+        by_label = (PERCENT * self.label_agree.cpu() / counts).tolist()  # 0/0 -> NaN
+        by_teacher = (PERCENT * self.teacher_agree.cpu() / self.teacher_counts.cpu()).tolist()
         table: kdhub.Table = {
             "class": list(range(self.ctx.num_classes)),
             "name": list(self.ctx.class_names),
@@ -96,8 +100,8 @@ class Agreement(kdhub.Metric):
         kept = [v for v in by_label if not math.isnan(v)]
         scalars = {
             "pa": pa,
-            "kd_error": 1.0 - pa,
-            f"pa_top{self.k}": self.topk_agree.item() / n,
+            "kd_error": PERCENT - pa,
+            f"pa_top{self.k}": PERCENT * self.topk_agree.item() / n,
             "mean_class_pa": nanmean(by_label),
             "worst_class_pa": min(kept) if kept else float("nan"),
         }
@@ -113,8 +117,8 @@ def _figure(table: kdhub.Table):
     ax.bar(xs, table["pa_by_label"], 0.8, label="by true label")
     ax.plot(xs, table["pa_by_teacher"], "o", color="C1", markersize=3, label="by teacher prediction")
     ax.set_xlabel("class")
-    ax.set_ylabel("prediction agreement")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("prediction agreement (%)")
+    ax.set_ylim(0, 105)
     if n <= 20:
         ax.set_xticks(xs, table["name"], rotation=45, ha="right")
     ax.legend(loc="lower right")

@@ -24,9 +24,10 @@ class Fidelity(kdhub.Metric):
 
     ``kl = (1/n) sum_i KL(softmax(z_t,i) || softmax(z_s,i))`` at T = 1 whatever the training
     temperature, computed from log-softmax on both sides; ``agreement = (1/n) sum_i
-    1[argmax z_t,i = argmax z_s,i]`` (a fraction). Both are sums over samples divided by n at
-    the end, so a partial last batch weighs what its samples weigh (averaging per-batch means
-    would not). 0 KL and agreement 1 mean a perfectly faithful student.
+    1[argmax z_t,i = argmax z_s,i]`` in percent (the scale of the accuracies and of the
+    ``agreement`` metric). Both are sums over samples divided by n at the end, so a partial last
+    batch weighs what its samples weigh (averaging per-batch means would not). 0 KL and agreement
+    100 mean a perfectly faithful student.
 
     The table ``fidelity`` (class, name, count, kl, agreement) splits both by true label; the
     figure ``fidelity`` draws the per-class KL (bars): tall bars are the classes the student
@@ -68,9 +69,9 @@ class Fidelity(kdhub.Metric):
             "name": list(self.ctx.class_names),
             "count": [int(x) for x in counts.tolist()],
             "kl": (kl / counts).tolist(),  # 0/0 -> NaN
-            "agreement": (agree / counts).tolist(),
+            "agreement": (100.0 * agree / counts).tolist(),
         }
-        scalars = {"kl": kl.sum().item() / n, "agreement": agree.sum().item() / n}
+        scalars = {"kl": kl.sum().item() / n, "agreement": 100.0 * agree.sum().item() / n}
         return kdhub.MetricResult(scalars=scalars, tables={"fidelity": table}, figures={"fidelity": _figure(table)})
 
 

@@ -202,12 +202,12 @@ def test_a_teacher_without_methods_is_evaluation_only(tmp_path):
     attached = run(config, track=False)
     a, b = plain.student.state_dict(), attached.student.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert 0 <= attached.metrics["test/agreement/pa"] <= 1
+    assert 0 <= attached.metrics["test/agreement/pa"] <= 100  # percent, as the accuracies
 
 
 def fake_run(uri: str, name: str, acc: list[float], pa: list[float] | None = None) -> str:
     """An MLflow run holding only the tables a comparison reads (no training): per-class accuracy in %,
-    and the agreement with the teacher as fractions when ``pa`` is given (a teacher was attached)."""
+    and the agreement with the teacher in % when ``pa`` is given (a teacher was attached)."""
     tracker = Tracker(uri, EXPERIMENT)
     run_id = tracker.start(name, {"teacher": "cnn" if pa is not None else "none"})
     tracker.params({"seed": name.rsplit("-s", 1)[1]})  # as a real run logs it: comparisons pair seeds by it
@@ -231,7 +231,7 @@ def runs(mlflow_uri: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"teacher": [fake_run(mlflow_uri, "teacher-s1", list(90 + 10 * rng.random(10)))]}
     for group in ("vanilla", "kd"):
         out[group] = [
-            fake_run(mlflow_uri, f"{group}-s{seed}", list(70 + 20 * rng.random(10)), list(0.6 + 0.3 * rng.random(10)))
+            fake_run(mlflow_uri, f"{group}-s{seed}", list(70 + 20 * rng.random(10)), list(60 + 30 * rng.random(10)))
             for seed in (0, 1)
         ]
     return out
@@ -273,7 +273,7 @@ def test_cli_compare_logs_a_run_whose_values_rederive_from_the_runs(runs, mlflow
         return scale * np.nanmean(np.array(values, dtype=float), axis=0)
 
     acc_v, acc_k = side(vanilla, "per_class_accuracy", "student", 1), side(kd, "per_class_accuracy", "student", 1)
-    pa_v, pa_k = side(vanilla, "agreement", "pa_by_label", 100), side(kd, "agreement", "pa_by_label", 100)
+    pa_v, pa_k = side(vanilla, "agreement", "pa_by_label", 1), side(kd, "agreement", "pa_by_label", 1)
     table = logged_table(client, compare_id, "compare/per_class", tmp_path / "cmp")
     assert table["class"] == list(range(10))
     np.testing.assert_allclose(table["acc_baseline"], acc_v)
@@ -541,3 +541,12 @@ def test_logged_tables_let_a_reviewer_recompute_the_statistics(runs, mlflow_uri,
     assert metrics["delta_acc_overall"] == pytest.approx(float(np.mean(overall("run") - overall("baseline"))))
     assert metrics["delta_acc_overall_p"] == pytest.approx(reference.pvalue)
     assert metrics["acc_run_mean"] == pytest.approx(float(overall("run").mean()))
+
+
+def test_agreement_tables_of_earlier_kdhub_in_fractions_are_read_as_percent():
+    """Earlier kdhub versions logged agreements as fractions; a comparison with such a run stays in %."""
+    from kdhub_analysis.comparison_tables import agreement_percent
+
+    assert agreement_percent([0.5, NAN, 1.0]) == pytest.approx([50.0, NAN, 100.0], nan_ok=True)
+    assert agreement_percent([50.0, 0.5, 100.0]) == [50.0, 0.5, 100.0]  # percent: unchanged
+    assert math.isnan(agreement_percent([NAN])[0])

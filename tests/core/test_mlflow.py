@@ -16,6 +16,8 @@ from kdhub.engine.data import DeviceData, digest
 from kdhub.engine.runner import run
 from kdhub.registry.loading import get_registry
 from kdhub.tracking import (
+    VIEW_KEY,
+    accuracy_view_url,
     command_line,
     load_table,
     model_label,
@@ -126,6 +128,17 @@ def test_the_logged_model_reproduces_the_test_logits(student_run, client):
     assert logged.source_run_id == student_run.run_id
     linked = {m.key: m.value for m in logged.metrics}
     assert linked["test/acc_last"] == pytest.approx(student_run.last_acc)
+    assert len(logged.metrics) == len(linked)  # each metric once (MLflow's own copy is not made as well)
+    # each split's metrics carry the split's dataset: the model page's "Datasets used"
+    inputs = client.get_run(student_run.run_id).inputs.dataset_inputs
+    digests = {t.value: i.dataset.digest for i in inputs for t in i.tags if t.key == "mlflow.data.context"}
+    datasets = {m.key: (m.dataset_name, m.dataset_digest) for m in logged.metrics}
+    assert datasets["test/acc_last"] == ("digits", digests["test"])
+    assert datasets["val/acc"] == ("digits", digests["val"])
+    assert datasets["train/acc"] == ("digits", digests["train"])
+    assert datasets["loss/total"] == (None, None)  # no split: no dataset
+    assert [o.model_id for o in client.get_run(student_run.run_id).outputs.model_outputs] == [model_id]
+    assert len(client.get_metric_history(student_run.run_id, "test/acc_last")) == 1  # not logged on the run twice
     signature = pyfunc.metadata.signature.inputs.inputs[0]
     assert list(signature.shape) == [-1, 1, 8, 8]
     assert pyfunc.metadata.metadata["kdhub"]["name"] == "cnn"
@@ -162,6 +175,25 @@ def test_the_model_is_logged_with_kdhubs_requirements_without_scanning_the_envir
     with open(folder) as handle:
         requirements = handle.read().split()
     assert requirements == [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
+
+
+def test_a_callers_active_mlflow_run_does_not_take_the_model(tiny_config, mlflow_uri):
+    """kdhub.run inside a caller's ``mlflow.start_run()``: the model is the kdhub run's output, not the caller's
+    (MLflow then links it itself, without datasets on its metrics)."""
+    tiny_config.update(epochs=1)
+    tiny_config["tracking"]["log_model"] = True
+    client = mlflow.MlflowClient(mlflow_uri)
+    mlflow.set_tracking_uri(mlflow_uri)
+    try:
+        with mlflow.start_run(experiment_id=client.create_experiment("tests-caller")) as caller:
+            result = run(tiny_config)
+    finally:
+        mlflow.set_tracking_uri(None)
+    (output,) = client.get_run(result.run_id).outputs.model_outputs
+    assert not client.get_run(caller.info.run_id).outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)
+    assert logged.source_run_id == result.run_id
+    assert {m.key: m.value for m in logged.metrics}["test/acc_last"] == pytest.approx(result.last_acc)
 
 
 def test_a_model_trained_with_labels_only_is_not_called_a_student(student_run, client):
@@ -669,6 +701,14 @@ def test_the_demo_registers_the_kd_student_and_its_load_hint_works(tmp_path, cap
     assert version.run_id == results["kd-s0"].run_id
     assert client.get_registered_model("digits-kd-student").description.startswith("Students distilled")
     assert "The KD student is registered as models:/digits-kd-student/1" in out
+    # the run list's accuracy view: in the demo's experiment, its address printed; agreement where a teacher is
+    experiment = client.get_experiment_by_name("kdhub-demo")
+    assert json.loads(experiment.tags[f"mlflow.sharedViewState.{VIEW_KEY}"])["name"] == "Accuracy"
+    assert accuracy_view_url(experiment.experiment_id) in out
+    for key, result in results.items():
+        metrics = client.get_run(result.run_id).data.metrics
+        assert "test/acc_last" in metrics
+        assert ("test/agreement/pa" in metrics) == key.startswith("kd"), key
 
     snippet = "\n".join(line[2:] for line in out.split("Load it and classify raw digits with:\n", 1)[1].splitlines())
     scope: dict = {}

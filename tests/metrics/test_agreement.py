@@ -31,20 +31,20 @@ def tb() -> kdhub.EvalBatch:
 def test_test_batch(fake) -> None:
     # TB: student argmax [2, 0] (ties of [0, 0, 0] go to the first index), teacher argmax [0, 0]
     result = run([tb()], 3, fake, top_k=3)
-    assert result.scalars["pa"] == pytest.approx(0.5)
-    assert result.scalars["kd_error"] == pytest.approx(0.5)
-    assert result.scalars["pa_top3"] == 1.0  # with k = C the teacher's class is always in the top k
+    assert result.scalars["pa"] == pytest.approx(50.0)
+    assert result.scalars["kd_error"] == pytest.approx(50.0)
+    assert result.scalars["pa_top3"] == 100.0  # with k = C the teacher's class is always in the top k
     table = result.tables["agreement"]
-    # by label: y = [2, 0] -> class 0 agrees (1.0), class 2 does not (0.0), class 1 is empty (NaN)
-    assert table["pa_by_label"][0] == 1.0
+    # by label: y = [2, 0] -> class 0 agrees (100 %), class 2 does not (0 %), class 1 is empty (NaN)
+    assert table["pa_by_label"][0] == 100.0
     assert table["pa_by_label"][2] == 0.0
     assert math.isnan(table["pa_by_label"][1])
     # by teacher prediction: both samples predicted 0 by the teacher, one agrees
-    assert table["pa_by_teacher"][0] == 0.5
+    assert table["pa_by_teacher"][0] == 50.0
     assert math.isnan(table["pa_by_teacher"][1])
     assert table["count"] == [1, 0, 1]
     assert table["teacher_count"] == [2, 0, 0]
-    assert result.scalars["mean_class_pa"] == pytest.approx(0.5)  # NaN class left out
+    assert result.scalars["mean_class_pa"] == pytest.approx(50.0)  # NaN class left out
     assert result.scalars["worst_class_pa"] == 0.0
 
 
@@ -56,13 +56,13 @@ def test_top_k_and_per_class(fake) -> None:
         [kdhub.EvalBatch(student_logits=s, teacher_logits=t, labels=y, indices=torch.arange(4))], 4, fake, top_k=2
     )
     # top-1: s argmax [0, 1, 2, 3] vs t [0, 2, 3, 0] -> only sample 0 agrees
-    assert result.scalars["pa"] == pytest.approx(0.25)
+    assert result.scalars["pa"] == pytest.approx(25.0)
     # top-2 of s: {0,1}, {1,2}, {2,3}, {3,2}; teacher's class 0, 2, 3, 0 -> hits 1, 1, 1, 0
-    assert result.scalars["pa_top2"] == pytest.approx(0.75)
+    assert result.scalars["pa_top2"] == pytest.approx(75.0)
     table = result.tables["agreement"]
-    assert table["pa_by_label"][:2] == [1.0, 0.0]
+    assert table["pa_by_label"][:2] == [100.0, 0.0]
     assert table["pa_by_label"][3] == 0.0
-    assert table["pa_by_teacher"][0] == 0.5
+    assert table["pa_by_teacher"][0] == 50.0
     assert table["pa_by_teacher"][2] == 0.0
 
 
@@ -80,5 +80,5 @@ def test_sums_not_means(fake) -> None:
         2,
         fake,
     )
-    assert whole.scalars["pa"] == parts.scalars["pa"] == pytest.approx(0.5)  # batch means would give (1/3 + 1) / 2
+    assert whole.scalars["pa"] == parts.scalars["pa"] == pytest.approx(50.0)  # batch means would give (1/3 + 1) / 2
     assert whole.tables == parts.tables

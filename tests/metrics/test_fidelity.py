@@ -45,7 +45,7 @@ def test_test_batch(fake) -> None:
         fake,
     )
     assert result.scalars["kl"] == pytest.approx(0.708319, abs=1e-6)  # docs/reference-values.md: [1.150421, 0.266217]
-    assert result.scalars["agreement"] == pytest.approx(0.5)
+    assert result.scalars["agreement"] == pytest.approx(50.0)
     table = result.tables["fidelity"]
     assert table["kl"][2] == pytest.approx(1.150421, abs=1e-6)
     assert table["kl"][0] == pytest.approx(0.266217, abs=1e-6)
@@ -63,7 +63,7 @@ def test_identical_outputs_give_zero(fake) -> None:
         fake,
     )
     assert result.scalars["kl"] == pytest.approx(0.0, abs=1e-12)
-    assert result.scalars["agreement"] == 1.0
+    assert result.scalars["agreement"] == 100.0
 
 
 def test_partial_last_batch(fake) -> None:
