@@ -63,8 +63,8 @@ def spread(values: list[float]) -> str:
     if not kept:
         return "-"
     if len(kept) == 1:
-        return f"{kept[0]:.3f}"
-    return f"{statistics.fmean(kept):.3f} ± {statistics.stdev(kept):.3f}"
+        return f"{kept[0]:.4g}"
+    return f"{statistics.fmean(kept):.4g} ± {statistics.stdev(kept):.2g}"
 
 
 def main() -> None:
