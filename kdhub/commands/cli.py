@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from kdhub.commands import browse
 from kdhub.contract.errors import EXIT_USAGE, KdhubError, Terminated
+from kdhub.contract.version import __version__
 from kdhub.registry.loading import cached_catalog, get_registry, save_catalog
 
 if TYPE_CHECKING:
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EXIT_USAGE", "build_parser", "main", "prepare_run"]
 
-_FROM_CATALOG = ("-h", "--help", "list", "show")
-"""A first argument that needs only the catalog (no argument at all, too): names, help, list and show."""
+_FROM_CATALOG = ("-h", "--help", "--version", "list", "show")
+"""A first argument that needs only the catalog (no argument at all, too): names, help, version, list and show."""
 
 
 def __getattr__(name: str) -> Any:
@@ -36,6 +37,7 @@ def __getattr__(name: str) -> Any:
 
 def _top_parser() -> tuple[argparse.ArgumentParser, Any]:
     parser = argparse.ArgumentParser(prog="kdhub", description="knowledge-distillation workbench")
+    parser.add_argument("--version", action="version", version=f"kdhub {__version__}")
     return parser, parser.add_subparsers(dest="command", required=True)
 
 

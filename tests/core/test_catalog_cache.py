@@ -336,7 +336,7 @@ PROBE = """
 import contextlib, io, json, sys
 from kdhub.commands.cli import main
 outputs = []
-for argv in (["--help"], ["list", "method"], ["show", "method", "kd"], ["show", "method", "kdd"]):
+for argv in (["--help"], ["list", "method"], ["show", "method", "kd"], ["show", "method", "kdd"], ["--version"]):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -364,5 +364,6 @@ def test_with_a_warm_cache_kdhub_imports_no_torch_mlflow_or_pydantic(tmp_path):
     assert "torch" in cold["loaded"]  # the first one loaded the plugins and wrote the catalog
     assert warm["loaded"] == []
     assert warm["outputs"] == cold["outputs"]
-    assert [code for code, _, _ in warm["outputs"]] == [0, 0, 0, 2]
+    assert [code for code, _, _ in warm["outputs"]] == [0, 0, 0, 2, 0]
     assert "kd " in warm["outputs"][1][1]
+    assert warm["outputs"][4][1] == f"kdhub {kdhub.__version__}\n"
