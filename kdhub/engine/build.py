@@ -102,8 +102,10 @@ def build_run(
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     seed_everything(config.seed)
-    # set either way: a study worker's next run must not inherit the previous run's choice
-    torch.use_deterministic_algorithms(config.train.deterministic, warn_only=True)
+    # a study worker's next run must not inherit the previous run's choice; set only on a change, since the
+    # call imports torch's compiler (about 1.5 s, which --dry-run would otherwise pay)
+    if torch.are_deterministic_algorithms_enabled() != config.train.deterministic:
+        torch.use_deterministic_algorithms(config.train.deterministic, warn_only=True)
 
     def plugin(kind: str, path: str, name: str) -> Any:
         return registry.get(kind, name)(options[path])
