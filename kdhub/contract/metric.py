@@ -64,12 +64,16 @@ class Metric(Plugin):
 
     Capabilities (class defaults; a property where an option decides): ``needs_teacher`` and
     ``feature_roles`` (roles needed from both models in evaluation). ``tables`` names the
-    shared tables (:mod:`kdhub.contract.tables`) the metric logs.
+    shared tables (:mod:`kdhub.contract.tables`) the metric logs; ``columns`` the scalars shown in the
+    run list's "Accuracy" view.
     """
 
     kind: ClassVar[str] = "metric"
     CAPABILITIES: ClassVar[tuple[str, ...]] = ("needs_teacher", "feature_roles", "tables")
     tables: ClassVar[tuple[TableSchema, ...]] = ()
+    columns: ClassVar[tuple[str, ...]] = ()
+    """Scalars of :meth:`compute` worth a column of the run list: the MLflow UI's "Accuracy" view shows them
+    (as ``<split>/<metric>/<scalar>``) beside the test accuracies, e.g. ``("pa",)`` for agreement."""
     needs_teacher: bool = False
     feature_roles: tuple[str, ...] = ()
 

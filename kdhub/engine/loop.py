@@ -67,6 +67,12 @@ _ENGINE_ACCURACY_SPLITS = ("test", "val", "holdout")
 """Splits whose top-1 accuracy the engine logs as ``<split>/acc`` (a metric's ``acc`` scalar is not repeated)."""
 
 
+def metric_key(split: str, metric: str, scalar: str) -> str:
+    """The MLflow key of a metric's scalar: ``<split>/<metric>/<scalar>``; an ``acc`` on a split whose top-1
+    accuracy the engine logs itself is that same number, ``<split>/acc``."""
+    return f"{split}/acc" if scalar == "acc" and split in _ENGINE_ACCURACY_SPLITS else f"{split}/{metric}/{scalar}"
+
+
 @dataclass
 class RunResult:
     run_id: str | None
@@ -337,16 +343,18 @@ class Trainer:
         A scalar ``acc`` on a split whose top-1 accuracy the engine logs itself (test, val, holdout)
         is that same number: it goes to ``<split>/acc`` instead of a second key.
         """
-        scalars = {
-            f"{split}/acc" if k == "acc" and split in _ENGINE_ACCURACY_SPLITS else f"{split}/{name}/{k}": v
-            for k, v in result.scalars.items()
-        }
+        scalars = {metric_key(split, name, k): v for k, v in result.scalars.items()}
         suffix = "" if final else f"_epoch_{epoch:03d}"
         for table_name, table in result.tables.items():
             self.epoch_log.table(f"{split}/{table_name}{suffix}", table)
         for fig_name, fig in result.figures.items():
             self.epoch_log.figure(f"{split}/{fig_name}{suffix}", fig)
         return scalars
+
+    def view_columns(self) -> list[str]:
+        """The keys of the scalars the run's metrics declare as run-list columns (``Metric.columns``)."""
+        keys = (metric_key(ref.split, ref.name, k) for ref, metric in self.metrics for k in metric.columns)
+        return list(dict.fromkeys(keys))
 
     def _scheduled_metrics(self, epoch: int, final: bool) -> dict[str, float]:
         """The metrics due at ``epoch`` (all of them when ``final``), each split evaluated once."""

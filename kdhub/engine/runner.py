@@ -66,7 +66,10 @@ def run(
         def start() -> None:
             assert tracker is not None
             trainer.run_id = tracker.start(
-                config.tracking.run_name or default_run_name(config), run_tags(config), resume_run_id
+                config.tracking.run_name or default_run_name(config),
+                run_tags(config),
+                resume_run_id,
+                view_columns=trainer.view_columns(),
             )
             if announce:
                 from kdhub.tracking.failures import run_started_line

@@ -11,7 +11,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,8 +65,15 @@ class Tracker:
         self.resumed = False
         self._monitor: Any = None
 
-    def start(self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None) -> str:
-        """Create the run (with its command line, user and git commit) or reopen ``resume_run_id``."""
+    def start(
+        self,
+        run_name: str | None,
+        tags: dict[str, str],
+        resume_run_id: str | None = None,
+        view_columns: Sequence[str] = (),
+    ) -> str:
+        """Create the run (with its command line, user and git commit) or reopen ``resume_run_id``; a training
+        run's experiment gets the run list's "Accuracy" view, with ``view_columns`` (metric keys) in it."""
         if resume_run_id:
             run = _get_run(self.client, resume_run_id, self.uri, "--resume")
             _refuse_finished(run, resume_run_id)
@@ -80,7 +87,7 @@ class Tracker:
         run = self.client.create_run(experiment_id, run_name=run_name, tags={**_source_tags(), **tags})
         self.run_id, self.run_name, self.experiment_id = run.info.run_id, run.info.run_name, experiment_id
         if tags.get(KIND_TAG) == "train":  # the run list's "Accuracy" view (kdhub.tracking.views)
-            ensure_accuracy_view(self.client, experiment_id)
+            ensure_accuracy_view(self.client, experiment_id, view_columns)
         return self.run_id
 
     def beat(self) -> None:

@@ -44,6 +44,7 @@ class Agreement(kdhub.Metric):
 
     name = "agreement"
     tables = (kdhub.AGREEMENT,)
+    columns = ("pa",)
     needs_teacher = True
 
     class Options(kdhub.Options):

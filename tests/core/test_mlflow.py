@@ -703,7 +703,14 @@ def test_the_demo_registers_the_kd_student_and_its_load_hint_works(tmp_path, cap
     assert "The KD student is registered as models:/digits-kd-student/1" in out
     # the run list's accuracy view: in the demo's experiment, its address printed; agreement where a teacher is
     experiment = client.get_experiment_by_name("kdhub-demo")
-    assert json.loads(experiment.tags[f"mlflow.sharedViewState.{VIEW_KEY}"])["name"] == "Accuracy"
+    view = json.loads(experiment.tags[f"mlflow.sharedViewState.{VIEW_KEY}"])
+    assert view["name"] == "Accuracy"
+    # the teacher ran first (no agreement); the KD runs' agreement metric added its declared column
+    assert json.loads(view["state"])["selectedColumns"][3:] == [
+        "metrics.`test/acc_last`",
+        "metrics.`test/acc_at_best_val`",
+        "metrics.`test/agreement/pa`",
+    ]
     assert accuracy_view_url(experiment.experiment_id) in out
     for key, result in results.items():
         metrics = client.get_run(result.run_id).data.metrics

@@ -4,6 +4,7 @@ import json
 
 import mlflow
 
+from kdhub.engine.loop import metric_key
 from kdhub.tracking import ACCURACY_COLUMNS, KIND_TAG, VIEW_KEY, Tracker, accuracy_view_url
 from kdhub.tracking.views import PRIMARY_METRIC_TAG, VIEW_TAG, view_tag_value
 
@@ -45,3 +46,44 @@ def test_other_runs_leave_their_experiment_alone(mlflow_uri):
 def test_the_url_opens_the_view():
     url = accuracy_view_url("7", "http://host:5000/")
     assert url == f"http://host:5000/#/experiments/7/runs?viewStateShareKey={VIEW_KEY}"
+
+
+def _columns(client, experiment_id: str) -> list[str]:
+    return json.loads(json.loads(client.get_experiment(experiment_id).tags[VIEW_TAG])["state"])["selectedColumns"]
+
+
+def test_a_later_run_adds_its_metrics_columns_to_kdhubs_own_view_only(mlflow_uri):
+    client = mlflow.MlflowClient(mlflow_uri)
+    teacher = Tracker(mlflow_uri, "tests-views-columns")
+    teacher.start("teacher", {KIND_TAG: "train"})  # no metric declares a column
+    teacher.finish("FINISHED")
+    experiment = teacher.experiment_id
+    assert _columns(client, experiment)[3:] == ["metrics.`test/acc_last`", "metrics.`test/acc_at_best_val`"]
+    created = json.loads(client.get_experiment(experiment).tags[VIEW_TAG])["createdAt"]
+
+    student = Tracker(mlflow_uri, "tests-views-columns")
+    student.start("kd", {KIND_TAG: "train"}, view_columns=["test/agreement/pa"])
+    student.finish("FINISHED")
+    assert _columns(client, experiment)[3:] == [
+        "metrics.`test/acc_last`",
+        "metrics.`test/acc_at_best_val`",
+        "metrics.`test/agreement/pa`",
+    ]
+    assert json.loads(client.get_experiment(experiment).tags[VIEW_TAG])["createdAt"] == created
+
+    # a user reorders the columns in the UI and saves the view: kdhub adds nothing to it any more
+    envelope = json.loads(client.get_experiment(experiment).tags[VIEW_TAG])
+    state = json.loads(envelope["state"])
+    state["selectedColumns"] = list(reversed(state["selectedColumns"]))
+    edited = json.dumps({**envelope, "state": json.dumps(state)})
+    client.set_experiment_tag(experiment, VIEW_TAG, edited)
+    other = Tracker(mlflow_uri, "tests-views-columns")
+    other.start("cka", {KIND_TAG: "train"}, view_columns=["test/cka/cka"])
+    other.finish("FINISHED")
+    assert client.get_experiment(experiment).tags[VIEW_TAG] == edited
+
+
+def test_a_metrics_column_is_the_key_the_engine_logs_its_scalar_under():
+    assert metric_key("test", "agreement", "pa") == "test/agreement/pa"
+    assert metric_key("val", "accuracy", "acc") == "val/acc"  # the engine's own accuracy, logged once
+    assert metric_key("train", "accuracy", "acc") == "train/accuracy/acc"
